@@ -1,0 +1,256 @@
+"""The one feature implementation, shared by training (whole CSV) and the stream (one batch).
+
+Both paths call :func:`compute_features` with a frame of transactions to score ("queries") and a
+frame of card history. Training passes the whole CSV as both; the worker passes its batch as the
+queries and, as history, the card state read from its table plus the batch itself. The windows
+are half-open, ``[t - W, t)``: a transaction never sees itself, nor anything stamped at or after
+its own timestamp, so features use only what was known at the moment of the transaction, and
+replaying transactions in timestamp order through the worker gives the same values as the
+batch path.
+
+History aggregates are computed on integer cents so that sums are exact and independent of the
+order in which the two paths happened to add them up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+
+from model.schemas import CHANNELS, MERCHANT_CATEGORIES, Transaction
+
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+#: Count/amount windows over the card's own history.
+WINDOWS_MS: dict[str, int] = {"1h": HOUR_MS, "1d": DAY_MS, "7d": 7 * DAY_MS, "30d": 30 * DAY_MS}
+#: The longest look-back any feature needs; the stream keeps this much history per card.
+HISTORY_SPAN_MS = max(WINDOWS_MS.values())
+#: Columns a history frame carries (what the worker stores per card).
+HISTORY_COLUMNS = ("transaction_id", "card_id", "merchant_id", "ts_ms", "amount")
+
+CATEGORY_LEVELS = (*MERCHANT_CATEGORIES, "other")
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "amount",
+    "log_amount",
+    "hour",
+    "is_night",
+    "is_weekend",
+    *(f"channel_{c}" for c in CHANNELS),
+    *(f"category_{c}" for c in CATEGORY_LEVELS),
+    *(f"card_tx_count_{w}" for w in WINDOWS_MS),
+    "card_amount_sum_1h",
+    *(f"card_amount_mean_{w}" for w in ("1d", "7d", "30d")),
+    "amount_to_card_mean_30d",
+    "seconds_since_prev_card_tx",
+    "card_merchant_count_30d",
+)
+
+#: Stable reason codes, one per feature group; a decision's reasons are drawn from these.
+REASON_GROUPS: dict[str, tuple[str, ...]] = {
+    "amount_high": ("amount", "log_amount"),
+    "unusual_hour": ("hour", "is_night"),
+    "weekend": ("is_weekend",),
+    "channel_risk": tuple(f"channel_{c}" for c in CHANNELS),
+    "merchant_category_risk": tuple(f"category_{c}" for c in CATEGORY_LEVELS),
+    "card_velocity_1h_high": ("card_tx_count_1h", "card_amount_sum_1h"),
+    "card_velocity_1d_high": ("card_tx_count_1d",),
+    "card_activity_unusual": ("card_tx_count_7d", "card_tx_count_30d"),
+    "card_spend_level": ("card_amount_mean_1d", "card_amount_mean_7d", "card_amount_mean_30d"),
+    "amount_unusual_for_card": ("amount_to_card_mean_30d",),
+    "rapid_succession": ("seconds_since_prev_card_tx",),
+    "new_merchant_for_card": ("card_merchant_count_30d",),
+}
+
+#: Columns of a canonical transaction frame, the input of :func:`compute_features`.
+CANONICAL_COLUMNS = (
+    "transaction_id",
+    "card_id",
+    "merchant_id",
+    "ts_ms",
+    "utc_offset_min",
+    "amount",
+    "channel",
+    "merchant_category",
+)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def parse_offsets_minutes(timestamps: pd.Series) -> np.ndarray:
+    """UTC offset in minutes written in each ISO-8601 string (``Z`` is 0); NaN-free or raises."""
+    parts = timestamps.str.extract(r"(?:[Zz]|(?P<sign>[+-])(?P<h>\d{2}):?(?P<m>\d{2}))$")
+    has_zone = timestamps.str.contains(r"(?:[Zz]|[+-]\d{2}:?\d{2})$", regex=True)
+    if not bool(has_zone.all()):
+        raise ValueError("timestamp without a zone offset")
+    sign = np.where(parts["sign"].fillna("+") == "-", -1, 1)
+    minutes = parts["h"].fillna("0").astype(int) * 60 + parts["m"].fillna("0").astype(int)
+    return (sign * minutes.to_numpy()).astype(np.int64)
+
+
+def epoch_ms(ts: datetime) -> int:
+    """Milliseconds since the epoch, floored, the same rounding the batch path uses."""
+    return (ts - _EPOCH) // timedelta(milliseconds=1)
+
+
+def frame_from_transactions(txs: Sequence[Transaction]) -> pd.DataFrame:
+    """Canonical frame for validated wire transactions (the stream and API path)."""
+    return pd.DataFrame(
+        {
+            "transaction_id": [t.transaction_id for t in txs],
+            "card_id": [t.card_id for t in txs],
+            "merchant_id": [t.merchant_id for t in txs],
+            "ts_ms": np.array([epoch_ms(t.timestamp) for t in txs], dtype=np.int64),
+            "utc_offset_min": np.array(
+                [int(t.timestamp.utcoffset().total_seconds() // 60) for t in txs],  # type: ignore[union-attr]  # AwareDatetime always has an offset
+                dtype=np.int64,
+            ),
+            "amount": np.array([t.amount for t in txs], dtype=np.float64),
+            "channel": [t.channel for t in txs],
+            "merchant_category": [t.merchant_category for t in txs],
+        },
+        columns=list(CANONICAL_COLUMNS),
+    )
+
+
+def _cents(amount: np.ndarray) -> np.ndarray:
+    return np.rint(np.asarray(amount, dtype=np.float64) * 100.0).astype(np.int64)
+
+
+class _Index:
+    """History sorted by (group, time) and packed into one int64 key for vectorised look-ups.
+
+    A window query for group g at time t is two ``searchsorted`` calls on ``g * span + t``; the
+    time origin is shifted by the longest window so that ``t - W`` never crosses into the
+    previous group's block.
+    """
+
+    def __init__(self, hist_groups: np.ndarray, hist_ts: np.ndarray, origin: int, span: int) -> None:
+        self.origin, self.span = origin, span
+        keys = hist_groups.astype(np.int64) * span + (hist_ts - origin)
+        self.order = np.argsort(keys, kind="stable")
+        self.keys = keys[self.order]
+
+    def key(self, groups: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        return groups.astype(np.int64) * self.span + (ts - self.origin)
+
+    def bounds(self, qkeys: np.ndarray, window_ms: int) -> tuple[np.ndarray, np.ndarray]:
+        """Index range ``[lo, hi)`` of history rows inside ``[t - W, t)`` for each query."""
+        return (
+            np.searchsorted(self.keys, qkeys - window_ms, side="left"),
+            np.searchsorted(self.keys, qkeys, side="left"),
+        )
+
+
+def _codes(*columns: pd.Series) -> tuple[np.ndarray, ...]:
+    """Integer codes for values shared across the given columns (one factorisation)."""
+    joined = pd.concat(columns, ignore_index=True)
+    codes, _ = pd.factorize(joined, sort=False)
+    out, start = [], 0
+    for c in columns:
+        out.append(codes[start : start + len(c)])
+        start += len(c)
+    return tuple(out)
+
+
+def _pair(card: pd.Series, merchant: pd.Series) -> pd.Series:
+    return card.astype(str) + "\x1f" + merchant.astype(str)
+
+
+def compute_features(queries: pd.DataFrame, history: pd.DataFrame) -> np.ndarray:
+    """Feature matrix (rows of ``queries``, columns :data:`FEATURE_NAMES`) as float64.
+
+    ``queries`` is a canonical frame; ``history`` has :data:`HISTORY_COLUMNS`. History rows must
+    not repeat a transaction id; rows at or after a query's timestamp are ignored for it.
+    """
+    n = len(queries)
+    out = np.zeros((n, len(FEATURE_NAMES)), dtype=np.float64)
+    if n == 0:
+        return out
+    col = {name: i for i, name in enumerate(FEATURE_NAMES)}
+
+    amount = queries["amount"].to_numpy(dtype=np.float64)
+    ts = queries["ts_ms"].to_numpy(dtype=np.int64)
+    local_ms = ts + queries["utc_offset_min"].to_numpy(dtype=np.int64) * 60_000
+    hour = (local_ms // HOUR_MS) % 24
+    weekday = (local_ms // DAY_MS + 3) % 7  # 1970-01-01 was a Thursday (weekday 3)
+    out[:, col["amount"]] = amount
+    out[:, col["log_amount"]] = np.log1p(amount)
+    out[:, col["hour"]] = hour
+    out[:, col["is_night"]] = hour < 6
+    out[:, col["is_weekend"]] = weekday >= 5
+
+    channel = queries["channel"].astype(object).to_numpy()
+    for c in CHANNELS:
+        out[:, col[f"channel_{c}"]] = channel == c
+    category = queries["merchant_category"].astype(object).where(queries["merchant_category"].notna(), "")
+    category = category.astype(str).str.lower()
+    known = category.isin(MERCHANT_CATEGORIES).to_numpy()
+    for c in MERCHANT_CATEGORIES:
+        out[:, col[f"category_{c}"]] = (category == c).to_numpy()
+    out[:, col["category_other"]] = ~known
+
+    _history_features(queries, history, ts, amount, out, col)
+    return out
+
+
+def _history_features(
+    queries: pd.DataFrame,
+    history: pd.DataFrame,
+    ts: np.ndarray,
+    amount: np.ndarray,
+    out: np.ndarray,
+    col: dict[str, int],
+) -> None:
+    hist_ts = history["ts_ms"].to_numpy(dtype=np.int64)
+    lo_all = min(int(ts.min()), int(hist_ts.min()) if len(hist_ts) else int(ts.min()))
+    hi_all = max(int(ts.max()), int(hist_ts.max()) if len(hist_ts) else int(ts.max()))
+    origin = lo_all - HISTORY_SPAN_MS - 1
+    span = hi_all - origin + 1
+
+    q_card, h_card = _codes(queries["card_id"], history["card_id"])
+    q_pair, h_pair = _codes(
+        _pair(queries["card_id"], queries["merchant_id"]), _pair(history["card_id"], history["merchant_id"])
+    )
+    n_groups = max(int(q_card.max(initial=0)), int(q_pair.max(initial=0))) + 1
+    if n_groups > np.iinfo(np.int64).max // span:
+        raise ValueError("history spans too many cards over too long a time to index")
+
+    cards = _Index(h_card, hist_ts, origin, span)
+    cents = _cents(history["amount"].to_numpy())[cards.order]
+    csum = np.concatenate(([0], np.cumsum(cents)))
+    qkey = cards.key(q_card, ts)
+    for w, width in WINDOWS_MS.items():
+        lo, hi = cards.bounds(qkey, width)
+        count = hi - lo
+        out[:, col[f"card_tx_count_{w}"]] = count
+        sums = csum[hi] - csum[lo]
+        if w == "1h":
+            out[:, col["card_amount_sum_1h"]] = sums / 100.0
+        else:
+            mean = np.divide(sums / 100.0, count, out=np.zeros(len(count)), where=count > 0)
+            out[:, col[f"card_amount_mean_{w}"]] = mean
+            if w == "30d":
+                out[:, col["amount_to_card_mean_30d"]] = np.divide(amount, mean, out=np.ones(len(mean)), where=mean > 0)
+
+    # Previous transaction of the card: the last history key strictly before the query's.
+    gap = np.full(len(ts), HISTORY_SPAN_MS, dtype=np.int64)
+    if len(cards.keys):
+        prev = np.searchsorted(cards.keys, qkey, side="left") - 1
+        card_start = q_card.astype(np.int64) * span
+        prev_key = cards.keys[np.maximum(prev, 0)]
+        has_prev = (prev >= 0) & (prev_key >= card_start)
+        gap = np.where(has_prev, np.minimum(ts - (prev_key - card_start + origin), HISTORY_SPAN_MS), gap)
+    out[:, col["seconds_since_prev_card_tx"]] = gap / 1000.0
+
+    pairs = _Index(h_pair, hist_ts, origin, span)
+    lo, hi = pairs.bounds(pairs.key(q_pair, ts), WINDOWS_MS["30d"])
+    out[:, col["card_merchant_count_30d"]] = hi - lo
+
+
+def history_from_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The history columns of a canonical frame (what the stream stores per card)."""
+    return frame.loc[:, list(HISTORY_COLUMNS)]

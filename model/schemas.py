@@ -1,0 +1,90 @@
+"""Wire contract: the transaction and decision messages, version 1.
+
+Both travel as JSON objects. Transactions are keyed by ``card_id`` on the transactions topic;
+decisions are keyed by ``card_id`` on the decisions topic. Unknown transaction fields are
+ignored so that producers can add fields without breaking the scorer.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+
+SCHEMA_VERSION = 1
+
+#: Channels a transaction can arrive through; anything else is a validation error.
+CHANNELS: tuple[str, ...] = ("pos", "ecommerce", "atm")
+
+#: Merchant categories the model knows by name; any other value is scored as "other".
+MERCHANT_CATEGORIES: tuple[str, ...] = (
+    "grocery",
+    "gas",
+    "restaurant",
+    "retail",
+    "electronics",
+    "travel",
+    "entertainment",
+    "health",
+    "online_services",
+    "jewelry",
+    "cash",
+)
+
+#: Largest encoded message the worker accepts; bigger ones are dead-lettered as ``oversized``.
+MAX_MESSAGE_BYTES = 16 * 1024
+
+Outcome = Literal["allow", "review", "block"]
+
+
+class Transaction(BaseModel):
+    """A card or payment transaction to score."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, str_strip_whitespace=True)
+
+    transaction_id: str = Field(min_length=1, max_length=128, description="Unique id; decisions are idempotent by it.")
+    timestamp: AwareDatetime = Field(description="When the transaction happened, ISO-8601 with a zone offset.")
+    card_id: str = Field(min_length=1, max_length=128, description="Card (or account) the transaction is charged to.")
+    merchant_id: str = Field(min_length=1, max_length=128, description="Merchant or terminal id.")
+    amount: float = Field(gt=0, description="Amount in the currency's major unit; finite and > 0.")
+    currency: str = Field(min_length=3, max_length=3, description="ISO-4217 code.")
+    merchant_category: str | None = Field(default=None, max_length=64)
+    channel: Literal["pos", "ecommerce", "atm"] | None = None
+    country: str | None = Field(default=None, min_length=2, max_length=2, description="ISO-3166 alpha-2.")
+
+    @field_validator("amount")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("amount must be finite")
+        return v
+
+    @field_validator("currency", "country")
+    @classmethod
+    def _upper(cls, v: str | None) -> str | None:
+        return v.upper() if v is not None else v
+
+
+class Decision(BaseModel):
+    """The scorer's verdict on one transaction."""
+
+    model_config = ConfigDict(frozen=True)
+
+    schema_version: int = SCHEMA_VERSION
+    transaction_id: str
+    card_id: str
+    score: float = Field(ge=0.0, le=1.0, description="Estimated fraud probability.")
+    decision: Outcome
+    reasons: list[str] = Field(description="Stable codes of the features that raised the score most.")
+    model_version: str
+    event_timestamp: datetime = Field(description="The transaction's own timestamp.")
+    scored_at: datetime = Field(description="When the scorer produced this decision (UTC).")
+    card_state: Literal["used", "empty", "unavailable"] = Field(
+        default="used",
+        description=(
+            "'used': the card's history was read; 'empty': the card has no history yet; "
+            "'unavailable': the history could not be reached and the score is stateless."
+        ),
+    )

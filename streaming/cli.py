@@ -1,0 +1,337 @@
+"""``fraud``: the one command-line entry point.
+
+Connection and topic settings come from ``FRAUD_*`` environment variables (see the README);
+flags cover what differs per invocation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+log = logging.getLogger("fraudstream")
+
+
+def _timestamp(value: str) -> pd.Timestamp:
+    try:
+        ts = pd.Timestamp(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a date or ISO-8601 timestamp: {value!r}") from exc
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def _positive_float(value: str) -> float:
+    f = float(value)
+    if not f > 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return f
+
+
+def _setup_logging(level: str = "info") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+# --- subcommands -----------------------------------------------------------------------------
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from streaming.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker(port=args.port, host=args.host).start()
+    print(
+        f"embedded broker on {broker.bootstrap_servers}; export FRAUD_KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}"
+    )
+    print("Ctrl-C to stop (storage is in memory and is lost on exit)", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        while broker.process is not None and broker.process.poll() is None:
+            time.sleep(0.5)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        broker.stop()
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from model.train import TrainOptions, train
+
+    options = TrainOptions(
+        model_type=args.model,
+        train_from=args.train_from,
+        train_to=args.train_to,
+        validation_fraction=args.validation_fraction,
+        block_precision=args.block_precision,
+        review_precision=args.review_precision,
+        seed=args.seed,
+        strict=args.strict,
+    )
+    meta = train(args.data, args.out, options)
+    m = meta["validation_metrics"]
+    print(f"model {meta['version']} written to {args.out}")
+    print(f"data: {meta['data_fingerprint']['invalid_rows']}")
+    print(
+        f"validation ({meta['training_window']['validation_from']} .. {meta['training_window']['validation_to']}): "
+        f"AUC {m['auc_roc']:.4f}  AP {m['average_precision']:.4f}  "
+        f"card precision@100 {m['card_precision_at_100']:.3f}"
+    )
+    print(f"thresholds: review >= {meta['thresholds']['review']:.4f}, block >= {meta['thresholds']['block']:.4f}")
+    for note in meta["threshold_targets"]["notes"]:
+        print(f"note: {note}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from model.evaluate import evaluate
+
+    report = evaluate(args.model, args.data, args.start, args.end, args.report, args.scores)
+    print(
+        json.dumps(
+            {
+                k: report[k]
+                for k in (
+                    "model_version",
+                    "n_transactions",
+                    "n_fraud",
+                    "auc_roc",
+                    "average_precision",
+                    "card_precision_at_100",
+                    "decision_counts",
+                )
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from streaming.settings import WorkerSettings
+    from streaming.worker import run_worker
+
+    settings = WorkerSettings()
+    _setup_logging(settings.log_level)
+    run_worker(settings)
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from streaming.api import create_api
+    from streaming.settings import ApiSettings
+
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    settings = ApiSettings(**overrides)
+    _setup_logging(settings.log_level)
+    uvicorn.run(
+        create_api(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        lifespan="on",
+    )
+    return 0
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from producers.synthetic import SimConfig, generate, iter_transactions
+
+    base = dict(seed=args.seed, n_cards=args.cards, n_merchants=args.merchants, days=args.days)
+    if args.start is not None:
+        base["start"] = args.start.to_pydatetime()
+    config = SimConfig(**base)
+    if args.csv is not None:
+        frame = generate(config)
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(args.csv, index=False)
+        print(f"wrote {len(frame)} transactions ({int(frame['is_fraud'].sum())} fraud) to {args.csv}")
+        return 0
+
+    from prometheus_client import start_http_server
+
+    from model.dataset import load_csv
+    from producers.publisher import Progress, Publisher, rows_from_frame
+    from streaming import kafka
+    from streaming.settings import ProducerSettings
+
+    settings = ProducerSettings()
+    kafka.ensure_topics(settings, [settings.transactions_topic])
+    publisher = Publisher(settings)
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, registry=publisher.metrics.registry)
+    if args.from_csv is not None:
+        dataset = load_csv(args.from_csv)
+        if dataset.invalid.count:
+            print(f"{args.from_csv}: {dataset.invalid.summary()}", file=sys.stderr)
+        rows = rows_from_frame(dataset.frame)
+        total = len(dataset.frame) if args.count is None else min(args.count, len(dataset.frame))
+    else:
+        rows = iter_transactions(config)
+        total = args.count
+    progress = Progress(total, enabled=not args.quiet)
+    try:
+        stats = publisher.publish(
+            rows, rate=args.rate, count=args.count, duration=args.duration, speedup=args.speedup, progress=progress
+        )
+    except KeyboardInterrupt:
+        publisher.producer.flush(30)
+        stats = publisher.stats
+    print(
+        json.dumps(
+            {
+                "topic": settings.transactions_topic,
+                "sent": stats.sent,
+                "acked": stats.acked,
+                "failed": stats.failed,
+                "fraud": stats.fraud,
+                "seconds": round(stats.seconds, 3),
+                "rate_per_s": round(stats.acked / stats.seconds, 1) if stats.seconds else None,
+            }
+        )
+    )
+    for err in stats.errors:
+        print(f"delivery error: {err}", file=sys.stderr)
+    return 1 if stats.failed else 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from streaming.demo import DemoOptions, run_demo
+
+    return run_demo(DemoOptions(count=args.count, rate=args.rate, model_dir=args.model_dir, workdir=args.workdir))
+
+
+# --- parser ------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fraud",
+        description="fraudstream: real-time fraud scoring of card transactions on Kafka.",
+        epilog="Kafka and topic settings come from FRAUD_* environment variables; see README.md.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (in memory) for local use")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default %(default)s)")
+    p.add_argument("--port", type=int, default=9092, help="port to listen on (default %(default)s)")
+    p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("train", help="train a model from a labelled CSV and write a versioned artifact")
+    p.add_argument("--data", type=Path, required=True, help="labelled CSV (see the CSV contract in the README)")
+    p.add_argument("--out", type=Path, required=True, help="artifact directory to write")
+    p.add_argument("--train-from", type=_timestamp, help="first day trained on; earlier rows are history only")
+    p.add_argument("--train-to", type=_timestamp, help="end of the training window (exclusive)")
+    p.add_argument(
+        "--model",
+        choices=("hgb", "logreg"),
+        default="hgb",
+        help="gradient-boosted trees (default) or logistic regression",
+    )
+    p.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=0.2,
+        help="latest share of the window held out for validation and thresholds (default %(default)s)",
+    )
+    p.add_argument(
+        "--block-precision",
+        type=float,
+        default=0.8,
+        help="precision the block threshold must reach on validation (default %(default)s)",
+    )
+    p.add_argument(
+        "--review-precision",
+        type=float,
+        default=0.3,
+        help="precision the review threshold must reach on validation (default %(default)s)",
+    )
+    p.add_argument("--seed", type=int, default=7, help="random seed of the estimator (default %(default)s)")
+    p.add_argument("--strict", action="store_true", help="refuse the CSV if any row is invalid")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="score a labelled CSV over a time range and report metrics")
+    p.add_argument("--model", type=Path, required=True, help="artifact directory written by `fraud train`")
+    p.add_argument("--data", type=Path, required=True, help="labelled CSV")
+    p.add_argument("--from", dest="start", type=_timestamp, help="first timestamp evaluated (inclusive)")
+    p.add_argument("--to", dest="end", type=_timestamp, help="end of the range (exclusive)")
+    p.add_argument("--report", type=Path, help="write the metrics JSON here")
+    p.add_argument("--scores", type=Path, help="write transaction_id,score,decision CSV here")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("worker", help="run the stream worker (settings from FRAUD_* variables)")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("api", help="run the HTTP API: POST /predict, /health, /ready, /metrics, /docs")
+    p.add_argument("--host", help="interface (default FRAUD_HOST or 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default FRAUD_PORT or 8000)")
+    p.set_defaults(func=cmd_api)
+
+    p = sub.add_parser("produce", help="generate synthetic transactions to Kafka or CSV, or replay a CSV")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--csv", type=Path, help="write a labelled CSV (with is_fraud) instead of publishing")
+    src.add_argument("--from-csv", type=Path, help="replay this CSV onto the topic in timestamp order")
+    p.add_argument("--rate", type=_positive_float, help="messages per second (default: as fast as possible)")
+    p.add_argument(
+        "--speedup", type=_positive_float, help="with --from-csv: replay at event-time speed times this factor"
+    )
+    p.add_argument("--count", type=int, help="stop after this many messages")
+    p.add_argument("--duration", type=_positive_float, help="stop after this many seconds")
+    p.add_argument("--seed", type=int, default=7, help="simulation seed (default %(default)s)")
+    p.add_argument("--cards", type=int, default=2000, help="simulated cards (default %(default)s)")
+    p.add_argument("--merchants", type=int, default=400, help="simulated merchants (default %(default)s)")
+    p.add_argument("--days", type=float, default=30.0, help="simulated days of event time (default %(default)s)")
+    p.add_argument("--start", type=_timestamp, help="event time of the simulation start (default 2026-01-01)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_produce)
+
+    p = sub.add_parser("demo", help="embedded broker + model + worker + API + traffic, then a summary")
+    p.add_argument(
+        "--count", type=int, default=10_000, help="transactions to stream; 0 = until Ctrl-C (default %(default)s)"
+    )
+    p.add_argument("--rate", type=_positive_float, default=500.0, help="transactions per second (default %(default)s)")
+    p.add_argument(
+        "--model-dir",
+        type=Path,
+        default=Path("artifacts/model"),
+        help="model artifact; trained on fresh synthetic data if missing (default %(default)s)",
+    )
+    p.add_argument(
+        "--workdir", type=Path, default=Path("artifacts/demo"), help="logs and generated data (default %(default)s)"
+    )
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command not in ("worker", "api"):
+        _setup_logging("info" if args.command in ("train", "demo") else "warning")
+    from model.errors import FraudStreamError
+
+    try:
+        return int(args.func(args))
+    except FraudStreamError as exc:
+        print(f"fraud {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # DatasetError and bad option values
+        print(f"fraud {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,291 @@
+"""``fraud demo``: the whole system on one machine, with no Docker and no external services.
+
+Starts the embedded broker, trains a model on fresh synthetic data if none exists, starts the
+worker and the API as their own processes, streams synthetic traffic (with a few malformed
+messages, to show the dead-letter path), follows the decisions live, and prints a summary whose
+last line is JSON. Every process it started is stopped on the way out, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+import numpy as np
+import orjson
+from confluent_kafka import TopicPartition
+
+from producers.publisher import Progress, Publisher
+from producers.synthetic import SimConfig, generate, iter_transactions
+from streaming import kafka
+from streaming.broker import EmbeddedBroker, free_port
+from streaming.settings import ProducerSettings
+
+#: Every this many transactions the demo also sends one malformed message.
+BAD_EVERY = 1000
+BAD_MESSAGES = (
+    b"{not json",
+    b'{"transaction_id": "bad-amount", "timestamp": "2026-02-01T10:00:00Z", "card_id": "c", '
+    b'"merchant_id": "m", "amount": -5, "currency": "USD"}',
+    b'{"transaction_id": "no-card", "timestamp": "2026-02-01T10:00:00Z", "merchant_id": "m", '
+    b'"amount": 5, "currency": "USD"}',
+    b"[1, 2, 3]",
+)
+TRAIN_CONFIG = SimConfig(seed=7, days=30.0, start=datetime(2026, 1, 1, tzinfo=UTC))
+TRAFFIC_CONFIG = SimConfig(seed=11, days=30.0, start=datetime(2026, 2, 1, tzinfo=UTC))
+
+
+@dataclass
+class DemoOptions:
+    count: int = 10_000
+    rate: float = 500.0
+    model_dir: Path = Path("artifacts/model")
+    workdir: Path = Path("artifacts/demo")
+
+
+@dataclass
+class Observed:
+    """What the demo's consumer has seen on the output topics (updated from its thread)."""
+
+    tx_ts: dict[str, int] = field(default_factory=dict)
+    decision_ts: dict[str, int] = field(default_factory=dict)
+    decisions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    outcomes: dict[str, int] = field(default_factory=lambda: {"allow": 0, "review": 0, "block": 0})
+    dead_letters: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def latencies_ms(self) -> np.ndarray:
+        with self.lock:
+            pairs = [(self.decision_ts[t], self.tx_ts[t]) for t in self.decision_ts if t in self.tx_ts]
+        return np.array([d - t for d, t in pairs], dtype=np.float64)
+
+
+def _follow(settings: ProducerSettings, observed: Observed, stop: threading.Event) -> None:
+    """Read transactions, decisions and dead letters from the beginning of the demo's topics."""
+    consumer = kafka.consumer(settings, f"fraud-demo-{os.getpid()}")
+    topics = [settings.transactions_topic, settings.decisions_topic, settings.dlq_topic]
+    meta = consumer.list_topics(timeout=10)
+    consumer.assign(
+        [TopicPartition(t, p, 0) for t in topics for p in (meta.topics[t].partitions if t in meta.topics else [])]
+    )
+    try:
+        while not stop.is_set():
+            for msg in consumer.consume(1000, 0.2):
+                if msg.error():
+                    continue
+                ts = msg.timestamp()[1]
+                topic = msg.topic()
+                with observed.lock:
+                    if topic == settings.dlq_topic:
+                        observed.dead_letters += 1
+                        continue
+                    try:
+                        body = orjson.loads(msg.value() or b"")
+                        tx_id = body["transaction_id"]
+                    except (orjson.JSONDecodeError, KeyError, TypeError):
+                        continue  # one of the demo's malformed transactions
+                    if topic == settings.transactions_topic:
+                        observed.tx_ts[tx_id] = ts
+                    elif tx_id not in observed.decisions:  # redeliveries are idempotent by id
+                        observed.decision_ts[tx_id] = ts
+                        observed.decisions[tx_id] = body
+                        observed.outcomes[body["decision"]] += 1
+    finally:
+        consumer.close()
+
+
+class Processes:
+    """Child processes of the demo; all stopped on exit."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.children: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = []
+
+    def start(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log = (self.workdir / f"{name}.log").open("wb")
+        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and CLI
+            [sys.executable, "-m", "streaming.cli", *args], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        self.children.append((name, proc, log))
+        return proc
+
+    def stop(self) -> None:
+        for _, proc, _ in reversed(self.children):
+            if proc.poll() is None:
+                proc.terminate()  # SIGTERM: the worker commits and leaves the group
+        for _, proc, log in reversed(self.children):
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], name: str, log: Path, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with code {proc.returncode}; see {log}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        time.sleep(0.3)
+    raise TimeoutError(f"{name} not ready after {timeout:.0f}s; see {log}")
+
+
+def _ensure_model(options: DemoOptions) -> None:
+    from model.train import TrainOptions, train
+
+    if (options.model_dir / "metadata.json").exists():
+        print(f"using model in {options.model_dir}")
+        return
+    data = options.workdir / "train.csv"
+    print(f"no model in {options.model_dir}: generating {TRAIN_CONFIG.days:.0f} days of synthetic traffic ...")
+    frame = generate(TRAIN_CONFIG)
+    frame.to_csv(data, index=False)
+    print(f"training on {len(frame)} transactions ({int(frame['is_fraud'].sum())} fraud) from {data} ...")
+    meta = train(data, options.model_dir, TrainOptions())
+    m = meta["validation_metrics"]
+    print(f"model {meta['version']}: validation AUC {m['auc_roc']:.3f}, average precision {m['average_precision']:.3f}")
+
+
+def run_demo(options: DemoOptions) -> int:
+    options.workdir.mkdir(parents=True, exist_ok=True)
+    _ensure_model(options)
+    procs = Processes(options.workdir)
+    broker = EmbeddedBroker(log_file=options.workdir / "broker.log")
+    stop = threading.Event()
+    follower: threading.Thread | None = None
+    observed = Observed()
+    sent_valid, sent_bad, labels = 0, 0, {}
+    try:
+        broker.start()
+        print(f"embedded broker on {broker.bootstrap_servers}")
+        settings = ProducerSettings(kafka_bootstrap_servers=broker.bootstrap_servers, metrics_port=0)
+        kafka.ensure_topics(settings, kafka.project_topics(settings))
+        web_port, api_port = free_port(), free_port()
+        env = {
+            **os.environ,
+            "FRAUD_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+            "FRAUD_MODEL_DIR": str(options.model_dir),
+            "FRAUD_WEB_PORT": str(web_port),
+            "FRAUD_METRICS_PORT": str(free_port()),
+            "FRAUD_DATA_DIR": str(options.workdir / "worker-data"),
+            "FRAUD_PORT": str(api_port),
+            "FRAUD_WORKER_URL": f"http://127.0.0.1:{web_port}",
+        }
+        worker = procs.start("worker", ["worker"], env)
+        api = procs.start("api", ["api"], env)
+        _wait_http(f"http://127.0.0.1:{web_port}/health", worker, "worker", options.workdir / "worker.log")
+        _wait_http(f"http://127.0.0.1:{api_port}/ready", api, "api", options.workdir / "api.log")
+        print(f"worker (state view :{web_port}) and API (http://127.0.0.1:{api_port}/docs) are up")
+        follower = threading.Thread(target=_follow, args=(settings, observed, stop), daemon=True)
+        follower.start()
+
+        publisher = Publisher(settings)
+        count = options.count or None
+        progress = Progress(count, enabled=True)
+        print(f"streaming {count or 'unbounded'} transactions at {options.rate:.0f}/s (Ctrl-C to stop) ...")
+        start = time.monotonic()
+        try:
+            for i, row in enumerate(iter_transactions(TRAFFIC_CONFIG)):
+                if count is not None and i >= count:
+                    break
+                wait = i / options.rate - (time.monotonic() - start)
+                if wait > 0:
+                    publisher.producer.poll(wait)
+                publisher.send(row)
+                labels[row["transaction_id"]] = int(row.get("is_fraud", 0))
+                sent_valid += 1
+                if (i + 1) % BAD_EVERY == 0:
+                    publisher.producer.produce(
+                        settings.transactions_topic, key=b"bad", value=BAD_MESSAGES[sent_bad % len(BAD_MESSAGES)]
+                    )
+                    sent_bad += 1
+                with observed.lock:
+                    decided, dlq = len(observed.decisions), observed.dead_letters
+                progress.update(sent_valid, f"decided {decided}  dead letters {dlq}")
+            publisher.producer.flush(30)
+            # Drain: wait for every valid transaction's decision and every dead letter.
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                with observed.lock:
+                    decided, dlq = len(observed.decisions), observed.dead_letters
+                progress.update(sent_valid, f"decided {decided}  dead letters {dlq}")
+                if decided >= sent_valid and dlq >= sent_bad:
+                    break
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            print("\ninterrupted: draining for 5 s ...", file=sys.stderr)
+            publisher.producer.flush(5)
+            time.sleep(5)
+        progress.update(sent_valid, f"decided {len(observed.decisions)}", force=True)
+        progress.close()
+        parity = _predict_check(api_port, observed)
+    finally:
+        stop.set()
+        if follower is not None:
+            follower.join(timeout=5)
+        procs.stop()
+        broker.stop()
+    return _summary(observed, sent_valid, sent_bad, labels, parity)
+
+
+def _predict_check(api_port: int, observed: Observed) -> str:
+    """Ask /predict about a transaction the stream already decided; the scores must agree."""
+    from model.schemas import Transaction
+
+    with observed.lock:
+        flagged = [d for d in observed.decisions.values() if d["decision"] != "allow"]
+        sample = (flagged or list(observed.decisions.values()))[:1]
+    if not sample:
+        return "no decision to compare"
+    tx_id = sample[0]["transaction_id"]
+    row = next((r for r in iter_transactions(TRAFFIC_CONFIG) if r["transaction_id"] == tx_id), None)
+    if row is None:
+        return "transaction not found"
+    body = Transaction.model_validate(row).model_dump(mode="json")
+    resp = httpx.post(f"http://127.0.0.1:{api_port}/predict", json=body, timeout=5)
+    api_score = resp.json().get("score")
+    same = api_score is not None and abs(api_score - sample[0]["score"]) < 1e-9
+    return (
+        f"/predict on {tx_id}: {api_score:.6f} vs stream {sample[0]['score']:.6f} ({'equal' if same else 'DIFFERENT'})"
+    )
+
+
+def _summary(observed: Observed, sent_valid: int, sent_bad: int, labels: dict[str, int], parity: str) -> int:
+    lat = observed.latencies_ms()
+    decided = len(observed.decisions)
+    blocked = observed.outcomes["block"]
+    flagged = [t for t, d in observed.decisions.items() if d["decision"] != "allow"]
+    frauds = [t for t, y in labels.items() if y]
+    caught = sum(1 for t in flagged if labels.get(t))
+    print("\n=== fraudstream demo summary ===")
+    print(f"transactions sent: {sent_valid} valid + {sent_bad} malformed")
+    print(f"decisions: {decided}  {observed.outcomes}")
+    print(f"dead letters: {observed.dead_letters}")
+    print(
+        f"labelled fraud in traffic: {len(frauds)}; flagged (review or block): {len(flagged)}, of which fraud: {caught}"
+    )
+    print(parity)
+    summary = {
+        "transactions": sent_valid + sent_bad,
+        "decisions": decided,
+        "dead_letters": observed.dead_letters,
+        "fraud_rate": round(blocked / decided, 6) if decided else 0.0,
+        "p50_latency_ms": round(float(np.percentile(lat, 50)), 2) if len(lat) else None,
+        "p99_latency_ms": round(float(np.percentile(lat, 99)), 2) if len(lat) else None,
+    }
+    print(json.dumps(summary), flush=True)
+    return 0 if decided >= sent_valid and observed.dead_letters >= sent_bad else 1

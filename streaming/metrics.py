@@ -1,0 +1,105 @@
+"""Prometheus metrics of each process, each on its own registry (no ids as labels, base units)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 20)) + (0.99,)
+BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2000)
+
+
+class ModelMetrics:
+    """What every scoring process says about its model."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.info = Gauge(
+            "fraud_model_info", "Model currently serving (value 1) by version", ["version"], registry=registry
+        )
+        self.loaded = Gauge("fraud_model_loaded", "1 when a verified model is serving", registry=registry)
+        self.reload_failures = Counter(
+            "fraud_model_reload_failures_total",
+            "Model artifacts refused at load (bad hash, unreadable, wrong features)",
+            registry=registry,
+        )
+
+    def set_version(self, version: str) -> None:
+        self.info.clear()
+        self.info.labels(version=version).set(1)
+        self.loaded.set(1)
+
+
+class WorkerMetrics(ModelMetrics):
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        super().__init__(self.registry)
+        r = self.registry
+        self.consumed = Counter(
+            "fraud_transactions_consumed_total", "Messages read from the transactions topic", registry=r
+        )
+        self.decisions = Counter("fraud_decisions_total", "Decisions published, by outcome", ["decision"], registry=r)
+        self.dead_letters = Counter(
+            "fraud_dead_letters_total", "Messages sent to the dead-letter topic, by reason", ["reason"], registry=r
+        )
+        self.batch_duration = Histogram(
+            "fraud_scoring_batch_duration_seconds",
+            "Time to compute features and score one batch",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "fraud_scoring_batch_size", "Transactions per scored batch", buckets=BATCH_SIZE_BUCKETS, registry=r
+        )
+        self.latency = Histogram(
+            "fraud_end_to_end_latency_seconds",
+            "From the transaction's Kafka record timestamp to its decision being handed to the producer",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.score = Histogram("fraud_score", "Scores of published decisions", buckets=SCORE_BUCKETS, registry=r)
+        self.last_event = Gauge(
+            "fraud_last_event_timestamp_seconds", "Record timestamp of the newest processed transaction", registry=r
+        )
+        self.processing_errors = Counter(
+            "fraud_processing_errors_total", "Batches that failed for an internal reason (the worker stops)", registry=r
+        )
+        for reason in ("oversized", "not_json", "not_an_object", "missing_field", "invalid_field"):
+            self.dead_letters.labels(reason=reason)
+        for outcome in ("allow", "review", "block"):
+            self.decisions.labels(decision=outcome)
+
+
+class ApiMetrics(ModelMetrics):
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        super().__init__(self.registry)
+        r = self.registry
+        self.requests = Counter(
+            "fraud_api_requests_total",
+            "HTTP requests by route, method and status",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "fraud_api_request_duration_seconds",
+            "HTTP request latency by route",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.decisions = Counter(
+            "fraud_api_decisions_total",
+            "Decisions returned by /predict, by outcome and card state source",
+            ["decision", "card_state"],
+            registry=r,
+        )
+
+
+class ProducerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.sent = Counter("fraud_producer_messages_total", "Messages acknowledged by the broker", registry=r)
+        self.failed = Counter("fraud_producer_errors_total", "Messages the broker did not acknowledge", registry=r)
+        self.fraud = Counter("fraud_producer_fraud_messages_total", "Sent messages labelled fraud", registry=r)
+        self.bytes = Counter("fraud_producer_bytes_total", "Value bytes acknowledged", registry=r)

@@ -1,0 +1,145 @@
+"""Configuration: one settings class per process, every field from ``FRAUD_*`` environment variables.
+
+``KafkaSettings`` holds what every process shares (bootstrap servers, security, topic names);
+``WorkerSettings``, ``ApiSettings`` and ``ProducerSettings`` add their own fields. Security
+options are passed through to both Kafka clients (confluent-kafka and Faust's aiokafka).
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class KafkaSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FRAUD_", extra="ignore")
+
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    """Comma-separated host:port list of Kafka brokers."""
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """How clients talk to the brokers."""
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    """SASL mechanism when the protocol is SASL_*."""
+    kafka_sasl_username: str | None = None
+    """SASL user name."""
+    kafka_sasl_password: SecretStr | None = None
+    """SASL password; never logged."""
+    kafka_ssl_cafile: Path | None = None
+    """CA bundle to verify the brokers' certificates (SSL / SASL_SSL)."""
+    kafka_ssl_certfile: Path | None = None
+    """Client certificate for mutual TLS."""
+    kafka_ssl_keyfile: Path | None = None
+    """Private key of the client certificate."""
+    transactions_topic: str = "transactions"
+    """Topic the transactions arrive on, keyed by card_id."""
+    decisions_topic: str = "fraud-decisions"
+    """Topic the decisions are published to, keyed by card_id."""
+    dlq_topic: str = "transactions.dlq"
+    """Dead-letter topic for transactions that fail validation."""
+    topic_partitions: int = Field(default=4, ge=1)
+    """Partitions for topics this project creates; the worker's table shards match it."""
+    topic_replication_factor: int = Field(default=1, ge=1)
+    """Replication factor for topics this project creates."""
+
+    def confluent_config(self) -> dict[str, Any]:
+        """librdkafka settings for confluent-kafka clients."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.kafka_bootstrap_servers,
+            "security.protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_security_protocol.startswith("SASL"):
+            conf["sasl.mechanism"] = self.kafka_sasl_mechanism
+            conf["sasl.username"] = self.kafka_sasl_username or ""
+            conf["sasl.password"] = self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else ""
+        if self.kafka_security_protocol.endswith("SSL"):
+            for key, value in (
+                ("ssl.ca.location", self.kafka_ssl_cafile),
+                ("ssl.certificate.location", self.kafka_ssl_certfile),
+                ("ssl.key.location", self.kafka_ssl_keyfile),
+            ):
+                if value is not None:
+                    conf[key] = str(value)
+        return conf
+
+    def faust_credentials(self) -> Any:
+        """Faust (aiokafka) credentials object, or None for PLAINTEXT."""
+        import faust  # local: only the worker process needs Faust
+
+        protocol = self.kafka_security_protocol
+        if protocol == "PLAINTEXT":
+            return None
+        context = None
+        if protocol.endswith("SSL"):
+            context = ssl.create_default_context(cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None)
+            if self.kafka_ssl_certfile:
+                context.load_cert_chain(
+                    str(self.kafka_ssl_certfile), str(self.kafka_ssl_keyfile) if self.kafka_ssl_keyfile else None
+                )
+        if protocol == "SSL":
+            return faust.SSLCredentials(context)
+        password = self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else ""
+        return faust.SASLCredentials(
+            username=self.kafka_sasl_username or "",
+            password=password,
+            mechanism=self.kafka_sasl_mechanism,
+            ssl_context=context,
+        )
+
+
+class WorkerSettings(KafkaSettings):
+    """``fraud worker``: the Faust stream processor."""
+
+    model_dir: Path = Path("artifacts/model")
+    """Directory written by ``fraud train --out``."""
+    app_id: str = "fraudstream"
+    """Faust application id: consumer group and prefix of the state changelog topics."""
+    batch_size: int = Field(default=500, ge=1)
+    """Most transactions scored in one model call."""
+    batch_timeout_seconds: float = Field(default=0.02, gt=0)
+    """Longest a transaction waits for its batch to fill."""
+    session_timeout_seconds: float = Field(default=10.0, ge=6.0)
+    """Consumer group session timeout; short timeouts make joins and failover fast."""
+    web_host: str = "127.0.0.1"
+    """Interface of the worker's state view (read by the API)."""
+    web_port: int = 6066
+    """Port of the worker's state view."""
+    metrics_port: int = 9101
+    """Port of the worker's Prometheus /metrics."""
+    data_dir: Path = Path(".fraudstream")
+    """Local data directory of the Faust app."""
+    model_reload_seconds: float = Field(default=10.0, gt=0)
+    """How often the model directory is checked for a new artifact."""
+    history_grace_seconds: int = Field(default=3600, ge=0)
+    """Card history kept beyond the 30-day window, for late transactions."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Log level of the worker."""
+
+
+class ApiSettings(KafkaSettings):
+    """``fraud api``: the synchronous scoring adapter."""
+
+    host: str = "127.0.0.1"
+    """Interface to listen on."""
+    port: int = 8000
+    """Port to listen on."""
+    model_dir: Path = Path("artifacts/model")
+    """Directory written by ``fraud train --out``."""
+    worker_url: str = "http://127.0.0.1:6066"
+    """Base URL of a worker's state view; requests are routed to the worker owning the card."""
+    state_timeout_seconds: float = Field(default=0.5, gt=0)
+    """How long /predict waits for card state before answering with the stateless score."""
+    model_reload_seconds: float = Field(default=10.0, gt=0)
+    """How often the model directory is checked for a new artifact."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Log level of the API."""
+
+
+class ProducerSettings(KafkaSettings):
+    """``fraud produce``: the synthetic producer and CSV replay."""
+
+    metrics_port: int = 9102
+    """Port of the producer's Prometheus /metrics (0 disables it)."""

@@ -1,0 +1,76 @@
+"""Per-card history as the worker stores it: the last 30 days (plus grace) of transactions.
+
+A card's value in the table is a JSON object of parallel lists, sorted by time. Merging is
+idempotent by transaction id, so a transaction redelivered after a rebalance or a crash is
+never counted twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from model.features import HISTORY_COLUMNS, HISTORY_SPAN_MS
+
+CardState = dict[str, list[Any]]
+_FIELDS = ("ids", "ts", "amt", "mer")
+
+
+def empty_state() -> CardState:
+    return {f: [] for f in _FIELDS}
+
+
+def history_frame(states: Mapping[str, CardState | None]) -> pd.DataFrame:
+    """One history frame (columns of ``model.features.HISTORY_COLUMNS``) for several cards."""
+    ids: list[str] = []
+    cards: list[str] = []
+    merchants: list[str] = []
+    ts: list[int] = []
+    amounts: list[float] = []
+    for card, state in states.items():
+        if not state:
+            continue
+        ids.extend(state["ids"])
+        cards.extend([card] * len(state["ids"]))
+        merchants.extend(state["mer"])
+        ts.extend(state["ts"])
+        amounts.extend(state["amt"])
+    return pd.DataFrame(
+        {
+            "transaction_id": ids,
+            "card_id": cards,
+            "merchant_id": merchants,
+            "ts_ms": np.asarray(ts, dtype=np.int64),
+            "amount": np.asarray(amounts, dtype=np.float64),
+        },
+        columns=list(HISTORY_COLUMNS),
+    )
+
+
+def merge(state: CardState | None, rows: Iterable[tuple[str, int, float, str]], grace_ms: int) -> CardState:
+    """Add ``(transaction_id, ts_ms, amount, merchant_id)`` rows; keep what features can still use.
+
+    Entries older than the card's newest timestamp minus the longest window (and the grace for
+    late events) are dropped: no in-order transaction can see them any more.
+    """
+    state = state or empty_state()
+    known = set(state["ids"])
+    entries = list(zip(state["ids"], state["ts"], state["amt"], state["mer"], strict=True))
+    for row in rows:
+        if row[0] not in known:
+            known.add(row[0])
+            entries.append(row)
+    if not entries:
+        return empty_state()
+    entries.sort(key=lambda e: e[1])  # stable: equal timestamps keep arrival order
+    horizon = entries[-1][1] - HISTORY_SPAN_MS - grace_ms
+    kept = [e for e in entries if e[1] >= horizon]
+    return {
+        "ids": [e[0] for e in kept],
+        "ts": [int(e[1]) for e in kept],
+        "amt": [float(e[2]) for e in kept],
+        "mer": [e[3] for e in kept],
+    }

@@ -1,0 +1,267 @@
+"""The Faust worker: transactions -> card state + features -> model -> decisions.
+
+Per-message error policy (counted and logged with topic[partition]@offset):
+
+* invalid input (not JSON, wrong types, missing fields, bad amounts, oversized): dead-letter it
+  with the original bytes, the reason and its source coordinates in headers, and go on;
+* an internal failure (model, state, producer): log it and stop the process *without*
+  committing, so the batch is consumed again after restart (at-least-once; decisions are
+  idempotent by ``transaction_id``).
+
+Offsets: ``take_events`` acknowledges a batch only after the loop body returns, and Faust
+flushes the producer (decisions, dead letters, changelog) before it commits offsets, so an
+offset is committed only once its decision or dead letter is written.
+
+Design notes: one agent instance per process (``concurrency=1``: Faust can commit past
+unprocessed messages with more) and scale-out by partitions; scoring runs in a worker thread so
+the event loop keeps consuming and heartbeating while a batch is scored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+import numpy as np
+import orjson
+import pandas as pd
+from faust.streams import _current_event
+from prometheus_client import start_http_server
+
+from model.features import frame_from_transactions
+from model.schemas import Decision, Transaction
+from model.scoring import ModelHolder, utcnow
+from streaming import kafka
+from streaming.metrics import WorkerMetrics
+from streaming.settings import WorkerSettings
+from streaming.state import CardState, empty_state, history_frame, merge
+from streaming.validation import Rejected, parse_transaction
+
+log = logging.getLogger("fraudstream.worker")
+
+CARD_TABLE = "card-history"
+
+
+@dataclass(frozen=True)
+class Record:
+    """The parts of a consumed Kafka record the processor needs."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+
+    @property
+    def where(self) -> str:
+        return f"{self.topic}[{self.partition}]@{self.offset}"
+
+
+@dataclass
+class ScoredTransactions:
+    decisions: list[Decision]
+    states: dict[str, CardState]
+
+
+class BatchProcessor:
+    """Framework-free core of the worker: validate, then score against card state."""
+
+    def __init__(self, holder: ModelHolder, metrics: WorkerMetrics, grace_ms: int) -> None:
+        self.holder = holder
+        self.metrics = metrics
+        self.grace_ms = grace_ms
+
+    def split(
+        self, records: Sequence[Record]
+    ) -> tuple[list[tuple[Record, Transaction]], list[tuple[Record, Rejected]]]:
+        valid, rejected = [], []
+        for rec in records:
+            parsed = parse_transaction(rec.value)
+            if isinstance(parsed, Rejected):
+                log.warning("dead-lettering %s: %s: %s", rec.where, parsed.reason, parsed.detail)
+                rejected.append((rec, parsed))
+            else:
+                valid.append((rec, parsed))
+        return valid, rejected
+
+    def score(self, txs: Sequence[Transaction], states: dict[str, CardState | None]) -> ScoredTransactions:
+        """CPU-bound part, run off the event loop: one feature pass and one model call per batch."""
+        scorer = self.holder.scorer
+        with self.metrics.batch_duration.time():
+            queries = frame_from_transactions(txs)
+            stored = history_frame(states)
+            # The batch is history for itself: a card's second transaction in the batch sees its
+            # first; each row's own timestamp bounds what it sees, so no row sees itself.
+            fresh = queries.loc[~queries["transaction_id"].isin(stored["transaction_id"])]
+            fresh = fresh.drop_duplicates("transaction_id")
+            history = pd.concat([stored, fresh[list(stored.columns)]], ignore_index=True)
+            batch = scorer.score_frame(queries, history)
+            card_states = ["used" if (states.get(tx.card_id) or {}).get("ids") else "empty" for tx in txs]
+            decisions = scorer.decisions(txs, batch, card_states, utcnow())
+            new_states: dict[str, CardState] = {}
+            rows: dict[str, list[tuple[str, int, float, str]]] = {}
+            for tx, ts in zip(txs, queries["ts_ms"].to_numpy(), strict=True):
+                rows.setdefault(tx.card_id, []).append((tx.transaction_id, int(ts), tx.amount, tx.merchant_id))
+            for card, card_rows in rows.items():
+                new_states[card] = merge(states.get(card), card_rows, self.grace_ms)
+        self.metrics.batch_size.observe(len(txs))
+        return ScoredTransactions(decisions=decisions, states=new_states)
+
+
+def encode_decision(decision: Decision) -> bytes:
+    return orjson.dumps(decision.model_dump(mode="json"))
+
+
+def dlq_headers(rec: Record, rejected: Rejected) -> list[tuple[str, bytes]]:
+    return [
+        ("error.reason", rejected.reason.encode()),
+        ("error.detail", rejected.detail.encode()),
+        ("source.topic", rec.topic.encode()),
+        ("source.partition", str(rec.partition).encode()),
+        ("source.offset", str(rec.offset).encode()),
+        ("source.timestamp_ms", str(rec.timestamp_ms).encode()),
+    ]
+
+
+def create_app(settings: WorkerSettings, holder: ModelHolder, metrics: WorkerMetrics) -> faust.App:
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{h.strip()}" for h in settings.kafka_bootstrap_servers.split(",")],
+        broker_credentials=settings.faust_credentials(),
+        store="memory://",
+        datadir=str(settings.data_dir),
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=settings.topic_replication_factor,
+        broker_session_timeout=settings.session_timeout_seconds,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_seconds / 3),
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        web_enabled=True,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_in_thread=False,
+    )
+
+    def raw_topic(name: str) -> faust.TopicT:
+        return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+
+    transactions = raw_topic(settings.transactions_topic)
+    decisions_topic = raw_topic(settings.decisions_topic)
+    dlq_topic = raw_topic(settings.dlq_topic)
+    cards = app.Table(CARD_TABLE, default=None, key_type=str, key_serializer="raw", value_serializer="json")
+    processor = BatchProcessor(holder, metrics, settings.history_grace_seconds * 1000)
+
+    async def handle(events: Sequence[faust.types.EventT]) -> None:
+        records = [
+            Record(
+                topic=e.message.topic,
+                partition=e.message.partition,
+                offset=e.message.offset,
+                timestamp_ms=int(e.message.timestamp * 1000),
+                key=e.message.key,
+                value=e.message.value,
+            )
+            for e in events
+        ]
+        metrics.consumed.inc(len(records))
+        valid, rejected = processor.split(records)
+        for rec, rej in rejected:
+            await dlq_topic.send(key=rec.key, value=rec.value, headers=dlq_headers(rec, rej))
+            metrics.dead_letters.labels(reason=rej.reason).inc()
+        if valid:
+            txs = [tx for _, tx in valid]
+            states = {tx.card_id: cards.get(tx.card_id) for tx in txs}
+            result = await asyncio.to_thread(processor.score, txs, states)
+            # A table write goes to the changelog partition of the "current event", which Faust
+            # takes from a context variable; point it at an event of the card's own partition.
+            event_of_card = {tx.card_id: ev for ev, (_, tx) in zip(_valid_events(events, valid), valid, strict=True)}
+            for card, state in result.states.items():
+                token = _current_event.set(weakref.ref(event_of_card[card]))
+                try:
+                    cards[card] = state
+                finally:
+                    _current_event.reset(token)
+            now_ms = utcnow().timestamp() * 1000
+            for (rec, _), decision in zip(valid, result.decisions, strict=True):
+                await decisions_topic.send(key=decision.card_id.encode(), value=encode_decision(decision))
+                metrics.decisions.labels(decision=decision.decision).inc()
+                metrics.score.observe(decision.score)
+                metrics.latency.observe(max(0.0, (now_ms - rec.timestamp_ms) / 1000))
+        metrics.last_event.set(max(r.timestamp_ms for r in records) / 1000)
+
+    @app.agent(transactions, concurrency=1)
+    async def score_transactions(stream: faust.StreamT[bytes]) -> None:
+        async for events in stream.take_events(  # type: ignore[attr-defined]  # Stream has it; StreamT omits it
+            settings.batch_size, within=settings.batch_timeout_seconds
+        ):
+            try:
+                await handle(events)
+            except Exception:
+                first = events[0].message
+                log.critical(
+                    "internal error on batch from %s[%d]@%d; stopping without committing it",
+                    first.topic,
+                    first.partition,
+                    first.offset,
+                    exc_info=True,
+                )
+                metrics.processing_errors.inc()
+                logging.shutdown()
+                # Exit at once: a graceful stop would commit the offsets take_events acked.
+                os._exit(70)
+
+    @app.page("/cards/{card_id}/history")
+    @app.table_route(table=cards, match_info="card_id")
+    async def card_history(web: faust.web.View, request: faust.web.Request, card_id: str) -> faust.web.Response:
+        state = cards.get(card_id) or empty_state()
+        return web.json({"card_id": card_id, "history": state})
+
+    @app.page("/health")
+    async def health(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        return web.json({"status": "ok", "model_version": holder.scorer.version if holder.ready else None})
+
+    @app.timer(interval=settings.model_reload_seconds)
+    async def reload_model() -> None:
+        if await asyncio.to_thread(holder.load):
+            metrics.set_version(holder.scorer.version)
+        metrics.reload_failures.inc(holder.reload_failures - metrics_reload_seen[0])
+        metrics_reload_seen[0] = holder.reload_failures
+
+    metrics_reload_seen = [holder.reload_failures]
+    return app
+
+
+def _valid_events(events: Sequence[Any], valid: Sequence[tuple[Record, Transaction]]) -> list[Any]:
+    by_coords = {(e.message.partition, e.message.offset): e for e in events}
+    return [by_coords[(rec.partition, rec.offset)] for rec, _ in valid]
+
+
+def run_worker(settings: WorkerSettings) -> None:
+    """Blocking: start metrics, load the model, create topics, run until SIGTERM/SIGINT."""
+    metrics = WorkerMetrics()
+    holder = ModelHolder(settings.model_dir)
+    holder.load()
+    if not holder.ready:
+        raise SystemExit(f"fraud worker: no usable model in {settings.model_dir}: {holder.last_error}")
+    metrics.set_version(holder.scorer.version)
+    kafka.ensure_topics(settings, kafka.project_topics(settings))
+    start_http_server(settings.metrics_port, registry=metrics.registry)
+    app = create_app(settings, holder, metrics)
+    worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
+    log.info("worker %s: model %s, metrics on :%d", settings.app_id, holder.scorer.version, settings.metrics_port)
+    worker.execute_from_commandline()
+
+
+def decision_latency_ms(decisions: Sequence[dict[str, Any]]) -> np.ndarray:
+    """Helper for callers holding decoded decisions: event-to-score gap in milliseconds."""
+    return np.array(
+        [(pd.Timestamp(d["scored_at"]) - pd.Timestamp(d["event_timestamp"])).total_seconds() * 1000 for d in decisions]
+    )
