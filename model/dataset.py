@@ -117,7 +117,12 @@ def validate_frame(raw: pd.DataFrame, *, first_line: int = 2) -> Dataset:
     reject("bad_is_fraud", label.isna().to_numpy())
     channel = raw["channel"].str.lower()
     reject("bad_channel", ~(channel.isin(CHANNELS) | (channel == "")).to_numpy())
-    reject("duplicate_transaction_id", raw["transaction_id"].duplicated(keep="first").to_numpy() & ~bad)
+    # Duplicates are judged among the rows still valid: a row whose only earlier twin was itself
+    # rejected (the stream would dead-letter that one and score this one) must be kept, not
+    # excluded as a "duplicate" of a row that is not in the dataset.
+    dup = np.zeros(n, dtype=bool)
+    dup[~bad] = raw["transaction_id"].loc[~bad].duplicated(keep="first").to_numpy()
+    reject("duplicate_transaction_id", dup)
 
     ok = ~bad
     good = raw.loc[ok]

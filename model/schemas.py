@@ -88,3 +88,8 @@ class Decision(BaseModel):
             "'unavailable': the history could not be reached and the score is stateless."
         ),
     )
+    features: dict[str, float] | None = Field(
+        default=None,
+        description="Feature values the score was computed from; only when the worker runs with "
+        "FRAUD_INCLUDE_FEATURES=true (audit and parity checks).",
+    )

@@ -78,19 +78,27 @@ class Scorer:
         return ScoredBatch(features=features, scores=scores, decisions=decisions, reasons=reasons)
 
     def decisions(
-        self, txs: Sequence[Transaction], batch: ScoredBatch, card_states: Sequence[str], scored_at: datetime
+        self,
+        txs: Sequence[Transaction],
+        batch: ScoredBatch,
+        card_states: Sequence[str],
+        scored_at: datetime,
+        include_features: bool = False,
     ) -> list[Decision]:
         return [
             Decision(
                 transaction_id=tx.transaction_id,
                 card_id=tx.card_id,
-                score=float(np.clip(batch.scores[i], 0.0, 1.0)),
+                score=min(1.0, max(0.0, float(batch.scores[i]))),
                 decision=str(batch.decisions[i]),  # type: ignore[arg-type]  # decide() yields only the three literals
                 reasons=batch.reasons[i],
                 model_version=self.version,
                 event_timestamp=tx.timestamp,
                 scored_at=scored_at,
                 card_state=card_states[i],  # type: ignore[arg-type]  # callers pass the literal states
+                features=dict(zip(FEATURE_NAMES, batch.features[i].tolist(), strict=True))
+                if include_features
+                else None,
             )
             for i, tx in enumerate(txs)
         ]

@@ -21,6 +21,7 @@ import httpx
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from threadpoolctl import threadpool_limits
 
 from model.errors import FraudStreamError
 from model.features import frame_from_transactions
@@ -84,6 +85,8 @@ def create_api(settings: ApiSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Single-row scoring gains nothing from OpenMP threads and pays their wake-up cost.
+        threadpool_limits(1)
         await asyncio.to_thread(services.refresh_model)
 
         async def reload_loop() -> None:

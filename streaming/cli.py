@@ -50,9 +50,9 @@ def cmd_broker(args: argparse.Namespace) -> int:
     from streaming.broker import EmbeddedBroker
 
     broker = EmbeddedBroker(port=args.port, host=args.host).start()
-    print(
-        f"embedded broker on {broker.bootstrap_servers}; export FRAUD_KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}"
-    )
+    print(f"embedded broker on {broker.bootstrap_servers}")
+    print(f"export FRAUD_KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}")
+    print("for a worker on this broker also export FRAUD_PRODUCER_MAX_BATCH_BYTES=1 (see README)")
     print("Ctrl-C to stop (storage is in memory and is lost on exit)", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:

@@ -184,6 +184,8 @@ def run_demo(options: DemoOptions) -> int:
             "FRAUD_DATA_DIR": str(options.workdir / "worker-data"),
             "FRAUD_PORT": str(api_port),
             "FRAUD_WORKER_URL": f"http://127.0.0.1:{web_port}",
+            # See WorkerSettings.producer_max_batch_bytes: the embedded broker's watermark quirk.
+            "FRAUD_PRODUCER_MAX_BATCH_BYTES": "1",
         }
         worker = procs.start("worker", ["worker"], env)
         api = procs.start("api", ["api"], env)

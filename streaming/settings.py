@@ -115,6 +115,13 @@ class WorkerSettings(KafkaSettings):
     """How often the model directory is checked for a new artifact."""
     history_grace_seconds: int = Field(default=3600, ge=0)
     """Card history kept beyond the 30-day window, for late transactions."""
+    producer_max_batch_bytes: int = Field(default=16384, ge=1)
+    """Largest record batch the worker's producer builds. The embedded broker (tansu 0.6.0)
+    reports a partition's high watermark as the last batch's base offset + 1, which makes state
+    recovery stop short of the changelog's tail; 1 (one record per batch) avoids that there.
+    Keep the default on Apache Kafka."""
+    include_features: bool = False
+    """Add the feature values to each decision (bigger messages; for audits and parity checks)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level of the worker."""
 

@@ -33,6 +33,7 @@ import orjson
 import pandas as pd
 from faust.streams import _current_event
 from prometheus_client import start_http_server
+from threadpoolctl import threadpool_limits
 
 from model.features import frame_from_transactions
 from model.schemas import Decision, Transaction
@@ -73,7 +74,10 @@ class ScoredTransactions:
 class BatchProcessor:
     """Framework-free core of the worker: validate, then score against card state."""
 
-    def __init__(self, holder: ModelHolder, metrics: WorkerMetrics, grace_ms: int) -> None:
+    def __init__(
+        self, holder: ModelHolder, metrics: WorkerMetrics, grace_ms: int, include_features: bool = False
+    ) -> None:
+        self.include_features = include_features
         self.holder = holder
         self.metrics = metrics
         self.grace_ms = grace_ms
@@ -104,7 +108,7 @@ class BatchProcessor:
             history = pd.concat([stored, fresh[list(stored.columns)]], ignore_index=True)
             batch = scorer.score_frame(queries, history)
             card_states = ["used" if (states.get(tx.card_id) or {}).get("ids") else "empty" for tx in txs]
-            decisions = scorer.decisions(txs, batch, card_states, utcnow())
+            decisions = scorer.decisions(txs, batch, card_states, utcnow(), self.include_features)
             new_states: dict[str, CardState] = {}
             rows: dict[str, list[tuple[str, int, float, str]]] = {}
             for tx, ts in zip(txs, queries["ts_ms"].to_numpy(), strict=True):
@@ -116,7 +120,7 @@ class BatchProcessor:
 
 
 def encode_decision(decision: Decision) -> bytes:
-    return orjson.dumps(decision.model_dump(mode="json"))
+    return orjson.dumps(decision.model_dump(mode="json", exclude_none=True))
 
 
 def dlq_headers(rec: Record, rejected: Rejected) -> list[tuple[str, bytes]]:
@@ -143,6 +147,7 @@ def create_app(settings: WorkerSettings, holder: ModelHolder, metrics: WorkerMet
         broker_heartbeat_interval=min(3.0, settings.session_timeout_seconds / 3),
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        producer_max_batch_size=settings.producer_max_batch_bytes,
         web_enabled=True,
         web_bind=settings.web_host,
         web_host=settings.web_host,
@@ -156,8 +161,10 @@ def create_app(settings: WorkerSettings, holder: ModelHolder, metrics: WorkerMet
     transactions = raw_topic(settings.transactions_topic)
     decisions_topic = raw_topic(settings.decisions_topic)
     dlq_topic = raw_topic(settings.dlq_topic)
-    cards = app.Table(CARD_TABLE, default=None, key_type=str, key_serializer="raw", value_serializer="json")
-    processor = BatchProcessor(holder, metrics, settings.history_grace_seconds * 1000)
+    # Raw keys: the changelog and the state-view routing hash the same bytes as the producers.
+    card_schema: faust.Schema = faust.Schema(key_type=str, key_serializer="raw", value_serializer="json")
+    cards = app.Table(CARD_TABLE, default=None, schema=card_schema)
+    processor = BatchProcessor(holder, metrics, settings.history_grace_seconds * 1000, settings.include_features)
 
     async def handle(events: Sequence[faust.types.EventT]) -> None:
         records = [
@@ -246,6 +253,9 @@ def _valid_events(events: Sequence[Any], valid: Sequence[tuple[Record, Transacti
 
 def run_worker(settings: WorkerSettings) -> None:
     """Blocking: start metrics, load the model, create topics, run until SIGTERM/SIGINT."""
+    # One scoring thread beside the event loop: OpenMP threads fighting the loop for two cores
+    # made batch scoring several times slower than running single-threaded.
+    threadpool_limits(1)
     metrics = WorkerMetrics()
     holder = ModelHolder(settings.model_dir)
     holder.load()

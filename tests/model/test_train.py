@@ -1,0 +1,250 @@
+"""Training writes a verified, time-split artifact; loading refuses tampering; evaluate scores a range."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from model.artifact import load_artifact
+from model.dataset import load_csv
+from model.errors import ModelLoadError, ModelNotReadyError
+from model.evaluate import evaluate
+from model.features import FEATURE_NAMES
+from model.scoring import ModelHolder
+from model.train import TrainOptions, build_estimator, features_for, train
+from producers.synthetic import SimConfig, generate
+
+TRAIN_FROM = pd.Timestamp("2026-01-03T00:00:00Z")
+LOGREG_FROM = pd.Timestamp("2026-01-04T12:00:00+05:30")
+LOGREG_TO = pd.Timestamp("2026-01-19T00:00:00Z")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+REPORT_KEYS = {
+    "n_transactions", "n_fraud", "fraud_rate", "n_cards", "auc_roc", "average_precision", "card_precision_at_100",
+    "thresholds", "threshold_notes", "at_threshold", "decision_counts", "confusion", "model_version", "range", "data",
+}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def ms(iso: str) -> int:
+    return pd.Timestamp(iso).value // 1_000_000
+
+
+@pytest.fixture(scope="session")
+def data_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "transactions.csv"
+    frame = generate(SimConfig(seed=1, n_cards=200, n_merchants=40, days=20))
+    frame.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def hgb(tmp_path_factory: pytest.TempPathFactory, data_csv: Path) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("artifacts") / "hgb"
+    return out, train(data_csv, out, TrainOptions(train_from=TRAIN_FROM))
+
+
+@pytest.fixture(scope="session")
+def logreg(tmp_path_factory: pytest.TempPathFactory, data_csv: Path) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("artifacts") / "logreg"
+    return out, train(data_csv, out, TrainOptions(model_type="logreg", train_from=LOGREG_FROM, train_to=LOGREG_TO))
+
+
+def flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+# ------------------------------------------------------------------------------------------
+
+
+def test_artifact_files_and_metadata(hgb: tuple[Path, dict[str, Any]], data_csv: Path) -> None:
+    out, meta = hgb
+    for name in ("model.joblib", "metadata.json", "pr_curve.png", "confusion_matrix.png"):
+        assert (out / name).is_file(), name
+    for name in ("pr_curve.png", "confusion_matrix.png"):
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+    assert not (out / "metadata.json.tmp").exists()
+
+    on_disk = json.loads((out / "metadata.json").read_text())
+    assert on_disk == json.loads(json.dumps(meta, default=str))
+    assert isinstance(on_disk["version"], str) and on_disk["version"]
+    assert on_disk["model_type"] == "hgb"
+    assert on_disk["feature_names"] == list(FEATURE_NAMES)
+    assert len(on_disk["reference_features"]) == len(FEATURE_NAMES)
+    assert on_disk["model_sha256"] == sha256(out / "model.joblib")
+    assert on_disk["data_fingerprint"]["sha256"] == sha256(data_csv)
+    assert on_disk["data_fingerprint"]["rows"] == len(pd.read_csv(data_csv))
+
+    t = on_disk["thresholds"]
+    assert 0.0 <= t["review"] <= t["block"] <= 1.0
+
+    window = on_disk["training_window"]
+    for key in ("fit_from", "fit_to", "validation_from", "validation_to", "fit_rows", "validation_rows"):
+        assert key in window
+    metrics = on_disk["validation_metrics"]
+    assert metrics["n_transactions"] == window["validation_rows"]
+    assert metrics["n_fraud"] == window["validation_fraud"] > 0
+    assert metrics["auc_roc"] > 0.8
+
+    loaded = load_artifact(out)
+    assert loaded.version == on_disk["version"]
+    assert loaded.thresholds.review == t["review"] and loaded.thresholds.block == t["block"]
+
+
+def test_time_split_and_train_from(hgb: tuple[Path, dict[str, Any]], data_csv: Path) -> None:
+    _, meta = hgb
+    w = meta["training_window"]
+    # Validation is strictly later than everything fitted.
+    assert ms(w["fit_from"]) <= ms(w["fit_to"]) < ms(w["validation_from"]) <= ms(w["validation_to"])
+    # Rows before --train-from are history only.
+    assert ms(w["fit_from"]) >= TRAIN_FROM.value // 1_000_000
+    assert pd.Timestamp(w["requested_from"]) == TRAIN_FROM
+    ts = load_csv(data_csv).frame["ts_ms"].to_numpy()
+    start = TRAIN_FROM.value // 1_000_000
+    assert w["history_only_rows"] == int((ts < start).sum()) > 0
+    assert w["fit_rows"] + w["validation_rows"] == int((ts >= start).sum())
+    assert w["fit_rows"] == int(((ts >= start) & (ts < ms(w["validation_from"]))).sum())
+    assert 0.15 < w["validation_rows"] / (w["fit_rows"] + w["validation_rows"]) < 0.25
+
+
+def test_logreg_is_fitted_on_exactly_the_window_rows(logreg: tuple[Path, dict[str, Any]], data_csv: Path) -> None:
+    out, meta = logreg
+    assert meta["model_type"] == "logreg"
+    assert meta["validation_metrics"]["auc_roc"] > 0.8
+    artifact = load_artifact(out)
+    w = meta["training_window"]
+    assert ms(w["fit_from"]) >= LOGREG_FROM.value // 1_000_000
+    assert ms(w["validation_to"]) < LOGREG_TO.value // 1_000_000
+    assert ms(w["fit_to"]) < ms(w["validation_from"])
+
+    # Refit independently on [train_from, validation_from): identical coefficients prove that
+    # rows outside the window were not trained on (yet did serve as history for the features).
+    ds = load_csv(data_csv)
+    ts = ds.frame["ts_ms"].to_numpy()
+    fit = (ts >= LOGREG_FROM.value // 1_000_000) & (ts < ms(w["validation_from"]))
+    assert int(fit.sum()) == w["fit_rows"]
+    expected = build_estimator("logreg", meta["seed"]).fit(features_for(ds.frame)[fit], ds.labels[fit])
+    got = artifact.estimator
+    np.testing.assert_allclose(got[-1].coef_, expected[-1].coef_, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(got[0].mean_, expected[0].mean_, rtol=1e-9)
+
+
+def test_tampered_model_is_refused(hgb: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    out, _ = hgb
+    copy = shutil.copytree(out, tmp_path / "copy")
+    assert load_artifact(copy).version  # the untouched copy loads
+    flip_byte(copy / "model.joblib")
+    with pytest.raises(ModelLoadError, match="SHA-256"):
+        load_artifact(copy)
+
+
+def test_other_broken_artifacts_are_refused(hgb: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    out, _ = hgb
+    with pytest.raises(ModelLoadError, match="not found"):
+        load_artifact(tmp_path / "missing")
+    wrong = shutil.copytree(out, tmp_path / "features")
+    meta = json.loads((wrong / "metadata.json").read_text())
+    meta["feature_names"] = meta["feature_names"][:-1]
+    (wrong / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelLoadError, match="feature list"):
+        load_artifact(wrong)
+    garbled = shutil.copytree(out, tmp_path / "garbled")
+    (garbled / "metadata.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="unreadable"):
+        load_artifact(garbled)
+
+
+def _replace_dir(live: Path, new: Path, stamp: float) -> None:
+    """Swap ``new`` in as ``live`` with a metadata mtime the holder has not seen."""
+    os.utime(new / "metadata.json", (stamp, stamp))
+    shutil.rmtree(live)
+    new.rename(live)
+
+
+def test_holder_keeps_serving_when_new_artifact_is_corrupt(
+    hgb: tuple[Path, dict[str, Any]], logreg: tuple[Path, dict[str, Any]], data_csv: Path, tmp_path: Path
+) -> None:
+    live = tmp_path / "live"
+    holder = ModelHolder(live)
+    assert holder.load() is False
+    assert not holder.ready and holder.reload_failures == 1
+    with pytest.raises(ModelNotReadyError):
+        _ = holder.scorer
+
+    shutil.copytree(hgb[0], live)
+    os.utime(live / "metadata.json", (1_000_000, 1_000_000))
+    assert holder.load() is True
+    v1 = holder.scorer.version
+    assert v1 == hgb[1]["version"] and holder.last_error is None
+    assert holder.load() is False  # unchanged directory: no reload
+
+    frame = load_csv(data_csv).frame.iloc[-50:].reset_index(drop=True)
+    before = holder.scorer.score_frame(frame, frame).scores
+
+    corrupt = shutil.copytree(logreg[0], tmp_path / "corrupt")
+    flip_byte(corrupt / "model.joblib")
+    _replace_dir(live, corrupt, 2_000_000)
+    assert holder.load() is False
+    assert holder.ready and holder.scorer.version == v1
+    assert holder.reload_failures == 2
+    assert holder.last_error is not None and "SHA-256" in holder.last_error
+    assert np.array_equal(holder.scorer.score_frame(frame, frame).scores, before)
+    assert holder.load() is False and holder.reload_failures == 2  # the same bad artifact is not retried
+
+    good = shutil.copytree(logreg[0], tmp_path / "good")
+    _replace_dir(live, good, 3_000_000)
+    assert holder.load() is True
+    assert holder.scorer.version == logreg[1]["version"] != v1
+    assert holder.last_error is None
+
+
+def test_evaluate_writes_report_and_scores_for_the_range(
+    hgb: tuple[Path, dict[str, Any]], data_csv: Path, tmp_path: Path
+) -> None:
+    out, meta = hgb
+    raw = pd.read_csv(data_csv, dtype={"transaction_id": str})
+    instants = pd.to_datetime(raw["timestamp"], utc=True, format="ISO8601")
+    ordered = instants.sort_values().reset_index(drop=True)
+    start, end = ordered.iloc[int(len(ordered) * 0.7)], ordered.iloc[int(len(ordered) * 0.9)]
+    in_range = (instants >= start) & (instants < end)
+    assert (instants == start).any() and (instants == end).any()  # both bounds sit on real rows
+
+    report_path, scores_path = tmp_path / "out" / "report.json", tmp_path / "out" / "scores.csv"
+    returned = evaluate(out, data_csv, start, end, report_path, scores_path)
+    report = json.loads(report_path.read_text())
+    assert report == json.loads(json.dumps(returned))
+    assert REPORT_KEYS <= set(report)
+    assert report["model_version"] == meta["version"]
+    assert pd.Timestamp(report["range"]["from"]) == start and pd.Timestamp(report["range"]["to"]) == end
+    assert report["n_transactions"] == int(in_range.sum())
+    assert report["n_fraud"] == int(raw.loc[in_range, "is_fraud"].sum())
+    assert report["data"]["total_rows"] == len(raw)
+
+    scores = pd.read_csv(scores_path, dtype={"transaction_id": str})
+    assert list(scores.columns) == ["transaction_id", "score", "decision"]
+    assert not scores["transaction_id"].duplicated().any()
+    assert set(scores["transaction_id"]) == set(raw.loc[in_range, "transaction_id"])
+    assert scores["decision"].value_counts().to_dict() == {k: v for k, v in report["decision_counts"].items() if v}
+    t = meta["thresholds"]
+    s = scores["score"].to_numpy()
+    clear = (np.abs(s - t["review"]) > 1e-6) & (np.abs(s - t["block"]) > 1e-6)
+    expected = np.where(s >= t["block"], "block", np.where(s >= t["review"], "review", "allow"))
+    assert (scores["decision"].to_numpy()[clear] == expected[clear]).all()
+
+    # Rows before the range are history: the scores equal the training-path features' scores.
+    ds = load_csv(data_csv)
+    artifact = load_artifact(out)
+    full = pd.Series(artifact.estimator.predict_proba(features_for(ds.frame))[:, 1], index=ds.frame["transaction_id"])
+    np.testing.assert_allclose(s, full.loc[scores["transaction_id"]].to_numpy(), atol=1e-6)

@@ -1,0 +1,105 @@
+"""Per-card state: idempotent merge, time order, pruning horizon, and the history frame."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import orjson
+
+from model.features import HISTORY_COLUMNS, HISTORY_SPAN_MS
+from streaming.state import empty_state, history_frame, merge
+
+T = 1_767_225_600_000  # 2026-01-01T00:00:00Z in ms
+HOUR = 3_600_000
+
+
+def test_merge_into_nothing_sorts_by_time_and_keeps_arrival_order_for_ties() -> None:
+    rows = [("b", T + 5, 2.0, "m2"), ("a", T, 1.0, "m1"), ("c", T + 5, 3.0, "m3"), ("d", T + 1, 4.0, "m1")]
+    state = merge(None, rows, grace_ms=0)
+    assert state == {
+        "ids": ["a", "d", "b", "c"],
+        "ts": [T, T + 1, T + 5, T + 5],
+        "amt": [1.0, 4.0, 2.0, 3.0],
+        "mer": ["m1", "m1", "m2", "m3"],
+    }
+
+
+def test_merge_is_idempotent_by_transaction_id() -> None:
+    rows = [("a", T, 1.0, "m1"), ("b", T + 10, 2.0, "m1")]
+    once = merge(None, rows, grace_ms=0)
+    twice = merge(once, rows, grace_ms=0)
+    assert twice == once
+    # A redelivered id keeps its first version, even if the copy differs, and within one call too.
+    again = merge(once, [("a", T + 99, 9.0, "zz"), ("c", T + 20, 3.0, "m2"), ("c", T + 21, 4.0, "m3")], grace_ms=0)
+    assert again["ids"] == ["a", "b", "c"]
+    assert again["amt"] == [1.0, 2.0, 3.0]
+    assert again["ts"] == [T, T + 10, T + 20]
+
+
+def test_merge_does_not_mutate_its_input() -> None:
+    state = merge(None, [("a", T, 1.0, "m1")], grace_ms=0)
+    before = copy.deepcopy(state)
+    merge(state, [("b", T + 1, 2.0, "m1")], grace_ms=0)
+    assert state == before
+
+
+def test_pruning_horizon_is_inclusive_and_counts_grace() -> None:
+    newest = T + 40 * 24 * HOUR
+    grace = HOUR
+    horizon = newest - HISTORY_SPAN_MS - grace
+    rows = [
+        ("too-old", horizon - 1, 1.0, "m"),
+        ("edge", horizon, 2.0, "m"),
+        ("inside", horizon + 1, 3.0, "m"),
+        ("newest", newest, 4.0, "m"),
+    ]
+    state = merge(None, rows, grace_ms=grace)
+    assert state["ids"] == ["edge", "inside", "newest"]
+    # Without grace the horizon moves forward by the grace.
+    assert merge(None, rows, grace_ms=0)["ids"] == ["newest"]
+    no_grace = merge(None, [*rows, ("w", newest - HISTORY_SPAN_MS, 5.0, "m")], grace_ms=0)
+    assert no_grace["ids"] == ["w", "newest"]
+
+
+def test_pruning_follows_the_newest_entry_across_merges() -> None:
+    state = merge(None, [("a", T, 1.0, "m"), ("b", T + HOUR, 1.0, "m")], grace_ms=0)
+    state = merge(state, [("c", T + HISTORY_SPAN_MS + HOUR, 1.0, "m")], grace_ms=0)
+    assert state["ids"] == ["b", "c"]  # b is exactly 30 days before c
+    # A late event older than the horizon is not kept; one inside it is slotted in by time.
+    state = merge(state, [("late-old", T, 1.0, "m"), ("late-ok", T + 2 * HOUR, 1.0, "m")], grace_ms=0)
+    assert state["ids"] == ["b", "late-ok", "c"]
+
+
+def test_merge_with_no_rows() -> None:
+    assert merge(None, [], grace_ms=0) == empty_state()
+    assert merge(empty_state(), [], grace_ms=0) == empty_state()
+    state = merge(None, [("a", T, 1.0, "m")], grace_ms=0)
+    assert merge(state, [], grace_ms=0) == state
+
+
+def test_state_is_json_round_trippable_with_plain_types() -> None:
+    state = merge(None, [("a", np.int64(T), np.float64(1.5), "m"), ("b", T + 1, 2, "m")], grace_ms=0)
+    assert all(type(t) is int for t in state["ts"])
+    assert all(type(a) is float for a in state["amt"])
+    assert orjson.loads(orjson.dumps(state)) == state
+
+
+def test_history_frame_concatenates_cards_and_skips_empty_ones() -> None:
+    s1 = merge(None, [("a", T, 1.5, "m1"), ("b", T + 1, 2.5, "m2")], grace_ms=0)
+    s2 = merge(None, [("c", T + 2, 3.5, "m1")], grace_ms=0)
+    frame = history_frame({"card-1": s1, "card-2": s2, "card-3": None, "card-4": empty_state()})
+    assert list(frame.columns) == list(HISTORY_COLUMNS)
+    assert frame["transaction_id"].tolist() == ["a", "b", "c"]
+    assert frame["card_id"].tolist() == ["card-1", "card-1", "card-2"]
+    assert frame["merchant_id"].tolist() == ["m1", "m2", "m1"]
+    assert frame["ts_ms"].tolist() == [T, T + 1, T + 2]
+    assert frame["amount"].tolist() == [1.5, 2.5, 3.5]
+    assert frame["ts_ms"].dtype == np.int64 and frame["amount"].dtype == np.float64
+
+
+def test_history_frame_of_nothing_has_the_columns() -> None:
+    frame = history_frame({"card-1": None})
+    assert frame.empty
+    assert list(frame.columns) == list(HISTORY_COLUMNS)
+    assert frame["ts_ms"].dtype == np.int64

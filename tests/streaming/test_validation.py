@@ -1,0 +1,155 @@
+"""Raw message bytes -> Transaction, or a bounded dead-letter reason with a useful detail."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import orjson
+import pytest
+
+from model.schemas import MAX_MESSAGE_BYTES, Transaction
+from streaming.validation import DLQ_REASONS, Rejected, parse_transaction
+
+VALID: dict[str, Any] = {
+    "transaction_id": "tx-1",
+    "timestamp": "2026-01-01T10:00:00+05:30",
+    "card_id": "card-1",
+    "merchant_id": "m-1",
+    "amount": 12.5,
+    "currency": "eur",
+    "merchant_category": "grocery",
+    "channel": "pos",
+    "country": "fr",
+}
+
+
+def encode(**changes: Any) -> bytes:
+    """VALID with fields changed; a value of ``...`` removes the field."""
+    data = {**VALID, **changes}
+    return orjson.dumps({k: v for k, v in data.items() if v is not ...})
+
+
+def rejected(raw: bytes | None) -> Rejected:
+    result = parse_transaction(raw)
+    assert isinstance(result, Rejected), f"accepted: {result!r}"
+    assert result.reason in DLQ_REASONS
+    return result
+
+
+def test_valid_message_is_parsed_and_normalised() -> None:
+    tx = parse_transaction(encode())
+    assert isinstance(tx, Transaction)
+    assert tx.transaction_id == "tx-1" and tx.amount == 12.5
+    assert tx.currency == "EUR" and tx.country == "FR"
+    assert tx.timestamp.utcoffset() == timedelta(hours=5, minutes=30)
+
+
+def test_optional_fields_may_be_absent() -> None:
+    tx = parse_transaction(encode(merchant_category=..., channel=..., country=...))
+    assert isinstance(tx, Transaction)
+    assert tx.channel is None and tx.merchant_category is None and tx.country is None
+
+
+def test_unknown_fields_are_ignored() -> None:
+    tx = parse_transaction(encode(is_fraud=1, fraud_type="velocity_burst", nested={"a": [1, 2]}))
+    assert isinstance(tx, Transaction)
+    assert not hasattr(tx, "is_fraud")
+    assert tx == parse_transaction(encode())
+
+
+def test_oversized_is_checked_before_parsing() -> None:
+    base = encode(padding="")
+    at_limit = encode(padding="x" * (MAX_MESSAGE_BYTES - len(base)))
+    assert len(at_limit) == MAX_MESSAGE_BYTES
+    assert isinstance(parse_transaction(at_limit), Transaction)
+    over = encode(padding="x" * (MAX_MESSAGE_BYTES - len(base) + 1))
+    r = rejected(over)
+    assert r.reason == "oversized"
+    assert str(MAX_MESSAGE_BYTES + 1) in r.detail
+    assert rejected(b"x" * (MAX_MESSAGE_BYTES + 1)).reason == "oversized"  # not even JSON
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        None,
+        b"",
+        b"not json",
+        b'{"transaction_id": "tx-1",',
+        b"\xff\xfe",
+        b'{"amount": NaN}',  # NaN is not valid JSON
+        b'{"amount": Infinity}',
+        encode().replace(b"12.5", b"1e999"),  # overflows to infinity: refused by the parser
+    ],
+)
+def test_not_json(raw: bytes | None) -> None:
+    assert rejected(raw).reason == "not_json"
+
+
+@pytest.mark.parametrize(("raw", "kind"), [(b"[1, 2]", "list"), (b'"tx"', "str"), (b"42", "int"), (b"null", "None")])
+def test_not_an_object(raw: bytes, kind: str) -> None:
+    r = rejected(raw)
+    assert r.reason == "not_an_object"
+    assert kind in r.detail
+
+
+@pytest.mark.parametrize("field", ["transaction_id", "timestamp", "card_id", "merchant_id", "amount", "currency"])
+def test_missing_required_field(field: str) -> None:
+    r = rejected(encode(**{field: ...}))
+    assert r.reason == "missing_field"
+    assert r.detail.startswith(f"{field}:")
+
+
+def test_several_missing_fields_are_all_named() -> None:
+    r = rejected(encode(card_id=..., amount=...))
+    assert r.reason == "missing_field"
+    assert "card_id" in r.detail and "amount" in r.detail
+    assert rejected(b"{}").reason == "missing_field"
+
+
+def test_missing_and_invalid_together_is_invalid_field() -> None:
+    r = rejected(encode(card_id=..., amount=0))
+    assert r.reason == "invalid_field"
+    assert "card_id" in r.detail and "amount" in r.detail
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("amount", 0),
+        ("amount", -1),
+        ("amount", -0.01),
+        ("amount", "abc"),
+        ("amount", None),
+        ("amount", "inf"),  # a string that parses to infinity
+        ("amount", "NaN"),
+        ("amount", [1]),
+        ("timestamp", "2026-01-01T10:00:00"),  # no zone
+        ("timestamp", "yesterday"),
+        ("timestamp", "2026-02-30T10:00:00Z"),
+        ("channel", "phone"),
+        ("channel", "POS"),
+        ("transaction_id", ""),
+        ("transaction_id", "   "),
+        ("transaction_id", "x" * 129),
+        ("card_id", 5),
+        ("merchant_id", None),
+        ("currency", "EU"),
+        ("country", "FRA"),
+        ("merchant_category", "x" * 65),
+    ],
+)
+def test_invalid_field_names_the_field(field: str, value: Any) -> None:
+    r = rejected(encode(**{field: value}))
+    assert r.reason == "invalid_field"
+    assert r.detail.startswith(f"{field}:"), r.detail
+    assert len(r.detail) <= 500
+
+
+def test_detail_is_bounded_for_huge_inputs() -> None:
+    r = rejected(b"[" + b"1," * 5000 + b"1")
+    assert r.reason == "not_json" and len(r.detail) <= 200
+    many = {f"f{i}": 1 for i in range(10)}
+    r = rejected(orjson.dumps({**many, "amount": "x" * 2000}))
+    assert len(r.detail) <= 500
