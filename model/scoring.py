@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from model.artifact import METADATA_FILE, ModelArtifact, load_artifact
 from model.errors import ModelLoadError, ModelNotReadyError
@@ -102,6 +104,20 @@ class Scorer:
             )
             for i, tx in enumerate(txs)
         ]
+
+
+def _single_threaded() -> None:
+    threadpool_limits(1)
+
+
+def scoring_executor() -> ThreadPoolExecutor:
+    """The thread that runs model calls off the event loop, with native thread pools capped at 1.
+
+    OpenMP's thread count is per calling thread, so the cap must be set inside this thread:
+    with two cores, HistGradientBoosting's OpenMP threads spinning against the event loop made
+    batch scoring about ten times slower than running single-threaded.
+    """
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="scoring", initializer=_single_threaded)
 
 
 def utcnow() -> datetime:

@@ -21,12 +21,11 @@ import httpx
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from threadpoolctl import threadpool_limits
 
 from model.errors import FraudStreamError
 from model.features import frame_from_transactions
 from model.schemas import Decision, Transaction
-from model.scoring import ModelHolder, Scorer, utcnow
+from model.scoring import ModelHolder, Scorer, scoring_executor, utcnow
 from streaming.metrics import ApiMetrics
 from streaming.settings import ApiSettings
 from streaming.state import CardState, history_frame
@@ -44,6 +43,7 @@ class Services:
         self.settings = settings
         self.holder = ModelHolder(settings.model_dir)
         self.metrics = ApiMetrics()
+        self.executor = scoring_executor()
         self.http = httpx.AsyncClient(base_url=settings.worker_url, timeout=settings.state_timeout_seconds)
 
     def refresh_model(self) -> None:
@@ -85,14 +85,13 @@ def create_api(settings: ApiSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Single-row scoring gains nothing from OpenMP threads and pays their wake-up cost.
-        threadpool_limits(1)
-        await asyncio.to_thread(services.refresh_model)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(services.executor, services.refresh_model)
 
         async def reload_loop() -> None:
             while True:
                 await asyncio.sleep(settings.model_reload_seconds)
-                await asyncio.to_thread(services.refresh_model)
+                await loop.run_in_executor(services.executor, services.refresh_model)
 
         task = asyncio.create_task(reload_loop())
         try:
@@ -102,6 +101,7 @@ def create_api(settings: ApiSettings | None = None) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             await services.http.aclose()
+            services.executor.shutdown(wait=False)
 
     app = FastAPI(
         title="fraudstream",
@@ -136,7 +136,9 @@ def create_api(settings: ApiSettings | None = None) -> FastAPI:
         # The transaction itself may already be in the state (the stream scored it): drop it so
         # the answer is the score the stream gave, not one that counts the transaction twice.
         history = history.loc[history["transaction_id"] != tx.transaction_id]
-        batch = await asyncio.to_thread(scorer.score_frame, queries, history)
+        batch = await asyncio.get_running_loop().run_in_executor(
+            services.executor, scorer.score_frame, queries, history
+        )
         decision = scorer.decisions([tx], batch, [card_state], utcnow())[0]
         services.metrics.decisions.labels(decision=decision.decision, card_state=card_state).inc()
         return decision

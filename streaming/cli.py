@@ -41,6 +41,8 @@ def _setup_logging(level: str = "info") -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # One line per HTTP request from the demo's health polls drowns what matters.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 # --- subcommands -----------------------------------------------------------------------------

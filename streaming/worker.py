@@ -33,11 +33,10 @@ import orjson
 import pandas as pd
 from faust.streams import _current_event
 from prometheus_client import start_http_server
-from threadpoolctl import threadpool_limits
 
 from model.features import frame_from_transactions
 from model.schemas import Decision, Transaction
-from model.scoring import ModelHolder, utcnow
+from model.scoring import ModelHolder, scoring_executor, utcnow
 from streaming import kafka
 from streaming.metrics import WorkerMetrics
 from streaming.settings import WorkerSettings
@@ -164,6 +163,7 @@ def create_app(settings: WorkerSettings, holder: ModelHolder, metrics: WorkerMet
     # Raw keys: the changelog and the state-view routing hash the same bytes as the producers.
     card_schema: faust.Schema = faust.Schema(key_type=str, key_serializer="raw", value_serializer="json")
     cards = app.Table(CARD_TABLE, default=None, schema=card_schema)
+    executor = scoring_executor()
     processor = BatchProcessor(holder, metrics, settings.history_grace_seconds * 1000, settings.include_features)
 
     async def handle(events: Sequence[faust.types.EventT]) -> None:
@@ -179,6 +179,7 @@ def create_app(settings: WorkerSettings, holder: ModelHolder, metrics: WorkerMet
             for e in events
         ]
         metrics.consumed.inc(len(records))
+        loop = asyncio.get_running_loop()
         valid, rejected = processor.split(records)
         for rec, rej in rejected:
             await dlq_topic.send(key=rec.key, value=rec.value, headers=dlq_headers(rec, rej))
@@ -186,7 +187,7 @@ def create_app(settings: WorkerSettings, holder: ModelHolder, metrics: WorkerMet
         if valid:
             txs = [tx for _, tx in valid]
             states = {tx.card_id: cards.get(tx.card_id) for tx in txs}
-            result = await asyncio.to_thread(processor.score, txs, states)
+            result = await loop.run_in_executor(executor, processor.score, txs, states)
             # A table write goes to the changelog partition of the "current event", which Faust
             # takes from a context variable; point it at an event of the card's own partition.
             event_of_card = {tx.card_id: ev for ev, (_, tx) in zip(_valid_events(events, valid), valid, strict=True)}
@@ -237,7 +238,7 @@ def create_app(settings: WorkerSettings, holder: ModelHolder, metrics: WorkerMet
 
     @app.timer(interval=settings.model_reload_seconds)
     async def reload_model() -> None:
-        if await asyncio.to_thread(holder.load):
+        if await asyncio.get_running_loop().run_in_executor(executor, holder.load):
             metrics.set_version(holder.scorer.version)
         metrics.reload_failures.inc(holder.reload_failures - metrics_reload_seen[0])
         metrics_reload_seen[0] = holder.reload_failures
@@ -253,9 +254,6 @@ def _valid_events(events: Sequence[Any], valid: Sequence[tuple[Record, Transacti
 
 def run_worker(settings: WorkerSettings) -> None:
     """Blocking: start metrics, load the model, create topics, run until SIGTERM/SIGINT."""
-    # One scoring thread beside the event loop: OpenMP threads fighting the loop for two cores
-    # made batch scoring several times slower than running single-threaded.
-    threadpool_limits(1)
     metrics = WorkerMetrics()
     holder = ModelHolder(settings.model_dir)
     holder.load()
