@@ -18,9 +18,11 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 
 # Dependencies first, from pyproject.toml alone, so that a source change does not reinstall them.
+# On x86_64 every dependency comes as a wheel (no compiler needed); on arm64 faust-streaming has
+# only an sdist, which falls back to pure Python when its Cython extensions cannot be compiled.
 COPY pyproject.toml ./
 RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; open('/tmp/requirements.txt', 'w').write(chr(10).join(deps) + chr(10))" \
- && pip install --only-binary=:all: -r /tmp/requirements.txt
+ && pip install --prefer-binary -r /tmp/requirements.txt
 
 # Then the package itself (.dockerignore lets only pyproject.toml, README.md and the packages in).
 COPY . .

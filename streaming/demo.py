@@ -189,7 +189,7 @@ def run_demo(options: DemoOptions) -> int:
         }
         worker = procs.start("worker", ["worker"], env)
         api = procs.start("api", ["api"], env)
-        _wait_http(f"http://127.0.0.1:{web_port}/health", worker, "worker", options.workdir / "worker.log")
+        _wait_http(f"http://127.0.0.1:{web_port}/ready", worker, "worker", options.workdir / "worker.log")
         _wait_http(f"http://127.0.0.1:{api_port}/ready", api, "api", options.workdir / "api.log")
         print(f"worker (state view :{web_port}) and API (http://127.0.0.1:{api_port}/docs) are up")
         follower = threading.Thread(target=_follow, args=(settings, observed, stop), daemon=True)

@@ -236,6 +236,15 @@ def create_app(settings: WorkerSettings, holder: ModelHolder, metrics: WorkerMet
     async def health(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
         return web.json({"status": "ok", "model_version": holder.scorer.version if holder.ready else None})
 
+    @app.page("/ready")
+    async def ready(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        """200 once the model is loaded, partitions are assigned and state recovery is done."""
+        assigned = bool(app.consumer.assignment()) if app.consumer is not None else False
+        recovered = app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]  # TableManager has it, TableManagerT omits it
+        is_ready = holder.ready and assigned and recovered and not app.rebalancing
+        body = {"ready": is_ready, "assigned_partitions": assigned, "rebalancing": bool(app.rebalancing)}
+        return web.json(body, status=200 if is_ready else 503)
+
     @app.timer(interval=settings.model_reload_seconds)
     async def reload_model() -> None:
         if await asyncio.get_running_loop().run_in_executor(executor, holder.load):

@@ -189,7 +189,7 @@ class Stack:
     def start_worker(self) -> Service:
         worker = Service("worker", self.env(), self.workdir / "worker.log").start()
         self.services.append(worker)
-        worker.wait_http(f"http://127.0.0.1:{self.web_port}/health")
+        worker.wait_http(f"http://127.0.0.1:{self.web_port}/ready")
         return worker
 
     def start_api(self) -> Service:

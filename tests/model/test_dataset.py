@@ -12,13 +12,32 @@ import pytest
 from model.dataset import REQUIRED_COLUMNS, DatasetError, load_csv, select_window
 from model.features import CANONICAL_COLUMNS
 
-HEADER = ["transaction_id", "timestamp", "card_id", "merchant_id", "amount", "is_fraud",
-          "currency", "merchant_category", "channel", "country"]
+HEADER = [
+    "transaction_id",
+    "timestamp",
+    "card_id",
+    "merchant_id",
+    "amount",
+    "is_fraud",
+    "currency",
+    "merchant_category",
+    "channel",
+    "country",
+]
 
 
-def row(tid: str = "t", ts: str = "2026-01-01T10:00:00+00:00", card: str = "c1", merchant: str = "m1",
-        amount: str = "12.50", fraud: str = "0", currency: str = "eur", category: str = "grocery",
-        channel: str = "pos", country: str = "fr") -> list[str]:
+def row(
+    tid: str = "t",
+    ts: str = "2026-01-01T10:00:00+00:00",
+    card: str = "c1",
+    merchant: str = "m1",
+    amount: str = "12.50",
+    fraud: str = "0",
+    currency: str = "eur",
+    category: str = "grocery",
+    channel: str = "pos",
+    country: str = "fr",
+) -> list[str]:
     return [tid, ts, card, merchant, amount, fraud, currency, category, channel, country]
 
 
@@ -91,7 +110,9 @@ def test_invalid_rows_are_counted_by_reason_with_lines_and_excluded(tmp_path: Pa
     assert ds.invalid.total_rows == len(rows)
     assert ds.invalid.count == len(INVALID)
     assert ds.invalid.as_dict() == {
-        "total_rows": len(rows), "invalid_rows": len(INVALID), "by_reason": ds.invalid.by_reason
+        "total_rows": len(rows),
+        "invalid_rows": len(INVALID),
+        "by_reason": ds.invalid.by_reason,
     }
     summary = ds.invalid.summary()
     assert "bad_amount: 7 (lines 10, 11, 12, 13, 14, ...)" in summary
@@ -185,11 +206,23 @@ def test_output_sorted_by_instant_not_by_string(tmp_path: Path) -> None:
     assert ds.frame.index.tolist() == list(range(5))
 
 
+def test_sort_is_stable_among_many_equal_timestamps(tmp_path: Path) -> None:
+    # Enough ties that an unstable sort would visibly reorder them: file order must survive.
+    rows = []
+    for i in range(120):
+        ts = "2026-01-01T10:00:00Z" if i % 2 else "2026-01-01T15:30:00+05:30"  # the same instant
+        rows.append(row(tid=f"t{119 - i:03d}", ts=ts))
+    rows.append(row(tid="first", ts="2026-01-01T09:59:59.999Z"))
+    ds = load_csv(write(tmp_path / "x.csv", HEADER, rows))
+    assert ds.frame["transaction_id"].tolist() == ["first", *(f"t{119 - i:03d}" for i in range(120))]
+
+
 def test_select_window_is_half_open(tmp_path: Path) -> None:
     rows = [row(tid=f"t{h}", ts=f"2026-01-01T{h:02d}:00:00Z") for h in range(6)]
     frame = load_csv(write(tmp_path / "x.csv", HEADER, rows)).frame
     mask = select_window(frame, pd.Timestamp("2026-01-01T01:00:00Z"), pd.Timestamp("2026-01-01T04:00:00+00:00"))
     assert frame.loc[mask, "transaction_id"].tolist() == ["t1", "t2", "t3"]
     assert select_window(frame, None, None).all()
-    assert frame.loc[select_window(frame, None, pd.Timestamp("2026-01-01T06:30:00+05:30")), "transaction_id"].tolist() \
-        == ["t0"]
+    assert frame.loc[
+        select_window(frame, None, pd.Timestamp("2026-01-01T06:30:00+05:30")), "transaction_id"
+    ].tolist() == ["t0"]

@@ -59,15 +59,17 @@ class Row:
         return self.when.isoformat(timespec="milliseconds")
 
     def transaction(self) -> Transaction:
-        return Transaction(
-            transaction_id=self.tid,
-            timestamp=self.iso,
-            card_id=self.card,
-            merchant_id=self.merchant,
-            amount=self.amount,
-            currency="EUR",
-            merchant_category=self.category,
-            channel=self.channel,
+        return Transaction.model_validate(
+            {
+                "transaction_id": self.tid,
+                "timestamp": self.iso,
+                "card_id": self.card,
+                "merchant_id": self.merchant,
+                "amount": self.amount,
+                "currency": "EUR",
+                "merchant_category": self.category,
+                "channel": self.channel,
+            }
         )
 
 
@@ -107,9 +109,7 @@ def reference_features(queries: list[Row], history: list[Row]) -> np.ndarray:
         else:
             gap_ms = 30 * DAY
         f["seconds_since_prev_card_tx"] = gap_ms / 1000.0
-        f["card_merchant_count_30d"] = sum(
-            1 for h in earlier if h.merchant == q.merchant and t - 30 * DAY <= h.ts_ms
-        )
+        f["card_merchant_count_30d"] = sum(1 for h in earlier if h.merchant == q.merchant and t - 30 * DAY <= h.ts_ms)
         assert set(f) == set(FEATURE_NAMES)
         out[i] = [f[name] for name in FEATURE_NAMES]
     return out
@@ -212,8 +212,7 @@ def test_queries_subset_of_history_and_row_order_do_not_matter() -> None:
 
 
 def test_hand_checked_windows_ties_and_boundaries() -> None:
-    utc = UTC
-    t0 = datetime(2026, 1, 5, 12, 0, tzinfo=utc)
+    t0 = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
     rows = [
         Row("a", "A", "M", t0, 10.0, "pos", "grocery"),
         Row("b", "A", "M", t0 + timedelta(hours=1), 20.0, "pos", "grocery"),
@@ -264,7 +263,15 @@ def test_local_wall_clock_and_categories() -> None:
         # Saturday 23:30 in -08:00 is Sunday 07:30 UTC: hour 23, weekend, not night.
         Row("w", "A", "M", datetime(2026, 1, 3, 23, 30, tzinfo=timezone(timedelta(hours=-8))), 5.0, "atm", "GROCERY"),
         # Monday 02:00 in +05:30 is Sunday 20:30 UTC: hour 2, night, not weekend.
-        Row("n", "B", "M", datetime(2026, 1, 5, 2, 0, tzinfo=timezone(timedelta(hours=5, minutes=30))), 5.0, None, "pets"),
+        Row(
+            "n",
+            "B",
+            "M",
+            datetime(2026, 1, 5, 2, 0, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+            5.0,
+            None,
+            "pets",
+        ),
         Row("z", "C", "M", datetime(2026, 1, 5, 6, 0, tzinfo=UTC), 5.0, "ecommerce", None),
     ]
     x = compute_features(canonical(rows), history_from_frame(canonical(rows)))
@@ -326,7 +333,7 @@ def test_stream_batches_with_pruned_state_equal_one_shot_batch(seed: int, grace_
     rows = random_rows(seed, n=260, days=90)
     rows.sort(key=lambda r: r.ts_ms)  # replay in timestamp order (stable: ties keep their order)
     rng = random.Random(seed)
-    sizes = []
+    sizes: list[int] = []
     while sum(sizes) < len(rows):
         sizes.append(rng.choice([1, 1, 2, 3, 7, 16, 40]))
 
@@ -387,18 +394,51 @@ def test_frame_from_transactions_equals_dataset_loader(tmp_path: Path) -> None:
     path = tmp_path / "tx.csv"
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["transaction_id", "timestamp", "card_id", "merchant_id", "amount", "currency",
-                    "merchant_category", "channel", "country", "is_fraud"])
+        w.writerow(
+            [
+                "transaction_id",
+                "timestamp",
+                "card_id",
+                "merchant_id",
+                "amount",
+                "currency",
+                "merchant_category",
+                "channel",
+                "country",
+                "is_fraud",
+            ]
+        )
         for r in rows:
-            w.writerow([r.tid, timestamps[r.tid], r.card, r.merchant, repr(r.amount), "EUR",
-                        r.category or "", r.channel or "", "FR", 0])
+            w.writerow(
+                [
+                    r.tid,
+                    timestamps[r.tid],
+                    r.card,
+                    r.merchant,
+                    repr(r.amount),
+                    "EUR",
+                    r.category or "",
+                    r.channel or "",
+                    "FR",
+                    0,
+                ]
+            )
     loaded = load_csv(path)
     assert loaded.invalid.count == 0
 
     txs = [
-        Transaction(
-            transaction_id=r.tid, timestamp=timestamps[r.tid], card_id=r.card, merchant_id=r.merchant,
-            amount=r.amount, currency="EUR", merchant_category=r.category or None, channel=r.channel, country="FR",
+        Transaction.model_validate(
+            {
+                "transaction_id": r.tid,
+                "timestamp": timestamps[r.tid],
+                "card_id": r.card,
+                "merchant_id": r.merchant,
+                "amount": r.amount,
+                "currency": "EUR",
+                "merchant_category": r.category or None,
+                "channel": r.channel,
+                "country": "FR",
+            }
         )
         for r in rows
     ]

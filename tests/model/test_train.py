@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from threadpoolctl import threadpool_limits
 
 from model.artifact import load_artifact
 from model.dataset import load_csv
@@ -27,8 +28,21 @@ LOGREG_FROM = pd.Timestamp("2026-01-04T12:00:00+05:30")
 LOGREG_TO = pd.Timestamp("2026-01-19T00:00:00Z")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 REPORT_KEYS = {
-    "n_transactions", "n_fraud", "fraud_rate", "n_cards", "auc_roc", "average_precision", "card_precision_at_100",
-    "thresholds", "threshold_notes", "at_threshold", "decision_counts", "confusion", "model_version", "range", "data",
+    "n_transactions",
+    "n_fraud",
+    "fraud_rate",
+    "n_cards",
+    "auc_roc",
+    "average_precision",
+    "card_precision_at_100",
+    "thresholds",
+    "threshold_notes",
+    "at_threshold",
+    "decision_counts",
+    "confusion",
+    "model_version",
+    "range",
+    "data",
 }
 
 
@@ -51,7 +65,9 @@ def data_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def hgb(tmp_path_factory: pytest.TempPathFactory, data_csv: Path) -> tuple[Path, dict[str, Any]]:
     out = tmp_path_factory.mktemp("artifacts") / "hgb"
-    return out, train(data_csv, out, TrainOptions(train_from=TRAIN_FROM))
+    # One OpenMP thread: on a small, shared CI box spinning threads make the fit slower and erratic.
+    with threadpool_limits(limits=1):
+        return out, train(data_csv, out, TrainOptions(train_from=TRAIN_FROM))
 
 
 @pytest.fixture(scope="session")
@@ -139,6 +155,30 @@ def test_logreg_is_fitted_on_exactly_the_window_rows(logreg: tuple[Path, dict[st
     got = artifact.estimator
     np.testing.assert_allclose(got[-1].coef_, expected[-1].coef_, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(got[0].mean_, expected[0].mean_, rtol=1e-9)
+
+
+def test_split_never_puts_one_instant_on_both_sides(tmp_path: Path) -> None:
+    # 31 instants with 12 rows each: the 80% quantile (sorted position 296.8) falls inside a shared instant.
+    rng = np.random.default_rng(3)
+    n = 372
+    instants = pd.Timestamp("2026-01-01T00:00:00Z") + pd.to_timedelta(np.repeat(np.arange(31), 12), unit="h")
+    fraud = (np.arange(n) % 12 == 0).astype(int)
+    frame = pd.DataFrame(
+        {
+            "transaction_id": [f"t{i}" for i in range(n)],
+            "timestamp": [t.isoformat() for t in instants],
+            "card_id": [f"c{i % 17}" for i in range(n)],
+            "merchant_id": [f"m{i % 5}" for i in range(n)],
+            "amount": np.round(np.where(fraud == 1, 500.0, 20.0) * rng.uniform(0.5, 1.5, n), 2),
+            "is_fraud": fraud,
+        }
+    )
+    frame.to_csv(tmp_path / "ties.csv", index=False)
+    meta = train(tmp_path / "ties.csv", tmp_path / "model", TrainOptions(model_type="logreg"))
+    w = meta["training_window"]
+    assert ms(w["fit_to"]) < ms(w["validation_from"])
+    assert w["fit_rows"] + w["validation_rows"] == n
+    assert w["validation_rows"] % 12 == 0  # whole instants only
 
 
 def test_tampered_model_is_refused(hgb: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:

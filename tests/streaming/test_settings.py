@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pydantic
@@ -14,8 +15,6 @@ PASSWORD = "s3cr3t-Pa55word"  # noqa: S105 - test value
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
     for name in list(os.environ):
         if name.startswith("FRAUD_"):
             monkeypatch.delenv(name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import numpy as np
 import orjson
@@ -79,7 +80,9 @@ def test_merge_with_no_rows() -> None:
 
 
 def test_state_is_json_round_trippable_with_plain_types() -> None:
-    state = merge(None, [("a", np.int64(T), np.float64(1.5), "m"), ("b", T + 1, 2, "m")], grace_ms=0)
+    # numpy scalars (what a frame hands over) and ints must come out as plain JSON types.
+    rows: list[Any] = [("a", np.int64(T), np.float64(1.5), "m"), ("b", T + 1, 2, "m")]
+    state = merge(None, rows, grace_ms=0)
     assert all(type(t) is int for t in state["ts"])
     assert all(type(a) is float for a in state["amt"])
     assert orjson.loads(orjson.dumps(state)) == state

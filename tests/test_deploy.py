@@ -1,0 +1,409 @@
+"""Deployment files: Prometheus config and alert rules, docker-compose, the Grafana dashboard.
+
+promtool (Debian package ``prometheus``) checks the config and runs the alert unit tests; it is
+required when ``CI`` is set. The compose file is validated with ``docker compose`` and/or
+``docker-compose`` (Debian package ``docker-compose``), whichever is installed. Every metric name
+the dashboard and the alert rules use must be one that streaming/metrics.py exports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import Metric
+from prometheus_client.metrics import MetricWrapperBase
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
+PROMETHEUS_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
+ALERTS = PROMETHEUS_DIR / "alerts.yml"
+ALERT_TESTS = PROMETHEUS_DIR / "alerts.test.yml"
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DASHBOARD = ROOT / "dashboards" / "fraudstream-overview.json"
+DASHBOARD_PROVIDER = ROOT / "dashboards" / "provisioning" / "dashboards" / "fraudstream.yml"
+DATASOURCE = ROOT / "dashboards" / "provisioning" / "datasources" / "prometheus.yml"
+
+#: Alerts the deployment must keep (more may be added).
+REQUIRED_ALERTS = {
+    "FraudNoDecisions",
+    "FraudDeadLettersSustained",
+    "FraudEndToEndLatencyHigh",
+    "FraudModelNotLoaded",
+    "FraudBlockRateSpike",
+    "FraudApiErrorRatioHigh",
+    "FraudWorkerProcessingErrors",
+}
+
+#: Labels Prometheus adds to every scraped series.
+TARGET_LABELS = {"job", "instance"}
+#: Series Prometheus itself makes, allowed in alert rules.
+PROMETHEUS_SERIES = frozenset({"up"})
+
+SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "histogram": ("_bucket", "_count", "_sum", "_created"),
+    "summary": ("", "_count", "_sum", "_created"),
+    "gauge": ("",),
+    "info": ("_info",),
+}
+
+PROMQL_KEYWORDS = {
+    "and",
+    "or",
+    "unless",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "offset",
+    "atan2",
+    "inf",
+    "nan",
+}
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("promtool is not on PATH; CI must install it (Debian package: prometheus)")
+        pytest.skip("promtool is not on PATH (apt-get install prometheus)")
+    return path
+
+
+def _run(cmd: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
+
+
+def _compose_commands() -> list[list[str]]:
+    """Every compose implementation installed: the plugin (`docker compose`) and/or docker-compose."""
+    found = []
+    docker = shutil.which("docker")
+    if docker is not None and _run([docker, "compose", "version"]).returncode == 0:
+        found.append([docker, "compose"])
+    legacy = shutil.which("docker-compose")
+    if legacy is not None:
+        found.append([legacy])
+    return found
+
+
+def _exported_metrics() -> dict[str, set[str]]:
+    """Sample name -> label names, for every series the three processes' registries can expose."""
+    from streaming.metrics import ApiMetrics, ProducerMetrics, WorkerMetrics
+
+    exported: dict[str, set[str]] = {}
+    for owner in (WorkerMetrics(), ApiMetrics(), ProducerMetrics()):
+        # Label names of labelled metrics that have no child yet are only on the wrapper objects.
+        labels_of = {m._name: set(m._labelnames) for m in vars(owner).values() if isinstance(m, MetricWrapperBase)}
+        families: list[Metric] = list(owner.registry.collect())
+        assert families, f"{type(owner).__name__} registers no metric"
+        for family in families:
+            labels = labels_of.get(family.name, set()) | {k for s in family.samples for k in s.labels}
+            names = {family.name + suffix for suffix in SUFFIXES.get(family.type, ("",))}
+            names |= {s.name for s in family.samples}
+            for name in names:
+                exported.setdefault(name, set()).update(labels - {"le"})
+                if name.endswith("_bucket"):
+                    exported[name].add("le")
+    return exported
+
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
+_GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
+_SELECTOR = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)?\s*\{([^}]*)\}")
+_MATCHER = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)")
+_RANGE = re.compile(r"\[[^\]]*\]")
+_IDENT = re.compile(r"(?<![\w$:.])([a-zA-Z_:][a-zA-Z0-9_:]*)(?![\w:])(\s*\()?")
+
+
+def parse_promql(expr: str) -> tuple[set[str], dict[str, set[str]], set[str]]:
+    """(metric names, label names matched per metric, labels of by/without/on/ignoring clauses).
+
+    A deliberately small parser for the expressions in this repository: string literals are
+    blanked first, then grouping clauses, selectors and ranges are taken out, and what is left
+    that is neither a function call nor a keyword is a metric name.
+    """
+    text = _STRING.sub('""', expr)
+    grouping: set[str] = set()
+    for match in _GROUPING.finditer(text):
+        grouping |= {label.strip() for label in match.group(1).split(",") if label.strip()}
+    text = _GROUPING.sub(" ", text)
+    matched: dict[str, set[str]] = {}
+    for match in _SELECTOR.finditer(text):
+        name = match.group(1) or ""
+        labels = set(_MATCHER.findall(match.group(2)))
+        if "__name__" in labels:
+            raise AssertionError(f"select metrics by name, not by __name__: {expr}")
+        matched.setdefault(name, set()).update(labels)
+    text = _SELECTOR.sub(lambda m: f" {m.group(1) or ''} ", text)
+    text = _RANGE.sub(" ", text)
+    names = {
+        m.group(1) for m in _IDENT.finditer(text) if m.group(2) is None and m.group(1).lower() not in PROMQL_KEYWORDS
+    }
+    return names, matched, grouping
+
+
+def check_expression(expr: str, exported: dict[str, set[str]], allowed_extra: frozenset[str] = frozenset()) -> set[str]:
+    """Problems with one expression (unknown metric or label); returns the labels it may carry."""
+    names, matched, grouping = parse_promql(expr)
+    assert names, f"no metric name found in {expr!r}"
+    problems = []
+    known = {**{n: {"__name__"} for n in allowed_extra}, **exported}
+    for name in sorted(names - known.keys()):
+        problems.append(f"unknown metric {name}")
+    for name, labels in matched.items():
+        if name and name in known:
+            for label in sorted(labels - known[name] - TARGET_LABELS):
+                problems.append(f"{name} has no label {label}")
+    possible = set(TARGET_LABELS).union(*(known.get(n, set()) for n in names))
+    for label in sorted(grouping - possible):
+        problems.append(f"no metric in the expression has label {label}")
+    assert not problems, f"{expr!r}: " + "; ".join(problems)
+    return possible
+
+
+def _panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for panel in panels:
+        yield panel
+        yield from _panels(panel.get("panels", []))
+
+
+@pytest.fixture(scope="module")
+def exported() -> dict[str, set[str]]:
+    return _exported_metrics()
+
+
+@pytest.fixture(scope="module")
+def dashboard() -> dict[str, Any]:
+    with DASHBOARD.open(encoding="utf-8") as f:
+        data: dict[str, Any] = json.load(f)
+    return data
+
+
+@pytest.fixture(scope="module")
+def panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    return [p for p in _panels(dashboard["panels"]) if p.get("type") != "row"]
+
+
+# --- the expression parser itself --------------------------------------------------------------
+
+
+def test_parser_finds_metrics_labels_and_skips_functions() -> None:
+    names, matched, grouping = parse_promql(
+        'histogram_quantile(0.99, sum by (le, route) (rate(fraud_api_request_duration_seconds_bucket{route!="/x"}'
+        "[$__rate_interval] offset 10m))) > 0.5 and on(job) time() - max(fraud_last_event_timestamp_seconds) > 1e3"
+    )
+    assert names == {"fraud_api_request_duration_seconds_bucket", "fraud_last_event_timestamp_seconds"}
+    assert matched == {"fraud_api_request_duration_seconds_bucket": {"route"}}
+    assert grouping == {"le", "route", "job"}
+
+
+def test_exported_metrics_include_suffixed_and_labelled_series(exported: dict[str, set[str]]) -> None:
+    assert "fraud_decisions_total" in exported
+    assert "fraud_end_to_end_latency_seconds_bucket" in exported
+    assert "fraud_end_to_end_latency_seconds_count" in exported
+    assert "fraud_end_to_end_latency_seconds_sum" in exported
+    assert {"route", "method", "status"} <= exported["fraud_api_requests_total"]
+    assert "le" in exported["fraud_api_request_duration_seconds_bucket"]
+    assert "fraud_decisions" not in exported  # a counter's family name is not a series
+
+
+def test_unknown_metric_or_label_is_reported(exported: dict[str, set[str]]) -> None:
+    with pytest.raises(AssertionError, match="unknown metric fraud_decision_total"):
+        check_expression("sum(rate(fraud_decision_total[5m]))", exported)
+    with pytest.raises(AssertionError, match="has no label outcome"):
+        check_expression('sum(rate(fraud_decisions_total{outcome="block"}[5m]))', exported)
+    with pytest.raises(AssertionError, match="label reason"):
+        check_expression("sum by (reason) (rate(fraud_decisions_total[5m]))", exported)
+
+
+# --- Prometheus --------------------------------------------------------------------------------
+
+
+def test_promtool_check_config() -> None:
+    result = _run([_promtool(), "check", "config", "--lint=all", "--lint-fatal", str(PROMETHEUS_CONFIG)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_check_rules() -> None:
+    result = _run([_promtool(), "check", "rules", "--lint=all", "--lint-fatal", str(ALERTS)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_alert_unit_tests_pass() -> None:
+    result = _run([_promtool(), "test", "rules", ALERT_TESTS.name], cwd=PROMETHEUS_DIR)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_prometheus_scrapes_every_process() -> None:
+    text = PROMETHEUS_CONFIG.read_text(encoding="utf-8")
+    for target in ("worker:9101", "api:8000", "producer:9102"):
+        assert f'"{target}"' in text, f"prometheus.yml does not scrape {target}"
+    assert re.search(r"^rule_files:", text, re.MULTILINE), "no rule_files"
+    assert re.search(r"^\s+- alerts\.yml\s*$", text, re.MULTILINE), "alerts.yml is not loaded"
+
+
+def _alert_blocks() -> dict[str, str]:
+    text = ALERTS.read_text(encoding="utf-8")
+    parts = re.split(r"^\s*- alert:\s*", text, flags=re.MULTILINE)[1:]
+    return {part.split()[0]: part for part in parts}
+
+
+def test_required_alerts_exist_with_summary_and_description() -> None:
+    blocks = _alert_blocks()
+    assert REQUIRED_ALERTS <= blocks.keys(), f"missing alerts: {sorted(REQUIRED_ALERTS - blocks.keys())}"
+    for name, block in blocks.items():
+        assert re.search(r"^\s+summary:", block, re.MULTILINE), f"{name} has no summary"
+        assert re.search(r"^\s+description:", block, re.MULTILINE), f"{name} has no description"
+        assert re.search(r"^\s+severity:\s*(critical|warning)\s*$", block, re.MULTILINE), f"{name} has no severity"
+
+
+def test_every_alert_is_tested_firing_and_silent() -> None:
+    text = ALERT_TESTS.read_text(encoding="utf-8")
+    firing, silent = set(), set()
+    for name, expected in re.findall(r"alertname:\s*(\w+)\s*\n\s*exp_alerts:(.*)", text):
+        (silent if expected.strip() == "[]" else firing).add(name)
+    for name in _alert_blocks():
+        assert name in firing, f"no promtool test where {name} fires"
+        assert name in silent, f"no promtool test where {name} stays silent"
+
+
+def _alert_expressions() -> dict[str, str]:
+    """Alert name -> its expr, read from the YAML text (a one-line value or an indented block)."""
+    exprs = {}
+    for name, block in _alert_blocks().items():
+        lines = block.splitlines()
+        for i, line in enumerate(lines):
+            match = re.match(r"^(\s*)expr:\s*(.*)$", line)
+            if match is None:
+                continue
+            indent, value = len(match.group(1)), match.group(2).strip()
+            if value in {"|", ">", "|-", ">-"}:
+                body = []
+                for follow in lines[i + 1 :]:
+                    if follow.strip() and len(follow) - len(follow.lstrip()) <= indent:
+                        break
+                    body.append(follow.strip())
+                value = " ".join(body).strip()
+            exprs[name] = value
+            break
+    return exprs
+
+
+def test_alert_rules_use_exported_metrics_and_known_jobs(exported: dict[str, set[str]]) -> None:
+    exprs = _alert_expressions()
+    assert exprs.keys() == _alert_blocks().keys()
+    for expr in exprs.values():
+        check_expression(expr, exported, allowed_extra=frozenset(PROMETHEUS_SERIES))
+    text = ALERTS.read_text(encoding="utf-8")
+    for name in sorted(set(re.findall(r"\bfraud_[a-z0-9_]+", text))):
+        assert name in exported, f"alerts.yml mentions {name}, which streaming/metrics.py does not export"
+    jobs = set(re.findall(r"^\s*- job_name:\s*(\S+)", PROMETHEUS_CONFIG.read_text(encoding="utf-8"), re.MULTILINE))
+    for job in set(re.findall(r'job(?:=~?)"([^"]+)"', text)):
+        for alternative in job.split("|"):
+            assert alternative in jobs, f"alerts.yml uses job {alternative!r}; prometheus.yml has {sorted(jobs)}"
+
+
+# --- docker-compose ----------------------------------------------------------------------------
+
+
+def test_compose_file_is_valid() -> None:
+    commands = _compose_commands()
+    if not commands:
+        pytest.skip("neither `docker compose` nor `docker-compose` is installed (apt-get install docker-compose)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "DOCKER_"))}
+    for command in commands:
+        result = subprocess.run(
+            [*command, "-f", str(COMPOSE_FILE), "config"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, f"{' '.join(command)} config failed:\n{result.stderr}"
+        for service in ("kafka", "topics", "train", "worker", "api", "producer", "prometheus", "grafana"):
+            assert re.search(rf"^  {service}:$", result.stdout, re.MULTILINE), f"no {service} service"
+
+
+def test_compose_mounts_what_grafana_provisioning_reads() -> None:
+    compose = COMPOSE_FILE.read_text(encoding="utf-8")
+    provider = DASHBOARD_PROVIDER.read_text(encoding="utf-8")
+    path = re.search(r"^\s+path:\s*(\S+)", provider, re.MULTILINE)
+    assert path, "dashboard provider has no path"
+    assert f"./dashboards:{path.group(1)}:ro" in compose
+    assert "url: http://prometheus:9090" in DATASOURCE.read_text(encoding="utf-8")
+
+
+# --- Grafana dashboard -------------------------------------------------------------------------
+
+
+def test_dashboard_identity_and_datasource_variable(dashboard: dict[str, Any]) -> None:
+    assert dashboard["uid"] == "fraudstream-overview"
+    assert dashboard.get("id") is None, "a provisioned dashboard must not carry a database id"
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+
+
+def test_every_panel_has_a_unit_and_the_datasource_variable(panels: list[dict[str, Any]]) -> None:
+    assert panels
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids)), "panel ids repeat"
+    for panel in panels:
+        unit = panel.get("fieldConfig", {}).get("defaults", {}).get("unit")
+        assert isinstance(unit, str) and unit, f"panel {panel['title']!r} has no unit"
+        assert panel["targets"], f"panel {panel['title']!r} has no query"
+        for ds in [panel["datasource"], *(t["datasource"] for t in panel["targets"])]:
+            assert ds == {"type": "prometheus", "uid": "${datasource}"}, f"panel {panel['title']!r}: datasource {ds}"
+
+
+def test_dashboard_queries_use_exported_metrics_and_labels(
+    panels: list[dict[str, Any]], exported: dict[str, set[str]]
+) -> None:
+    for panel in panels:
+        for target in panel["targets"]:
+            possible = check_expression(target["expr"], exported)
+            legend_labels = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", target.get("legendFormat", "")))
+            assert legend_labels <= possible, f"panel {panel['title']!r}: legend uses {legend_labels - possible}"
+
+
+def test_dashboard_rates_use_rate_interval(panels: list[dict[str, Any]]) -> None:
+    for panel in panels:
+        for target in panel["targets"]:
+            ranges = re.findall(r"\b(?:rate|irate|increase)\([^\[]*\[([^\]]*)\]", target["expr"])
+            assert all(r == "$__rate_interval" for r in ranges), f"{panel['title']!r}: {target['expr']}"
+
+
+def test_dashboard_covers_the_overview(panels: list[dict[str, Any]]) -> None:
+    exprs = "\n".join(t["expr"] for p in panels for t in p["targets"])
+    for needle in (
+        "fraud_transactions_consumed_total",
+        "sum by (decision) (rate(fraud_decisions_total",
+        'decision="block"',
+        'decision="review"',
+        "histogram_quantile(0.5, sum by (le) (rate(fraud_end_to_end_latency_seconds_bucket",
+        "histogram_quantile(0.95, sum by (le) (rate(fraud_end_to_end_latency_seconds_bucket",
+        "histogram_quantile(0.99, sum by (le) (rate(fraud_end_to_end_latency_seconds_bucket",
+        "histogram_quantile(0.99, sum by (le) (rate(fraud_scoring_batch_duration_seconds_bucket",
+        "sum by (reason) (rate(fraud_dead_letters_total",
+        "fraud_model_info",
+        "sum by (route, status) (rate(fraud_api_requests_total",
+        "histogram_quantile(0.99, sum by (le, route) (rate(fraud_api_request_duration_seconds_bucket",
+    ):
+        assert needle in exprs, f"no dashboard query contains {needle!r}"
