@@ -145,19 +145,11 @@ class _Index:
         )
 
 
-def _codes(*columns: pd.Series) -> tuple[np.ndarray, ...]:
-    """Integer codes for values shared across the given columns (one factorisation)."""
-    joined = pd.concat(columns, ignore_index=True)
-    codes, _ = pd.factorize(joined, sort=False)
-    out, start = [], 0
-    for c in columns:
-        out.append(codes[start : start + len(c)])
-        start += len(c)
-    return tuple(out)
-
-
-def _pair(card: pd.Series, merchant: pd.Series) -> pd.Series:
-    return card.astype(str) + "\x1f" + merchant.astype(str)
+def _codes(queries: pd.Series | np.ndarray, history: pd.Series | np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Integer codes for values shared by both columns (one factorisation), and how many."""
+    joined = np.concatenate([np.asarray(queries), np.asarray(history)])
+    codes, uniques = pd.factorize(joined, sort=False)
+    return codes[: len(queries)], codes[len(queries) :], len(uniques)
 
 
 def compute_features(queries: pd.DataFrame, history: pd.DataFrame) -> np.ndarray:
@@ -211,12 +203,13 @@ def _history_features(
     origin = lo_all - HISTORY_SPAN_MS - 1
     span = hi_all - origin + 1
 
-    q_card, h_card = _codes(queries["card_id"], history["card_id"])
-    q_pair, h_pair = _codes(
-        _pair(queries["card_id"], queries["merchant_id"]), _pair(history["card_id"], history["merchant_id"])
+    q_card, h_card, n_cards = _codes(queries["card_id"], history["card_id"])
+    q_merchant, h_merchant, n_merchants = _codes(queries["merchant_id"], history["merchant_id"])
+    # (card, merchant) pairs as one integer each, then re-coded densely.
+    q_pair, h_pair, n_pairs = _codes(
+        q_card.astype(np.int64) * n_merchants + q_merchant, h_card.astype(np.int64) * n_merchants + h_merchant
     )
-    n_groups = max(int(q_card.max(initial=0)), int(q_pair.max(initial=0))) + 1
-    if n_groups > np.iinfo(np.int64).max // span:
+    if max(n_cards, n_pairs) > np.iinfo(np.int64).max // span:
         raise ValueError("history spans too many cards over too long a time to index")
 
     cards = _Index(h_card, hist_ts, origin, span)

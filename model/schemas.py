@@ -48,11 +48,26 @@ class Transaction(BaseModel):
     timestamp: AwareDatetime = Field(description="When the transaction happened, ISO-8601 with a zone offset.")
     card_id: str = Field(min_length=1, max_length=128, description="Card (or account) the transaction is charged to.")
     merchant_id: str = Field(min_length=1, max_length=128, description="Merchant or terminal id.")
-    amount: float = Field(gt=0, description="Amount in the currency's major unit; finite and > 0.")
+    amount: float = Field(
+        gt=0, strict=True, description="Amount in the currency's major unit, a JSON number; finite and > 0."
+    )
     currency: str = Field(min_length=3, max_length=3, description="ISO-4217 code.")
     merchant_category: str | None = Field(default=None, max_length=64)
     channel: Literal["pos", "ecommerce", "atm"] | None = None
     country: str | None = Field(default=None, min_length=2, max_length=2, description="ISO-3166 alpha-2.")
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _iso_string(cls, v: object) -> object:
+        # Epoch numbers would be read as UTC silently; the contract is an ISO-8601 string.
+        if not isinstance(v, str | datetime):
+            raise ValueError("timestamp must be an ISO-8601 string with a zone offset")
+        return v
+
+    @field_validator("channel", mode="before")
+    @classmethod
+    def _lower(cls, v: object) -> object:
+        return v.strip().lower() if isinstance(v, str) else v
 
     @field_validator("amount")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections.abc import Sequence
@@ -14,7 +15,7 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from model.artifact import METADATA_FILE, ModelArtifact, load_artifact
+from model.artifact import METADATA_FILE, MODEL_FILE, ModelArtifact, load_artifact
 from model.errors import ModelLoadError, ModelNotReadyError
 from model.features import FEATURE_NAMES, REASON_GROUPS, compute_features
 from model.metrics import decide
@@ -133,7 +134,7 @@ class ModelHolder:
     def __init__(self, model_dir: str | Path) -> None:
         self.model_dir = Path(model_dir)
         self._scorer: Scorer | None = None
-        self._stamp: float | None = None
+        self._stamp: str | None = None
         self._lock = threading.Lock()
         self.last_error: str | None = None
         self.reload_failures = 0
@@ -148,11 +149,15 @@ class ModelHolder:
     def ready(self) -> bool:
         return self._scorer is not None
 
-    def _metadata_stamp(self) -> float | None:
+    def _metadata_stamp(self) -> str | None:
+        # Metadata by content (copies that keep timestamps, cp -p or rsync -a, still count) and
+        # the model file by size and mtime (a model overwritten under unchanged metadata too).
         try:
-            return (self.model_dir / METADATA_FILE).stat().st_mtime
+            meta = hashlib.sha256((self.model_dir / METADATA_FILE).read_bytes()).hexdigest()
+            model = (self.model_dir / MODEL_FILE).stat()
         except OSError:
             return None
+        return f"{meta}:{model.st_size}:{model.st_mtime_ns}"
 
     def load(self) -> bool:
         """Load if the artifact changed since the last attempt; True when a new model went live."""

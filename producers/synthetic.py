@@ -394,13 +394,9 @@ class _Rows:
     def __init__(self) -> None:
         self.parts: list[tuple[np.ndarray, ...]] = []
 
-    def add(
-        self, t: np.ndarray, card: np.ndarray, merchant: np.ndarray, amount: np.ndarray, kind: int
-    ) -> None:
+    def add(self, t: np.ndarray, card: np.ndarray, merchant: np.ndarray, amount: np.ndarray, kind: int) -> None:
         kinds = np.full(len(t), kind, dtype=np.int8)
-        self.parts.append(
-            (t.astype(np.float64), card.astype(np.int64), merchant.astype(np.int64), amount, kinds)
-        )
+        self.parts.append((t.astype(np.float64), card.astype(np.int64), merchant.astype(np.int64), amount, kinds))
 
     def columns(self) -> tuple[np.ndarray, ...]:
         return tuple(np.concatenate([p[i] for p in self.parts]) for i in range(5))
@@ -609,9 +605,7 @@ def _legit(rng: np.random.Generator, w: _World, rows: _Rows) -> None:
         & ~w.m_online[merchant]
         & (rng.random(n) < cfg.travel_abroad_share)
     )
-    merchant[abroad] = _draw(
-        rng, w, np.where(w.m_online, 0.0, w.m_pop * _CAT_TRIP[w.m_cat]), trip_dest[card[abroad]]
-    )
+    merchant[abroad] = _draw(rng, w, np.where(w.m_online, 0.0, w.m_pop * _CAT_TRIP[w.m_cat]), trip_dest[card[abroad]])
 
     amount = (
         w.c_scale[card]
@@ -657,9 +651,7 @@ def _card_bursts(
     cfg = w.cfg
     nb = len(card)
     sizes = 1 + rng.poisson(max(cfg.card_burst_mean_tx - 1.0, 0.0), nb)
-    dur = np.clip(
-        rng.lognormal(math.log(max(cfg.card_burst_median_hours, 1e-3) * _HOUR), 1.0, nb), 600, 48 * _HOUR
-    )
+    dur = np.clip(rng.lognormal(math.log(max(cfg.card_burst_median_hours, 1e-3) * _HOUR), 1.0, nb), 600, 48 * _HOUR)
     foreign = rng.random(nb) < cfg.card_burst_foreign_share
     target = np.where(foreign, _foreign_country(rng, w.c_home[card], _MERCHANT_W), w.c_home[card])
     test = rng.random(nb) < cfg.card_test_charge_prob
@@ -759,9 +751,7 @@ def _amount_outliers(rng: np.random.Generator, w: _World, rows: _Rows) -> None:
     t = _local_times(rng, w, card, _random_local_day(rng, w, n), np.full(n, _P_OUTLIER))
     foreign = rng.random(n) < cfg.amount_outlier_foreign_share
     home = w.c_home[card]
-    country = np.where(
-        foreign, _foreign_country(rng, home, _MERCHANT_W), np.where(rng.random(n) < 0.6, home, -1)
-    )
+    country = np.where(foreign, _foreign_country(rng, home, _MERCHANT_W), np.where(rng.random(n) < 0.6, home, -1))
     merchant = _draw(rng, w, w.m_pop * _CAT_BIG[w.m_cat], country)
     amount = w.c_scale[card] * rng.lognormal(math.log(cfg.amount_outlier_multiple), 0.5, n)
     rows.add(t, card, merchant, amount, _AO)
@@ -773,9 +763,7 @@ def _velocity(rng: np.random.Generator, w: _World, rows: _Rows) -> None:
     nb = len(card)
     anchor = _local_times(rng, w, card, _random_local_day(rng, w, nb), np.full(nb, _P_VELOCITY))
     sizes = 5 + rng.poisson(max(cfg.velocity_mean_tx - 5.0, 0.0), nb)
-    dur = np.clip(
-        rng.lognormal(math.log(max(cfg.velocity_median_minutes, 0.1) * 60.0), 0.6, nb), 120.0, 5400.0
-    )
+    dur = np.clip(rng.lognormal(math.log(max(cfg.velocity_median_minutes, 0.1) * 60.0), 0.6, nb), 120.0, 5400.0)
     testing = rng.random(nb) < cfg.velocity_testing_share
     risky_online = np.where(w.m_online, w.m_pop * _CAT_RISKY[w.m_cat], 0.0)
     primary = _draw(rng, w, risky_online, np.where(rng.random(nb) < 0.5, w.c_home[card], -1))

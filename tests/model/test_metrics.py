@@ -173,9 +173,7 @@ def test_card_precision_at_k_hand_computed():
 
 def test_card_precision_at_k_tz_aware_datetimes_match_strings():
     frame = _frame(CARD_ROWS)
-    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True, format="ISO8601").dt.tz_convert(
-        "Europe/Berlin"
-    )
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True, format="ISO8601").dt.tz_convert("Europe/Berlin")
     assert card_precision_at_k(frame, k=2) == pytest.approx(0.75)
 
 

@@ -26,8 +26,9 @@ def test_plot_writes_png(tmp_path, plot):
 
 @pytest.mark.parametrize("plot", [plot_pr_curve, plot_confusion])
 def test_plot_single_class_still_writes_png(tmp_path, plot):
-    out = plot(np.zeros(4, dtype=int), [0.1, 0.2, 0.3, 0.4], Thresholds(review=0.5, block=0.9),
-               str(tmp_path / "one_class.png"))
+    out = plot(
+        np.zeros(4, dtype=int), [0.1, 0.2, 0.3, 0.4], Thresholds(review=0.5, block=0.9), str(tmp_path / "one_class.png")
+    )
     _assert_png(out)
 
 

@@ -49,9 +49,7 @@ def test_same_seed_same_frame_and_other_seed_differs() -> None:
 def test_columns_and_dtypes(frame: pd.DataFrame) -> None:
     assert list(frame.columns) == list(COLUMNS)
     assert list(COLUMNS[:9]) == list(WIRE_FIELDS)
-    assert (
-        isinstance(frame.index, pd.RangeIndex) and frame.index[0] == 0 and frame.index[-1] == len(frame) - 1
-    )
+    assert isinstance(frame.index, pd.RangeIndex) and frame.index[0] == 0 and frame.index[-1] == len(frame) - 1
     for c in ("transaction_id", "timestamp", "card_id", "merchant_id", "currency", "merchant_category",
               "channel", "country", "fraud_type"):  # fmt: skip
         assert pd.api.types.is_string_dtype(frame[c]), c

@@ -129,7 +129,7 @@ def test_missing_and_invalid_together_is_invalid_field() -> None:
         ("timestamp", "yesterday"),
         ("timestamp", "2026-02-30T10:00:00Z"),
         ("channel", "phone"),
-        ("channel", "POS"),
+        ("channel", "kiosk"),
         ("transaction_id", ""),
         ("transaction_id", "   "),
         ("transaction_id", "x" * 129),
@@ -153,3 +153,22 @@ def test_detail_is_bounded_for_huge_inputs() -> None:
     many = {f"f{i}": 1 for i in range(10)}
     r = rejected(orjson.dumps({**many, "amount": "x" * 2000}))
     assert len(r.detail) <= 500
+
+
+def test_wire_types_are_strict_where_the_contract_is() -> None:
+    base = {
+        "transaction_id": "t",
+        "timestamp": "2026-01-01T00:00:00Z",
+        "card_id": "c",
+        "merchant_id": "m",
+        "currency": "USD",
+    }
+    for amount in (True, "12.5"):
+        rejected = parse_transaction(orjson.dumps({**base, "amount": amount}))
+        assert isinstance(rejected, Rejected) and rejected.reason == "invalid_field"
+        assert "amount" in rejected.detail
+    epoch = parse_transaction(orjson.dumps({**base, "amount": 1, "timestamp": 1767225600}))
+    assert isinstance(epoch, Rejected) and "timestamp" in epoch.detail
+    # Channel case is not meaningful: the CSV path lower-cases it too.
+    tx = parse_transaction(orjson.dumps({**base, "amount": 1, "channel": "POS"}))
+    assert not isinstance(tx, Rejected) and tx.channel == "pos"
