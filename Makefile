@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 COUNT ?=
 DEMO_ARGS := $(if $(COUNT),--count $(COUNT),)
 
-.PHONY: demo test lint typecheck clean
+.PHONY: demo test test-tools lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,23 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/fraud demo $(DEMO_ARGS)
 
-test: $(VENV)/.installed-test
+# promtool (Debian: prometheus) checks the alert rules; docker-compose validates the compose
+# file. Installed here when missing and we may (root with apt-get, as in CI).
+TEST_TOOLS := promtool:prometheus docker-compose:docker-compose
+
+test-tools:
+	@for pair in $(TEST_TOOLS); do \
+	  tool=$${pair%%:*}; pkg=$${pair##*:}; \
+	  if ! command -v $$tool >/dev/null 2>&1; then \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	      echo "installing $$pkg (for $$tool)"; \
+	      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$pkg >/dev/null) \
+	        || echo "could not install $$pkg; the tests that need $$tool will say so"; \
+	    else echo "$$tool not found: install the $$pkg package for the deployment tests"; fi; \
+	  fi; \
+	done
+
+test: $(VENV)/.installed-test test-tools
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.installed-test

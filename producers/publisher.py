@@ -33,17 +33,20 @@ class PublishStats:
 
 
 class Progress:
-    """One status line on a terminal, refreshed a few times a second; silent when not a TTY."""
+    """A status line: redrawn in place a few times a second on a terminal, else a new line
+    every few seconds (logs, CI)."""
 
     def __init__(self, total: int | None, stream: TextIO = sys.stderr, enabled: bool = True) -> None:
         self.total, self.stream = total, stream
-        self.enabled = enabled and stream.isatty()
+        self.enabled = enabled
+        self.tty = stream.isatty()
+        self._interval = 0.25 if self.tty else 5.0
         self._last = 0.0
         self._start = time.monotonic()
 
     def update(self, done: int, extra: str = "", force: bool = False) -> None:
         now = time.monotonic()
-        if not self.enabled or (not force and now - self._last < 0.25):
+        if not self.enabled or (not force and now - self._last < self._interval):
             return
         self._last = now
         rate = done / max(now - self._start, 1e-9)
@@ -53,11 +56,12 @@ class Progress:
             bar = f"[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total}"
         else:
             bar = f"{done}"
-        self.stream.write(f"\r{bar}  {rate:,.0f}/s {extra}\033[K")
+        line = f"{bar}  {rate:,.0f}/s {extra}"
+        self.stream.write(f"\r{line}\033[K" if self.tty else f"{line}\n")
         self.stream.flush()
 
     def close(self) -> None:
-        if self.enabled:
+        if self.enabled and self.tty:
             self.stream.write("\n")
             self.stream.flush()
 

@@ -56,7 +56,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
     print(f"export FRAUD_KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}")
     print("for a worker on this broker also export FRAUD_PRODUCER_MAX_BATCH_BYTES=1 (see README)")
     print("Ctrl-C to stop (storage is in memory and is lost on exit)", flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         while broker.process is not None and broker.process.poll() is None:
             time.sleep(0.5)
@@ -213,7 +213,13 @@ def cmd_produce(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from streaming.demo import DemoOptions, run_demo
 
-    return run_demo(DemoOptions(count=args.count, rate=args.rate, model_dir=args.model_dir, workdir=args.workdir))
+    # SIGTERM (docker stop, a supervisor) ends the demo like Ctrl-C: summary, then cleanup.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        return run_demo(DemoOptions(count=args.count, rate=args.rate, model_dir=args.model_dir, workdir=args.workdir))
+    except KeyboardInterrupt:
+        print("interrupted before streaming started; every process stopped", file=sys.stderr)
+        return 130
 
 
 # --- parser ------------------------------------------------------------------------------------

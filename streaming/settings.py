@@ -103,6 +103,8 @@ class WorkerSettings(KafkaSettings):
     """Longest a transaction waits for its batch to fill."""
     session_timeout_seconds: float = Field(default=10.0, ge=6.0)
     """Consumer group session timeout; short timeouts make joins and failover fast."""
+    fetch_max_wait_ms: int = Field(default=10, ge=1)
+    """Longest the broker may hold a fetch when no data is waiting (Faust's own value is 1500)."""
     web_host: str = "127.0.0.1"
     """Interface of the worker's state view (read by the API)."""
     web_port: int = 6066

@@ -37,7 +37,7 @@ from prometheus_client import start_http_server
 from model.features import frame_from_transactions
 from model.schemas import Decision, Transaction
 from model.scoring import ModelHolder, scoring_executor, utcnow
-from streaming import kafka
+from streaming import faust_transport, kafka
 from streaming.metrics import WorkerMetrics
 from streaming.settings import WorkerSettings
 from streaming.state import CardState, empty_state, history_frame, merge
@@ -153,6 +153,8 @@ def create_app(settings: WorkerSettings, holder: ModelHolder, metrics: WorkerMet
         web_port=settings.web_port,
         web_in_thread=False,
     )
+
+    faust_transport.install(app, settings.fetch_max_wait_ms)
 
     def raw_topic(name: str) -> faust.TopicT:
         return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")

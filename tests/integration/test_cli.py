@@ -1,0 +1,127 @@
+"""The `fraud` commands a user runs, as subprocesses, against real files and a real broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pandas as pd
+import pytest
+
+from model.artifact import load_artifact
+from tests.integration.conftest import consume, make_topics
+
+pytestmark = pytest.mark.integration
+
+
+def fraud(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "streaming.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def kafka_env(topics) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    s = topics.settings
+    return {
+        "FRAUD_KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
+        "FRAUD_TRANSACTIONS_TOPIC": s.transactions_topic,
+        "FRAUD_TOPIC_PARTITIONS": str(s.topic_partitions),
+        "FRAUD_METRICS_PORT": "0",
+    }
+
+
+def test_help_lists_every_command() -> None:
+    out = fraud("--help")
+    assert out.returncode == 0
+    for command in ("broker", "train", "evaluate", "worker", "api", "produce", "demo"):
+        assert command in out.stdout
+        assert fraud(command, "--help").returncode == 0
+
+
+def test_produce_to_kafka_and_replay_a_csv_in_time_order(bootstrap_servers: str, tmp_path: Path) -> None:
+    topics = make_topics(bootstrap_servers)
+    out = fraud("produce", "--count", "300", "--cards", "50", "--quiet", env=kafka_env(topics))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1])["acked"] == 300
+    synthetic = consume(topics.settings, topics.transactions, until=300)
+    assert len(synthetic) == 300
+    assert all("is_fraud" not in orjson.loads(v) for _, v, _ in synthetic)  # labels stay off the wire
+
+    csv = tmp_path / "data.csv"
+    assert fraud("produce", "--csv", str(csv), "--cards", "40", "--days", "3", "--seed", "5").returncode == 0
+    frame = pd.read_csv(csv)
+    # Shuffle the file: replay must still publish in timestamp order.
+    frame.sample(frac=1.0, random_state=1).to_csv(csv, index=False)
+    replay_topics = make_topics(bootstrap_servers, partitions=1)
+    out = fraud("produce", "--from-csv", str(csv), "--quiet", env=kafka_env(replay_topics))
+    assert out.returncode == 0, out.stderr
+    replayed = consume(replay_topics.settings, replay_topics.transactions, until=len(frame))
+    stamps = [pd.Timestamp(orjson.loads(v)["timestamp"]) for _, v, _ in replayed]
+    assert len(replayed) == len(frame)
+    assert stamps == sorted(stamps)
+    assert {orjson.loads(v)["transaction_id"] for _, v, _ in replayed} == set(frame["transaction_id"])
+
+
+def test_train_and_evaluate_commands(tmp_path: Path, train_frame: pd.DataFrame) -> None:
+    csv = tmp_path / "train.csv"
+    bad = train_frame.iloc[:3].assign(amount=-1.0, transaction_id=["bad-1", "bad-2", "bad-3"])
+    pd.concat([train_frame, bad]).to_csv(csv, index=False)
+    out = fraud("train", "--data", str(csv), "--out", str(tmp_path / "m"), "--train-from", "2026-01-05")
+    assert out.returncode == 0, out.stderr
+    assert "bad_amount" in out.stdout  # invalid rows are reported, not silently dropped
+    meta = load_artifact(tmp_path / "m").metadata
+    assert meta["training_window"]["fit_from"] >= "2026-01-05"
+
+    report, scores = tmp_path / "report.json", tmp_path / "scores.csv"
+    out = fraud(
+        "evaluate", "--model", str(tmp_path / "m"), "--data", str(csv), "--from", "2026-01-15", "--to", "2026-01-20",
+        "--report", str(report), "--scores", str(scores),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    body = json.loads(report.read_text())
+    assert {"auc_roc", "average_precision", "card_precision_at_100", "at_threshold"} <= set(body)
+    table = pd.read_csv(scores)
+    assert list(table.columns) == ["transaction_id", "score", "decision"]
+    assert len(table) == body["n_transactions"] > 0
+
+    missing = tmp_path / "missing.csv"
+    train_frame.drop(columns=["amount"]).to_csv(missing, index=False)
+    out = fraud("train", "--data", str(missing), "--out", str(tmp_path / "x"))
+    assert out.returncode == 2 and "amount" in out.stderr
+
+
+def test_demo_runs_end_to_end_and_cleans_up(model_dir: Path, tmp_path: Path) -> None:
+    out = fraud(
+        "demo", "--count", "1200", "--rate", "400", "--model-dir", str(model_dir), "--workdir", str(tmp_path),
+        timeout=240,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["transactions"] == 1201  # 1200 valid + one malformed per thousand
+    assert summary["decisions"] == 1200
+    assert summary["dead_letters"] == 1
+    assert 0 <= summary["fraud_rate"] < 0.1
+    assert 0 < summary["p50_latency_ms"] <= summary["p99_latency_ms"]
+    assert "equal" in out.stdout  # /predict agreed with the stream
+    assert processes_writing_under(tmp_path) == [], "the demo left processes running"
+
+
+def processes_writing_under(root: Path) -> list[int]:
+    """PIDs with a file open under ``root`` (the demo's children all log into its workdir)."""
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if any(str(fd.readlink()).startswith(str(root)) for fd in (proc / "fd").iterdir()):
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
