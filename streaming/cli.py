@@ -280,15 +280,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scores", type=Path, help="write transaction_id,score,decision CSV here")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("worker", help="run the stream worker (settings from FRAUD_* variables)")
+    from streaming.settings import ApiSettings, ProducerSettings, WorkerSettings, env_help
+
+    raw = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser(
+        "worker",
+        help="run the stream worker (settings from FRAUD_* variables)",
+        description="Consume transactions, keep card state, score in batches, publish decisions.",
+        epilog=env_help(WorkerSettings),
+        formatter_class=raw,
+    )
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("api", help="run the HTTP API: POST /predict, /health, /ready, /metrics, /docs")
+    p = sub.add_parser(
+        "api",
+        help="run the HTTP API: POST /predict, /health, /ready, /metrics, /docs",
+        epilog=env_help(ApiSettings),
+        formatter_class=raw,
+    )
     p.add_argument("--host", help="interface (default FRAUD_HOST or 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default FRAUD_PORT or 8000)")
     p.set_defaults(func=cmd_api)
 
-    p = sub.add_parser("produce", help="generate synthetic transactions to Kafka or CSV, or replay a CSV")
+    p = sub.add_parser(
+        "produce",
+        help="generate synthetic transactions to Kafka or CSV, or replay a CSV",
+        epilog=env_help(ProducerSettings),
+        formatter_class=raw,
+    )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--csv", type=Path, help="write a labelled CSV (with is_fraud) instead of publishing")
     src.add_argument("--from-csv", type=Path, help="replay this CSV onto the topic in timestamp order")

@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class KafkaSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FRAUD_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="FRAUD_", extra="ignore", use_attribute_docstrings=True)
 
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     """Comma-separated host:port list of Kafka brokers."""
@@ -152,3 +152,14 @@ class ProducerSettings(KafkaSettings):
 
     metrics_port: int = 9102
     """Port of the producer's Prometheus /metrics (0 disables it)."""
+
+
+def env_help(settings_class: type[BaseSettings]) -> str:
+    """The environment variables a settings class reads, for ``--help``."""
+    lines = ["environment (FRAUD_*):"]
+    for name, field in settings_class.model_fields.items():
+        default = field.default if field.default is not None else "-"
+        if isinstance(default, SecretStr):
+            default = "***"
+        lines.append(f"  FRAUD_{name.upper()} (default {default}): {field.description or ''}")
+    return "\n".join(lines)
