@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from model.features import CANONICAL_COLUMNS, parse_offsets_minutes
-from model.schemas import CHANNELS
+from model.schemas import CHANNELS, ID_PATTERN, MAX_AMOUNT
 
 REQUIRED_COLUMNS = ("transaction_id", "timestamp", "card_id", "merchant_id", "amount", "is_fraud")
 OPTIONAL_COLUMNS = ("currency", "merchant_category", "channel", "country")
@@ -107,12 +107,13 @@ def validate_frame(raw: pd.DataFrame, *, first_line: int = 2) -> Dataset:
 
     for c in ("transaction_id", "card_id", "merchant_id"):
         reject(f"empty_{c}", (raw[c] == "").to_numpy())
+        reject(f"bad_{c}", ~raw[c].str.fullmatch(ID_PATTERN[1:-1]).to_numpy(dtype=bool))
     ts = pd.to_datetime(raw["timestamp"], utc=True, errors="coerce", format="ISO8601")
     has_zone = raw["timestamp"].str.contains(r"(?:[Zz]|[+-]\d{2}:?\d{2})$", regex=True).to_numpy()
     reject("bad_timestamp", ts.isna().to_numpy() | ~has_zone)
     amount = pd.to_numeric(raw["amount"], errors="coerce").to_numpy(dtype=np.float64)
     with np.errstate(invalid="ignore"):
-        reject("bad_amount", ~np.isfinite(amount) | ~(amount > 0))
+        reject("bad_amount", ~np.isfinite(amount) | ~(amount > 0) | (amount > MAX_AMOUNT))
     label = raw["is_fraud"].str.lower().map({"0": 0, "1": 1, "true": 1, "false": 0, "0.0": 0, "1.0": 1})
     reject("bad_is_fraud", label.isna().to_numpy())
     channel = raw["channel"].str.lower()

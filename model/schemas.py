@@ -33,6 +33,12 @@ MERCHANT_CATEGORIES: tuple[str, ...] = (
     "cash",
 )
 
+#: Largest amount accepted (major units); larger values are input errors, and would overflow the
+#: exact integer-cent sums the history features use.
+MAX_AMOUNT = 1e9
+#: Ids are printable ASCII without spaces: they travel in URLs, headers and Kafka keys.
+ID_PATTERN = r"^[!-~]+$"
+
 #: Largest encoded message the worker accepts; bigger ones are dead-lettered as ``oversized``.
 MAX_MESSAGE_BYTES = 16 * 1024
 
@@ -44,12 +50,19 @@ class Transaction(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True, str_strip_whitespace=True)
 
-    transaction_id: str = Field(min_length=1, max_length=128, description="Unique id; decisions are idempotent by it.")
+    transaction_id: str = Field(
+        min_length=1, max_length=128, pattern=ID_PATTERN, description="Unique id; decisions are idempotent by it."
+    )
     timestamp: AwareDatetime = Field(description="When the transaction happened, ISO-8601 with a zone offset.")
-    card_id: str = Field(min_length=1, max_length=128, description="Card (or account) the transaction is charged to.")
-    merchant_id: str = Field(min_length=1, max_length=128, description="Merchant or terminal id.")
+    card_id: str = Field(
+        min_length=1, max_length=128, pattern=ID_PATTERN, description="Card (or account) the transaction is charged to."
+    )
+    merchant_id: str = Field(min_length=1, max_length=128, pattern=ID_PATTERN, description="Merchant or terminal id.")
     amount: float = Field(
-        gt=0, strict=True, description="Amount in the currency's major unit, a JSON number; finite and > 0."
+        gt=0,
+        le=MAX_AMOUNT,
+        strict=True,
+        description="Amount in the currency's major unit, a JSON number; > 0 and at most 1e9.",
     )
     currency: str = Field(min_length=3, max_length=3, description="ISO-4217 code.")
     merchant_category: str | None = Field(default=None, max_length=64)
@@ -90,7 +103,9 @@ class Decision(BaseModel):
     schema_version: int = SCHEMA_VERSION
     transaction_id: str
     card_id: str
-    score: float = Field(ge=0.0, le=1.0, description="Estimated fraud probability.")
+    score: float = Field(
+        ge=0.0, le=1.0, description="Risk score: higher is riskier; ranks well, not a calibrated probability."
+    )
     decision: Outcome
     reasons: list[str] = Field(description="Stable codes of the features that raised the score most.")
     model_version: str

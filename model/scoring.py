@@ -47,6 +47,15 @@ class Scorer:
         self.thresholds = artifact.thresholds
         self._reference = artifact.reference
 
+    def self_check(self) -> None:
+        """Refuse a model that loads but cannot score (say, built by an incompatible scikit-learn)."""
+        try:
+            score = self.predict(self._reference[None, :])
+        except Exception as exc:  # whatever the estimator raises, the model is unusable
+            raise ModelLoadError(f"{self.artifact.path}: model fails to score: {exc}") from exc
+        if score.shape != (1,) or not np.isfinite(score).all() or not 0.0 <= float(score[0]) <= 1.0:
+            raise ModelLoadError(f"{self.artifact.path}: model scored the reference row as {score!r}")
+
     def predict(self, features: np.ndarray) -> np.ndarray:
         return np.asarray(self.artifact.estimator.predict_proba(features)[:, 1], dtype=np.float64)
 
@@ -168,6 +177,7 @@ class ModelHolder:
             self._stamp = stamp
             try:
                 scorer = Scorer(load_artifact(self.model_dir))
+                scorer.self_check()
             except ModelLoadError as exc:
                 self.last_error = str(exc)
                 self.reload_failures += 1

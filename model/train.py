@@ -18,7 +18,8 @@ from sklearn.preprocessing import StandardScaler
 
 from model.artifact import ModelArtifact, load_artifact, save_artifact
 from model.dataset import DatasetError, load_csv, select_window
-from model.features import compute_features, history_from_frame
+from model.drift import build_reference
+from model.features import HISTORY_SPAN_MS, compute_features, history_from_frame
 from model.metrics import evaluation_report, pick_thresholds
 from model.plots import plot_confusion, plot_pr_curve
 
@@ -87,10 +88,18 @@ def train(data: Path, out: Path, options: TrainOptions) -> dict[str, Any]:
     frame = dataset.frame
     # Rows before --train-from still count as history for the windows; they are not trained on.
     features = features_for(frame)
-    window = select_window(frame, options.train_from, options.train_to)
+    ts = frame["ts_ms"].to_numpy()
+    train_from = options.train_from
+    if train_from is None:
+        # Early rows have partial windows (a card's 30-day count is low only because the data
+        # starts there), which serving never sees: keep them as history only. 30 days when
+        # the data allows, less on short data sets.
+        warm_up_ms = min(HISTORY_SPAN_MS, int((ts.max() - ts.min()) * 0.3))
+        train_from = pd.Timestamp(int(ts.min()) + warm_up_ms, unit="ms", tz="UTC")
+        log.info("no --train-from: rows before %s serve as history only", train_from.isoformat())
+    window = select_window(frame, train_from, options.train_to)
     if window.sum() < 100:
         raise DatasetError(f"only {int(window.sum())} rows in the training window; need at least 100")
-    ts = frame["ts_ms"].to_numpy()
     w_ts = ts[window]
     cut = int(np.quantile(w_ts, 1.0 - options.validation_fraction))
     fit_mask = window & (ts < cut)
@@ -125,6 +134,7 @@ def train(data: Path, out: Path, options: TrainOptions) -> dict[str, Any]:
         },
         "training_window": {
             "requested_from": options.train_from.isoformat() if options.train_from is not None else None,
+            "train_from": train_from.isoformat(),
             "requested_to": options.train_to.isoformat() if options.train_to is not None else None,
             "fit_from": _iso(int(ts[fit_mask].min())),
             "fit_to": _iso(int(ts[fit_mask].max())),
@@ -144,6 +154,7 @@ def train(data: Path, out: Path, options: TrainOptions) -> dict[str, Any]:
             "invalid_rows": dataset.invalid.as_dict(),
         },
         "reference_features": np.median(features[fit_mask], axis=0).tolist(),
+        "drift_reference": build_reference(features[fit_mask], val_scores),
         "seed": options.seed,
     }
     meta = save_artifact(out, estimator, metadata)

@@ -15,10 +15,10 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated
-from urllib.parse import quote
 
 import httpx
 from fastapi import Depends, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -55,7 +55,7 @@ class Services:
     async def card_state(self, card_id: str) -> CardState | None:
         """The card's stored history, or None when the worker cannot be reached in time."""
         try:
-            resp = await self.http.get(f"/cards/{quote(card_id, safe='')}/history")
+            resp = await self.http.get("/cards/history", params={"card_id": card_id})
             resp.raise_for_status()
             state: CardState = resp.json()["history"]
             return state
@@ -114,6 +114,13 @@ def create_api(settings: ApiSettings | None = None) -> FastAPI:
     @app.exception_handler(FraudStreamError)
     async def _project_error(request: Request, exc: FraudStreamError) -> JSONResponse:
         return JSONResponse(status_code=exc.status_code, content={"detail": str(exc), "error": type(exc).__name__})
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's default body echoes the input, which fails to render for NaN or Infinity
+        # (a 500 for a client error); name the field and say what is wrong, nothing more.
+        detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        return JSONResponse(status_code=422, content={"detail": detail})
 
     @app.middleware("http")
     async def _meter(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

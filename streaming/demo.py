@@ -41,8 +41,9 @@ BAD_MESSAGES = (
     b'"amount": 5, "currency": "USD"}',
     b"[1, 2, 3]",
 )
-TRAIN_CONFIG = SimConfig(seed=7, days=30.0, start=datetime(2026, 1, 1, tzinfo=UTC))
-TRAFFIC_CONFIG = SimConfig(seed=11, days=30.0, start=datetime(2026, 2, 1, tzinfo=UTC))
+#: 60 days: the first 30 only warm up the 30-day windows, the model learns from the rest.
+TRAIN_CONFIG = SimConfig(seed=7, days=60.0, start=datetime(2026, 1, 1, tzinfo=UTC))
+TRAFFIC_CONFIG = SimConfig(seed=11, days=30.0, start=datetime(2026, 3, 2, tzinfo=UTC))
 
 
 @dataclass

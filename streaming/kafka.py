@@ -63,5 +63,10 @@ def ensure_topics(settings: KafkaSettings, names: Iterable[str], timeout: float 
     return created
 
 
+def partition_count(settings: KafkaSettings, topic: str, timeout: float = 30.0) -> int:
+    meta = AdminClient(settings.confluent_config()).list_topics(topic, timeout=timeout)
+    return len(meta.topics[topic].partitions)
+
+
 def project_topics(settings: KafkaSettings) -> list[str]:
     return [settings.transactions_topic, settings.decisions_topic, settings.dlq_topic]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
+from streaming.validation import DLQ_REASONS
+
 # The *_created series double every counter's cardinality and no dashboard or alert uses them.
 disable_created_metrics()
 
@@ -66,7 +68,30 @@ class WorkerMetrics(ModelMetrics):
         self.processing_errors = Counter(
             "fraud_processing_errors_total", "Batches that failed for an internal reason (the worker stops)", registry=r
         )
-        for reason in ("oversized", "not_json", "not_an_object", "missing_field", "invalid_field"):
+        self.lag = Gauge(
+            "fraud_consumer_lag",
+            "Messages between the last processed offset and the high watermark, per assigned partition",
+            ["partition"],
+            registry=r,
+        )
+        self.committed = Gauge(
+            "fraud_consumer_committed_offset", "Last committed offset per assigned partition", ["partition"], registry=r
+        )
+        self.commits = Counter("fraud_consumer_commits_total", "Offset commits completed", registry=r)
+        self.rebalances = Counter("fraud_rebalances_total", "Consumer group rebalances started", registry=r)
+        self.assigned = Gauge(
+            "fraud_assigned_partitions", "Transactions partitions assigned to this worker", registry=r
+        )
+        self.drift = Gauge(
+            "fraud_drift_psi",
+            "Population stability index of the recent window against the training reference",
+            ["signal"],
+            registry=r,
+        )
+        self.drift_window = Gauge(
+            "fraud_drift_window_transactions", "Transactions in the window the drift is computed over", registry=r
+        )
+        for reason in DLQ_REASONS:
             self.dead_letters.labels(reason=reason)
         for outcome in ("allow", "review", "block"):
             self.decisions.labels(decision=outcome)

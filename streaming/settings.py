@@ -105,8 +105,11 @@ class WorkerSettings(KafkaSettings):
     """Consumer group session timeout; short timeouts make joins and failover fast."""
     fetch_max_wait_ms: int = Field(default=10, ge=1)
     """Longest the broker may hold a fetch when no data is waiting (Faust's own value is 1500)."""
+    web_bind: str = "127.0.0.1"
+    """Interface the worker's web server (state view, /health, /ready) listens on."""
     web_host: str = "127.0.0.1"
-    """Interface of the worker's state view (read by the API)."""
+    """Host name other workers and the API reach this worker at; state look-ups are routed to
+    the worker that owns the card by it, so it must not be 0.0.0.0."""
     web_port: int = 6066
     """Port of the worker's state view."""
     metrics_port: int = 9101
@@ -122,6 +125,9 @@ class WorkerSettings(KafkaSettings):
     reports a partition's high watermark as the last batch's base offset + 1, which makes state
     recovery stop short of the changelog's tail; 1 (one record per batch) avoids that there.
     Keep the default on Apache Kafka."""
+    max_history_per_card: int = Field(default=5000, ge=10)
+    """Most transactions kept per card (the newest); a card busier than this over 30 days gets
+    capped counts. Each card's state is one changelog record of about 60 bytes per entry."""
     include_features: bool = False
     """Add the feature values to each decision (bigger messages; for audits and parity checks)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -50,11 +50,18 @@ def history_frame(states: Mapping[str, CardState | None]) -> pd.DataFrame:
     )
 
 
-def merge(state: CardState | None, rows: Iterable[tuple[str, int, float, str]], grace_ms: int) -> CardState:
+def merge(
+    state: CardState | None,
+    rows: Iterable[tuple[str, int, float, str]],
+    grace_ms: int,
+    max_entries: int | None = None,
+) -> CardState:
     """Add ``(transaction_id, ts_ms, amount, merchant_id)`` rows; keep what features can still use.
 
     Entries older than the card's newest timestamp minus the longest window (and the grace for
-    late events) are dropped: no in-order transaction can see them any more.
+    late events) are dropped: no in-order transaction can see them any more. ``max_entries``
+    keeps only the newest entries of a card busier than that (the whole state is one changelog
+    record, which must stay well under the broker's message size limit).
     """
     state = state or empty_state()
     known = set(state["ids"])
@@ -68,6 +75,8 @@ def merge(state: CardState | None, rows: Iterable[tuple[str, int, float, str]], 
     entries.sort(key=lambda e: e[1])  # stable: equal timestamps keep arrival order
     horizon = entries[-1][1] - HISTORY_SPAN_MS - grace_ms
     kept = [e for e in entries if e[1] >= horizon]
+    if max_entries is not None and len(kept) > max_entries:
+        kept = kept[-max_entries:]
     return {
         "ids": [e[0] for e in kept],
         "ts": [int(e[1]) for e in kept],

@@ -7,10 +7,21 @@ from dataclasses import dataclass
 import orjson
 from pydantic import ValidationError
 
+from model.features import epoch_ms
 from model.schemas import MAX_MESSAGE_BYTES, Transaction
 
 #: Bounded set of dead-letter reasons (the metric label); details travel in the message headers.
-DLQ_REASONS = ("oversized", "not_json", "not_an_object", "missing_field", "invalid_field")
+DLQ_REASONS = (
+    "oversized",
+    "not_json",
+    "not_an_object",
+    "missing_field",
+    "invalid_field",
+    "key_mismatch",
+    "implausible_timestamp",
+)
+#: How far a transaction's own timestamp may run ahead of its Kafka record timestamp.
+MAX_CLOCK_SKEW_MS = 24 * 3600 * 1000
 
 
 @dataclass(frozen=True)
@@ -42,3 +53,21 @@ def rejection_from(exc: ValidationError) -> Rejected:
     reason = "missing_field" if all(e["type"] == "missing" for e in errors) else "invalid_field"
     detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in errors)
     return Rejected(reason, detail[:500])
+
+
+def check_record(tx: Transaction, key: bytes | None, record_timestamp_ms: int) -> Rejected | None:
+    """Checks that need the Kafka record as well as the value.
+
+    The key must be the card id: state is partitioned by it, and a transaction on another
+    partition would split the card's history between workers. A timestamp far ahead of the
+    record's would prune the card's real history and poison its windows for that long.
+    """
+    if key != tx.card_id.encode():
+        shown = key.decode(errors="replace")[:64] if key is not None else None
+        return Rejected("key_mismatch", f"record key {shown!r} is not card_id {tx.card_id!r}")
+    if epoch_ms(tx.timestamp) > record_timestamp_ms + MAX_CLOCK_SKEW_MS:
+        return Rejected(
+            "implausible_timestamp",
+            f"timestamp {tx.timestamp.isoformat()} is more than a day after the record's own timestamp",
+        )
+    return None

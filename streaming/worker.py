@@ -22,8 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import weakref
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,9 +30,9 @@ import faust
 import numpy as np
 import orjson
 import pandas as pd
-from faust.streams import _current_event
 from prometheus_client import start_http_server
 
+from model.drift import DriftMonitor
 from model.features import frame_from_transactions
 from model.schemas import Decision, Transaction
 from model.scoring import ModelHolder, scoring_executor, utcnow
@@ -41,7 +40,7 @@ from streaming import faust_transport, kafka
 from streaming.metrics import WorkerMetrics
 from streaming.settings import WorkerSettings
 from streaming.state import CardState, empty_state, history_frame, merge
-from streaming.validation import Rejected, parse_transaction
+from streaming.validation import Rejected, check_record, parse_transaction
 
 log = logging.getLogger("fraudstream.worker")
 
@@ -74,12 +73,23 @@ class BatchProcessor:
     """Framework-free core of the worker: validate, then score against card state."""
 
     def __init__(
-        self, holder: ModelHolder, metrics: WorkerMetrics, grace_ms: int, include_features: bool = False
+        self,
+        holder: ModelHolder,
+        metrics: WorkerMetrics,
+        grace_ms: int,
+        include_features: bool = False,
+        max_history: int = 5000,
     ) -> None:
         self.include_features = include_features
         self.holder = holder
         self.metrics = metrics
         self.grace_ms = grace_ms
+        self.max_history = max_history
+        self.drift: DriftMonitor | None = None
+
+    def drift_values(self) -> dict[str, float]:
+        """PSI per signal (run on the scoring thread, which owns the drift buffers)."""
+        return self.drift.values() if self.drift else {}
 
     def split(
         self, records: Sequence[Record]
@@ -87,6 +97,8 @@ class BatchProcessor:
         valid, rejected = [], []
         for rec in records:
             parsed = parse_transaction(rec.value)
+            if not isinstance(parsed, Rejected):
+                parsed = check_record(parsed, rec.key, rec.timestamp_ms) or parsed
             if isinstance(parsed, Rejected):
                 log.warning("dead-lettering %s: %s: %s", rec.where, parsed.reason, parsed.detail)
                 rejected.append((rec, parsed))
@@ -106,6 +118,9 @@ class BatchProcessor:
             fresh = fresh.drop_duplicates("transaction_id")
             history = pd.concat([stored, fresh[list(stored.columns)]], ignore_index=True)
             batch = scorer.score_frame(queries, history)
+            if self.drift is None or self.drift.version != scorer.version:
+                self.drift = DriftMonitor(scorer.artifact.metadata.get("drift_reference"), version=scorer.version)
+            self.drift.observe(batch.features, batch.scores)
             card_states = ["used" if (states.get(tx.card_id) or {}).get("ids") else "empty" for tx in txs]
             decisions = scorer.decisions(txs, batch, card_states, utcnow(), self.include_features)
             new_states: dict[str, CardState] = {}
@@ -113,7 +128,7 @@ class BatchProcessor:
             for tx, ts in zip(txs, queries["ts_ms"].to_numpy(), strict=True):
                 rows.setdefault(tx.card_id, []).append((tx.transaction_id, int(ts), tx.amount, tx.merchant_id))
             for card, card_rows in rows.items():
-                new_states[card] = merge(states.get(card), card_rows, self.grace_ms)
+                new_states[card] = merge(states.get(card), card_rows, self.grace_ms, self.max_history)
         self.metrics.batch_size.observe(len(txs))
         return ScoredTransactions(decisions=decisions, states=new_states)
 
@@ -148,7 +163,7 @@ def create_app(settings: WorkerSettings, holder: ModelHolder, metrics: WorkerMet
         producer_acks=-1,
         producer_max_batch_size=settings.producer_max_batch_bytes,
         web_enabled=True,
-        web_bind=settings.web_host,
+        web_bind=settings.web_bind,
         web_host=settings.web_host,
         web_port=settings.web_port,
         web_in_thread=False,
@@ -166,7 +181,17 @@ def create_app(settings: WorkerSettings, holder: ModelHolder, metrics: WorkerMet
     card_schema: faust.Schema = faust.Schema(key_type=str, key_serializer="raw", value_serializer="json")
     cards = app.Table(CARD_TABLE, default=None, schema=card_schema)
     executor = scoring_executor()
-    processor = BatchProcessor(holder, metrics, settings.history_grace_seconds * 1000, settings.include_features)
+    processor = BatchProcessor(
+        holder,
+        metrics,
+        settings.history_grace_seconds * 1000,
+        settings.include_features,
+        settings.max_history_per_card,
+    )
+
+    # Which partition each stored card arrived on, to drop its state when the partition moves to
+    # another worker (the memory store only tracks keys it restored from the changelog).
+    card_partition: dict[str, int] = {}
 
     async def handle(events: Sequence[faust.types.EventT]) -> None:
         records = [
@@ -181,31 +206,47 @@ def create_app(settings: WorkerSettings, holder: ModelHolder, metrics: WorkerMet
             for e in events
         ]
         metrics.consumed.inc(len(records))
-        loop = asyncio.get_running_loop()
+        pending: list[Awaitable[Any]] = []
         valid, rejected = processor.split(records)
         for rec, rej in rejected:
-            await dlq_topic.send(key=rec.key, value=rec.value, headers=dlq_headers(rec, rej))
+            pending.append(await dlq_topic.send(key=rec.key, value=rec.value, headers=dlq_headers(rec, rej)))
             metrics.dead_letters.labels(reason=rej.reason).inc()
         if valid:
             txs = [tx for _, tx in valid]
             states = {tx.card_id: cards.get(tx.card_id) for tx in txs}
+            loop = asyncio.get_running_loop()
             result = await loop.run_in_executor(executor, processor.score, txs, states)
-            # A table write goes to the changelog partition of the "current event", which Faust
-            # takes from a context variable; point it at an event of the card's own partition.
-            event_of_card = {tx.card_id: ev for ev, (_, tx) in zip(_valid_events(events, valid), valid, strict=True)}
+            partition_of = {tx.card_id: rec.partition for rec, tx in valid}
             for card, state in result.states.items():
-                token = _current_event.set(weakref.ref(event_of_card[card]))
-                try:
-                    cards[card] = state
-                finally:
-                    _current_event.reset(token)
+                # Changelog to the partition the card's transactions arrive on (keys are checked
+                # to be the card id), so state recovery restores it to the worker that needs it.
+                pending.append(cards.send_changelog(partition_of[card], card, state))
+                cards.data[card] = state
+                card_partition[card] = partition_of[card]
             now_ms = utcnow().timestamp() * 1000
             for (rec, _), decision in zip(valid, result.decisions, strict=True):
-                await decisions_topic.send(key=decision.card_id.encode(), value=encode_decision(decision))
+                value = encode_decision(decision)
+                pending.append(await decisions_topic.send(key=decision.card_id.encode(), value=value))
                 metrics.decisions.labels(decision=decision.decision).inc()
                 metrics.score.observe(decision.score)
                 metrics.latency.observe(max(0.0, (now_ms - rec.timestamp_ms) / 1000))
+        # Faust only logs a failed send; awaiting every delivery makes a failure raise here, so
+        # the batch is never acknowledged (and its offsets never committed) without its outputs.
+        await asyncio.gather(*pending)
+        for rec in records:
+            processed[rec.partition] = max(processed.get(rec.partition, 0), rec.offset + 1)
         metrics.last_event.set(max(r.timestamp_ms for r in records) / 1000)
+
+    processed: dict[int, int] = {}
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # receivers get signal= as a keyword
+    async def _forget_revoked(app: faust.App, revoked: set[faust.types.TP], **_: Any) -> None:
+        gone = {tp.partition for tp in revoked if tp.topic == settings.transactions_topic}
+        for card in [c for c, p in card_partition.items() if p in gone]:
+            cards.data.pop(card, None)
+            del card_partition[card]
+        for p in gone:
+            processed.pop(p, None)
 
     @app.agent(transactions, concurrency=1)
     async def score_transactions(stream: faust.StreamT[bytes]) -> None:
@@ -228,11 +269,18 @@ def create_app(settings: WorkerSettings, holder: ModelHolder, metrics: WorkerMet
                 # Exit at once: a graceful stop would commit the offsets take_events acked.
                 os._exit(70)
 
-    @app.page("/cards/{card_id}/history")
-    @app.table_route(table=cards, match_info="card_id")
-    async def card_history(web: faust.web.View, request: faust.web.Request, card_id: str) -> faust.web.Response:
-        state = cards.get(card_id) or empty_state()
-        return web.json({"card_id": card_id, "history": state})
+    @app.page("/cards/history")
+    @app.table_route(table=cards, query_param="card_id")
+    async def card_history(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        """A card's stored history, served by the worker that owns the card (others proxy)."""
+        if not recovered():
+            return web.json({"error": "state is being restored"}, status=503)
+        card_id = request.query["card_id"]
+        return web.json({"card_id": card_id, "history": cards.get(card_id) or empty_state()})
+
+    def recovered() -> bool:
+        # TableManager has .recovery; the TableManagerT protocol omits it.
+        return bool(app.tables.recovery.completed.is_set()) and not app.rebalancing  # type: ignore[attr-defined]
 
     @app.page("/health")
     async def health(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
@@ -242,10 +290,31 @@ def create_app(settings: WorkerSettings, holder: ModelHolder, metrics: WorkerMet
     async def ready(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
         """200 once the model is loaded, partitions are assigned and state recovery is done."""
         assigned = bool(app.consumer.assignment()) if app.consumer is not None else False
-        recovered = app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]  # TableManager has it, TableManagerT omits it
-        is_ready = holder.ready and assigned and recovered and not app.rebalancing
+        is_ready = holder.ready and assigned and recovered()
         body = {"ready": is_ready, "assigned_partitions": assigned, "rebalancing": bool(app.rebalancing)}
         return web.json(body, status=200 if is_ready else 503)
+
+    @app.timer(interval=5.0)
+    async def report_progress() -> None:
+        consumer = app.consumer
+        tps = [tp for tp in consumer.assignment() if tp.topic == settings.transactions_topic]
+        metrics.assigned.set(len(tps))
+        metrics.lag.clear()
+        metrics.committed.clear()
+        # Faust keeps the last committed offsets here; no public accessor in 0.15.
+        committed: dict[Any, int] = getattr(consumer, "_committed_offset", {})
+        for tp in tps:
+            label = str(tp.partition)
+            done = processed.get(tp.partition, committed.get(tp, 0))
+            metrics.lag.labels(partition=label).set(max(0, consumer.highwater(tp) - done))
+            if tp in committed:
+                metrics.committed.labels(partition=label).set(committed[tp])
+        drift = await asyncio.get_running_loop().run_in_executor(executor, processor.drift_values)
+        for signal, value in drift.items():
+            metrics.drift.labels(signal=signal).set(value)
+        metrics.drift_window.set(processor.drift.size if processor.drift else 0)
+
+    app.sensors.add(_MetricsSensor(metrics))
 
     @app.timer(interval=settings.model_reload_seconds)
     async def reload_model() -> None:
@@ -258,9 +327,19 @@ def create_app(settings: WorkerSettings, holder: ModelHolder, metrics: WorkerMet
     return app
 
 
-def _valid_events(events: Sequence[Any], valid: Sequence[tuple[Record, Transaction]]) -> list[Any]:
-    by_coords = {(e.message.partition, e.message.offset): e for e in events}
-    return [by_coords[(rec.partition, rec.offset)] for rec, _ in valid]
+class _MetricsSensor(faust.Sensor):
+    """Commit and rebalance counts from Faust's sensor hooks."""
+
+    def __init__(self, metrics: WorkerMetrics) -> None:
+        super().__init__()
+        self.metrics = metrics
+
+    def on_commit_completed(self, consumer: Any, state: Any) -> None:
+        self.metrics.commits.inc()
+
+    def on_rebalance_start(self, app: Any) -> dict[str, Any]:
+        self.metrics.rebalances.inc()
+        return {}
 
 
 def run_worker(settings: WorkerSettings) -> None:
@@ -272,6 +351,14 @@ def run_worker(settings: WorkerSettings) -> None:
         raise SystemExit(f"fraud worker: no usable model in {settings.model_dir}: {holder.last_error}")
     metrics.set_version(holder.scorer.version)
     kafka.ensure_topics(settings, kafka.project_topics(settings))
+    found = kafka.partition_count(settings, settings.transactions_topic)
+    if found != settings.topic_partitions:
+        # Faust's state tables are co-partitioned with the source topic; a mismatch would only
+        # surface at the first state write, as a crash loop.
+        raise SystemExit(
+            f"fraud worker: topic {settings.transactions_topic} has {found} partitions but "
+            f"FRAUD_TOPIC_PARTITIONS is {settings.topic_partitions}; set it to {found}"
+        )
     start_http_server(settings.metrics_port, registry=metrics.registry)
     app = create_app(settings, holder, metrics)
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)

@@ -57,16 +57,30 @@ def test_malformed_messages_are_dead_lettered_and_good_ones_still_decided(
         "oversized": orjson.dumps({**base, "padding": "x" * (MAX_MESSAGE_BYTES + 1)}),
     }
     wrong_type = orjson.dumps({**base, "transaction_id": "str-amount", "amount": "lots"})
-    messages = good[:25] + [(b"k", v) for v in bad.values()] + [(b"k", wrong_type)] + good[25:]
+    # Valid values that break the record-level rules: the key must be the card id, and the
+    # event time may not run more than a day ahead of the record's.
+    record_level = {
+        "key_mismatch": (b"some-other-key", orjson.dumps({**base, "transaction_id": "wrong-key"})),
+        "implausible_timestamp": (
+            base["card_id"].encode(),
+            orjson.dumps({**base, "transaction_id": "future", "timestamp": "2099-01-01T00:00:00+00:00"}),
+        ),
+    }
+    messages = (
+        good[:25] + [(b"k", v) for v in bad.values()] + [(b"k", wrong_type)] + list(record_level.values()) + good[25:]
+    )
     stack.start_worker()
     produce(stack.topics.settings, messages)
 
-    dead = consume(stack.topics.settings, stack.topics.dlq, until=len(bad) + 1)
+    dead = consume(stack.topics.settings, stack.topics.dlq, until=len(bad) + 1 + len(record_level))
     decided = decisions_by_id(consume(stack.topics.settings, stack.topics.decisions, until=len(good)))
 
     assert set(decided) == {orjson.loads(v)["transaction_id"] for _, v in good}
-    assert len(dead) == len(bad) + 1
+    assert len(dead) == len(bad) + 1 + len(record_level)
     by_value = {value: dict(headers) for _, value, headers in dead}
+    for reason, (_key, value) in record_level.items():
+        assert by_value[value]["error.reason"].decode() == reason
+    assert [k for k, v, _ in dead if v == record_level["key_mismatch"][1]] == [b"some-other-key"]
     for reason, value in bad.items():
         headers = by_value[value]  # the original bytes, untouched
         assert headers["error.reason"].decode() == reason
@@ -134,7 +148,9 @@ def test_predict_over_http_matches_the_stream(stack: Stack, traffic_frame: pd.Da
     assert api.proc is not None and api.proc.poll() is None
 
 
-def test_restarted_worker_resumes_without_losing_transactions(stack: Stack, traffic_frame: pd.DataFrame) -> None:
+def test_restarted_worker_resumes_without_losing_transactions(
+    stack: Stack, traffic_frame: pd.DataFrame, tmp_path: Path
+) -> None:
     first, second = traffic_frame.iloc[:300], traffic_frame.iloc[300:600]
     worker = stack.start_worker()
     produce(stack.topics.settings, wire_messages(first))
@@ -154,3 +170,12 @@ def test_restarted_worker_resumes_without_losing_transactions(stack: Stack, traf
     seen = set(first["card_id"])
     returning = [got[t] for t, c in zip(second["transaction_id"], second["card_id"], strict=True) if c in seen]
     assert returning and all(d["card_state"] == "used" for d in returning)
+    # ...and all of it: the second part's features equal the batch path's over both parts,
+    # which fails if recovery stopped short of the changelog's end.
+    csv = tmp_path / "both.csv"
+    traffic_frame.iloc[:600].to_csv(csv, index=False)
+    frame = load_csv(csv).frame
+    batch = Scorer(load_artifact(stack.model_dir)).score_frame(frame, history_from_frame(frame))
+    later = frame["transaction_id"].isin(second["transaction_id"]).to_numpy()
+    stream = np.array([[got[t]["features"][f] for f in FEATURE_NAMES] for t in frame.loc[later, "transaction_id"]])
+    np.testing.assert_allclose(stream, batch.features[later], rtol=0, atol=1e-9)
