@@ -253,8 +253,17 @@ def create_app(settings: WorkerSettings, holder: ModelHolder, metrics: WorkerMet
         async for events in stream.take_events(  # type: ignore[attr-defined]  # Stream has it; StreamT omits it
             settings.batch_size, within=settings.batch_timeout_seconds
         ):
+            batch = asyncio.ensure_future(handle(events))
             try:
-                await handle(events)
+                try:
+                    await asyncio.shield(batch)
+                except asyncio.CancelledError:
+                    # Stopping (SIGTERM, rebalance): take_events acknowledges this batch as the
+                    # loop unwinds, so finish it first, or exit before anything is committed.
+                    await asyncio.wait_for(batch, timeout=60)
+                    raise
+            except asyncio.CancelledError:
+                raise
             except Exception:
                 first = events[0].message
                 log.critical(
@@ -296,19 +305,28 @@ def create_app(settings: WorkerSettings, holder: ModelHolder, metrics: WorkerMet
 
     @app.timer(interval=5.0)
     async def report_progress() -> None:
+        try:
+            await _report_progress()
+        except Exception:  # metrics are best effort; an exception in a Faust timer stops the app
+            log.warning("could not update progress metrics", exc_info=True)
+
+    async def _report_progress() -> None:
         consumer = app.consumer
         tps = [tp for tp in consumer.assignment() if tp.topic == settings.transactions_topic]
         metrics.assigned.set(len(tps))
         metrics.lag.clear()
         metrics.committed.clear()
         # Faust keeps the last committed offsets here; no public accessor in 0.15.
-        committed: dict[Any, int] = getattr(consumer, "_committed_offset", {})
+        committed: dict[Any, int | None] = getattr(consumer, "_committed_offset", {})
         for tp in tps:
             label = str(tp.partition)
-            done = processed.get(tp.partition, committed.get(tp, 0))
-            metrics.lag.labels(partition=label).set(max(0, consumer.highwater(tp) - done))
-            if tp in committed:
-                metrics.committed.labels(partition=label).set(committed[tp])
+            done = processed.get(tp.partition, committed.get(tp) or 0)
+            highwater = consumer.highwater(tp)
+            if highwater is not None:
+                metrics.lag.labels(partition=label).set(max(0, highwater - done))
+            offset = committed.get(tp)
+            if offset is not None:
+                metrics.committed.labels(partition=label).set(offset)
         drift = await asyncio.get_running_loop().run_in_executor(executor, processor.drift_values)
         for signal, value in drift.items():
             metrics.drift.labels(signal=signal).set(value)
@@ -318,6 +336,7 @@ def create_app(settings: WorkerSettings, holder: ModelHolder, metrics: WorkerMet
 
     @app.timer(interval=settings.model_reload_seconds)
     async def reload_model() -> None:
+        # holder.load() logs and counts a bad artifact itself and never raises for one.
         if await asyncio.get_running_loop().run_in_executor(executor, holder.load):
             metrics.set_version(holder.scorer.version)
         metrics.reload_failures.inc(holder.reload_failures - metrics_reload_seen[0])
