@@ -53,7 +53,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     FRAUD_MODEL_DIR=/models/current \
     FRAUD_DATA_DIR=/var/lib/fraudstream \
     FRAUD_HOST=0.0.0.0 \
-    FRAUD_WEB_HOST=0.0.0.0
+    FRAUD_WEB_BIND=0.0.0.0
 
 USER ${UID}:${GID}
 WORKDIR /home/fraud

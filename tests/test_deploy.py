@@ -1,9 +1,12 @@
-"""Deployment files: Prometheus config and alert rules, docker-compose, the Grafana dashboard.
+"""Deployment files: Prometheus config and alert rules, docker-compose, the Grafana dashboards,
+the runbook and the metrics reference.
 
 promtool (Debian package ``prometheus``) checks the config and runs the alert unit tests; it is
 required when ``CI`` is set. The compose file is validated with ``docker compose`` and/or
 ``docker-compose`` (Debian package ``docker-compose``), whichever is installed. Every metric name
-the dashboard and the alert rules use must be one that streaming/metrics.py exports.
+the dashboards and the alert rules use must be one that streaming/metrics.py exports, every alert
+has a runbook section, and docs/metrics.md lists exactly the metrics the processes register.
+(tests/integration/test_prometheus.py runs the dashboards' queries and the rules on a live stack.)
 """
 
 from __future__ import annotations
@@ -27,9 +30,13 @@ PROMETHEUS_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
 ALERTS = PROMETHEUS_DIR / "alerts.yml"
 ALERT_TESTS = PROMETHEUS_DIR / "alerts.test.yml"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-DASHBOARD = ROOT / "dashboards" / "fraudstream-overview.json"
+DASHBOARD_DIR = ROOT / "dashboards"
+#: Every dashboard, by uid (its file is ``dashboards/<uid>.json``).
+DASHBOARD_UIDS = ("fraudstream-overview", "fraudstream-model", "fraudstream-api")
 DASHBOARD_PROVIDER = ROOT / "dashboards" / "provisioning" / "dashboards" / "fraudstream.yml"
 DATASOURCE = ROOT / "dashboards" / "provisioning" / "datasources" / "prometheus.yml"
+RUNBOOK = ROOT / "docs" / "runbook.md"
+METRICS_DOC = ROOT / "docs" / "metrics.md"
 
 #: Alerts the deployment must keep (more may be added).
 REQUIRED_ALERTS = {
@@ -40,10 +47,19 @@ REQUIRED_ALERTS = {
     "FraudBlockRateSpike",
     "FraudApiErrorRatioHigh",
     "FraudWorkerProcessingErrors",
+    "FraudTargetDown",
+    "FraudConsumerLagGrowing",
+    "FraudConsumerStalled",
+    "FraudDriftHigh",
+    "FraudRebalanceStorm",
 }
 
 #: Grafana's rate window variable (4 scrape intervals at least).
 RI = "$__rate_interval"
+#: Functions over a range whose window must be $__rate_interval in a dashboard.
+RANGE_FUNCTIONS = ("rate", "irate", "increase", "deriv", "delta", "idelta", "changes", "resets")
+#: The PSI level the drift panels mark (FraudDriftHigh fires above 0.25).
+PSI_LINE = 0.2
 #: Labels Prometheus adds to every scraped series.
 TARGET_LABELS = {"job", "instance"}
 #: Series Prometheus itself makes, allowed in alert rules.
@@ -101,6 +117,26 @@ def _compose_commands() -> list[list[str]]:
     if legacy is not None:
         found.append([legacy])
     return found
+
+
+def registered_metrics() -> dict[str, dict[str, tuple[str, frozenset[str]]]]:
+    """Process -> exposed metric name -> (type, label names), from the registries of streaming/metrics.py.
+
+    The exposed name is the one users query: a counter's with ``_total``, a histogram's without
+    its series suffixes. ``le`` is left out (every histogram has it).
+    """
+    from streaming.metrics import ApiMetrics, ProducerMetrics, WorkerMetrics
+
+    out: dict[str, dict[str, tuple[str, frozenset[str]]]] = {}
+    for process, owner in (("worker", WorkerMetrics()), ("api", ApiMetrics()), ("producer", ProducerMetrics())):
+        labels_of = {m._name: set(m._labelnames) for m in vars(owner).values() if isinstance(m, MetricWrapperBase)}
+        metrics: dict[str, tuple[str, frozenset[str]]] = {}
+        for family in owner.registry.collect():
+            labels = labels_of.get(family.name, set()) | {k for s in family.samples for k in s.labels}
+            name = family.name + ("_total" if family.type == "counter" else "")
+            metrics[name] = (family.type, frozenset(labels - {"le"}))
+        out[process] = metrics
+    return out
 
 
 def _exported_metrics() -> dict[str, set[str]]:
@@ -189,16 +225,45 @@ def exported() -> dict[str, set[str]]:
     return _exported_metrics()
 
 
-@pytest.fixture(scope="module")
-def dashboard() -> dict[str, Any]:
-    with DASHBOARD.open(encoding="utf-8") as f:
-        data: dict[str, Any] = json.load(f)
-    return data
+def load_dashboards() -> dict[str, dict[str, Any]]:
+    """Every dashboard file of dashboards/ (what the Grafana provider loads), by uid."""
+    out = {}
+    for path in sorted(DASHBOARD_DIR.glob("*.json")):
+        with path.open(encoding="utf-8") as f:
+            data: dict[str, Any] = json.load(f)
+        assert data.get("uid") not in out, f"uid {data.get('uid')} repeats in {path.name}"
+        out[data["uid"]] = data
+    return out
 
 
-@pytest.fixture(scope="module")
-def panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+def dashboard_panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every panel with queries (rows left out), nested ones included."""
     return [p for p in _panels(dashboard["panels"]) if p.get("type") != "row"]
+
+
+def substitute_variables(expr: str, dashboard: dict[str, Any], rate_interval: str, interval: str) -> str:
+    """A panel query as Grafana would send it: built-in intervals and template variables replaced.
+
+    Query and custom variables take their "All" value (``allValue``, else ``.*``, fit for the
+    ``=~`` matchers they are used in), other variables their current value.
+    """
+    values = {"__rate_interval": rate_interval, "__interval": interval, "__range": "1h"}
+    for var in dashboard.get("templating", {}).get("list", []):
+        if var["type"] in ("query", "custom"):
+            values[var["name"]] = var.get("allValue") or ".*"
+        elif var["type"] in ("constant", "interval", "textbox"):
+            current = var.get("current", {}).get("value") or var.get("query", "")
+            values[var["name"]] = str(current)
+    for name in sorted(values, key=len, reverse=True):
+        expr = expr.replace("${" + name + "}", values[name]).replace("[[" + name + "]]", values[name])
+        expr = re.sub(r"\$" + re.escape(name) + r"(?![A-Za-z0-9_])", lambda _m, v=values[name]: v, expr)
+    assert "$" not in expr, f"unresolved variable in {expr!r}"
+    return expr
+
+
+@pytest.fixture(scope="module")
+def dashboards() -> dict[str, dict[str, Any]]:
+    return load_dashboards()
 
 
 # --- the expression parser itself --------------------------------------------------------------
@@ -354,45 +419,93 @@ def test_compose_mounts_what_grafana_provisioning_reads() -> None:
     assert "url: http://prometheus:9090" in DATASOURCE.read_text(encoding="utf-8")
 
 
-# --- Grafana dashboard -------------------------------------------------------------------------
+# --- Grafana dashboards ------------------------------------------------------------------------
 
 
-def test_dashboard_identity_and_datasource_variable(dashboard: dict[str, Any]) -> None:
-    assert dashboard["uid"] == "fraudstream-overview"
+def test_dashboards_are_the_expected_ones_and_provisioned(dashboards: dict[str, dict[str, Any]]) -> None:
+    """The provider loads every JSON file under its path (mounted from dashboards/), recursively."""
+    assert set(dashboards) == set(DASHBOARD_UIDS)
+    for uid in DASHBOARD_UIDS:
+        assert (DASHBOARD_DIR / f"{uid}.json").is_file(), f"dashboard {uid} is not in dashboards/{uid}.json"
+    stray = [p for p in DASHBOARD_DIR.rglob("*.json") if p.parent != DASHBOARD_DIR]
+    assert not stray, f"JSON files below dashboards/ would be loaded as dashboards too: {stray}"
+    titles = [d["title"] for d in dashboards.values()]
+    assert len(titles) == len(set(titles)), "dashboard titles repeat (one folder)"
+    provider = DASHBOARD_PROVIDER.read_text(encoding="utf-8")
+    assert re.search(r"^\s+type:\s*file\s*$", provider, re.MULTILINE)
+    home = re.search(r"GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH:\s*\S+/(\S+\.json)", COMPOSE_FILE.read_text("utf-8"))
+    assert home and (DASHBOARD_DIR / home.group(1)).is_file(), "Grafana's home dashboard is not in dashboards/"
+
+
+@pytest.mark.parametrize("uid", DASHBOARD_UIDS)
+def test_dashboard_identity_and_datasource_variable(dashboards: dict[str, dict[str, Any]], uid: str) -> None:
+    dashboard = dashboards[uid]
     assert dashboard.get("id") is None, "a provisioned dashboard must not carry a database id"
+    assert dashboard["title"] and dashboard["schemaVersion"] >= 39
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
+    for var in variables.values():
+        if var["type"] == "query":
+            assert var["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, f"variable {var['name']}"
 
 
-def test_every_panel_has_a_unit_and_the_datasource_variable(panels: list[dict[str, Any]]) -> None:
+@pytest.mark.parametrize("uid", DASHBOARD_UIDS)
+def test_every_panel_has_a_unit_and_the_datasource_variable(dashboards: dict[str, dict[str, Any]], uid: str) -> None:
+    panels = dashboard_panels(dashboards[uid])
     assert panels
-    ids = [p["id"] for p in panels]
+    ids = [p["id"] for p in _panels(dashboards[uid]["panels"])]
     assert len(ids) == len(set(ids)), "panel ids repeat"
     for panel in panels:
         unit = panel.get("fieldConfig", {}).get("defaults", {}).get("unit")
         assert isinstance(unit, str) and unit, f"panel {panel['title']!r} has no unit"
         assert panel["targets"], f"panel {panel['title']!r} has no query"
+        refs = [t["refId"] for t in panel["targets"]]
+        assert len(refs) == len(set(refs)), f"panel {panel['title']!r}: refIds repeat"
         for ds in [panel["datasource"], *(t["datasource"] for t in panel["targets"])]:
             assert ds == {"type": "prometheus", "uid": "${datasource}"}, f"panel {panel['title']!r}: datasource {ds}"
 
 
+@pytest.mark.parametrize("uid", DASHBOARD_UIDS)
+def test_dashboard_layout_has_no_overlap(dashboards: dict[str, dict[str, Any]], uid: str) -> None:
+    cells: dict[tuple[int, int], str] = {}
+    for panel in _panels(dashboards[uid]["panels"]):
+        pos = panel["gridPos"]
+        assert pos["x"] >= 0 and pos["w"] > 0 and pos["x"] + pos["w"] <= 24, f"{panel['title']!r} outside the grid"
+        for x in range(pos["x"], pos["x"] + pos["w"]):
+            for y in range(pos["y"], pos["y"] + pos["h"]):
+                assert (x, y) not in cells, f"{panel['title']!r} overlaps {cells[(x, y)]!r}"
+                cells[(x, y)] = panel["title"]
+
+
+@pytest.mark.parametrize("uid", DASHBOARD_UIDS)
 def test_dashboard_queries_use_exported_metrics_and_labels(
-    panels: list[dict[str, Any]], exported: dict[str, set[str]]
+    dashboards: dict[str, dict[str, Any]], uid: str, exported: dict[str, set[str]]
 ) -> None:
-    for panel in panels:
+    dashboard = dashboards[uid]
+    for panel in dashboard_panels(dashboard):
         for target in panel["targets"]:
-            possible = check_expression(target["expr"], exported)
+            possible = check_expression(target["expr"], exported, allowed_extra=PROMETHEUS_SERIES)
             legend_labels = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", target.get("legendFormat", "")))
             assert legend_labels <= possible, f"panel {panel['title']!r}: legend uses {legend_labels - possible}"
+    for var in dashboard["templating"]["list"]:
+        if var["type"] == "query":
+            match = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", var["definition"])
+            assert match, f"variable {var['name']}: {var['definition']}"
+            assert match.group(2) in exported.get(match.group(1), set()), f"variable {var['name']}: no such label"
 
 
-def test_dashboard_queries_are_valid_promql(panels: list[dict[str, Any]], tmp_path: Path) -> None:
+@pytest.mark.parametrize("uid", DASHBOARD_UIDS)
+def test_dashboard_queries_are_valid_promql(dashboards: dict[str, dict[str, Any]], uid: str, tmp_path: Path) -> None:
     """promtool parses every query, as recording rules (JSON is YAML), with $__rate_interval = 1m."""
     promtool = _promtool()
+    dashboard = dashboards[uid]
     rules = [
-        {"record": f"dashboard:panel_{panel['id']}:{target['refId']}", "expr": target["expr"].replace(RI, "1m")}
-        for panel in panels
+        {
+            "record": f"dashboard:panel_{panel['id']}:{target['refId']}",
+            "expr": substitute_variables(target["expr"], dashboard, rate_interval="1m", interval="1m"),
+        }
+        for panel in dashboard_panels(dashboard)
         for target in panel["targets"]
     ]
     path = tmp_path / "dashboard-queries.yml"
@@ -401,15 +514,22 @@ def test_dashboard_queries_are_valid_promql(panels: list[dict[str, Any]], tmp_pa
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_dashboard_rates_use_rate_interval(panels: list[dict[str, Any]]) -> None:
-    for panel in panels:
+@pytest.mark.parametrize("uid", DASHBOARD_UIDS)
+def test_dashboard_rates_use_rate_interval(dashboards: dict[str, dict[str, Any]], uid: str) -> None:
+    pattern = re.compile(r"\b(?:" + "|".join(RANGE_FUNCTIONS) + r")\s*\([^\[]*\[([^\]]*)\]")
+    for panel in dashboard_panels(dashboards[uid]):
         for target in panel["targets"]:
-            ranges = re.findall(r"\b(?:rate|irate|increase)\([^\[]*\[([^\]]*)\]", target["expr"])
+            ranges = pattern.findall(target["expr"])
             assert all(r == RI for r in ranges), f"{panel['title']!r}: {target['expr']}"
+            assert len(ranges) == len(_RANGE.findall(target["expr"])), f"{panel['title']!r}: a range outside f()"
 
 
-def test_dashboard_covers_the_overview(panels: list[dict[str, Any]]) -> None:
-    exprs = "\n".join(t["expr"] for p in panels for t in p["targets"])
+def _exprs(dashboard: dict[str, Any]) -> str:
+    return "\n".join(t["expr"] for p in dashboard_panels(dashboard) for t in p["targets"])
+
+
+def test_overview_covers_stream_consumer_model_and_api(dashboards: dict[str, dict[str, Any]]) -> None:
+    exprs = _exprs(dashboards["fraudstream-overview"])
     for needle in (
         "fraud_transactions_consumed_total",
         "sum by (decision) (rate(fraud_decisions_total",
@@ -420,8 +540,123 @@ def test_dashboard_covers_the_overview(panels: list[dict[str, Any]]) -> None:
         "histogram_quantile(0.99, sum by (le) (rate(fraud_end_to_end_latency_seconds_bucket",
         "histogram_quantile(0.99, sum by (le) (rate(fraud_scoring_batch_duration_seconds_bucket",
         "sum by (reason) (rate(fraud_dead_letters_total",
+        "sum by (partition) (fraud_consumer_lag)",
+        "fraud_rebalances_total",
+        "fraud_assigned_partitions",
+        "fraud_consumer_commits_total",
+        "fraud_consumer_committed_offset",
         "fraud_model_info",
+        "fraud_model_loaded",
+        "fraud_model_reload_failures_total",
+        'up{job=~"fraud-worker|fraud-api"}',
         "sum by (route, status) (rate(fraud_api_requests_total",
         "histogram_quantile(0.99, sum by (le, route) (rate(fraud_api_request_duration_seconds_bucket",
     ):
-        assert needle in exprs, f"no dashboard query contains {needle!r}"
+        assert needle in exprs, f"no overview query contains {needle!r}"
+
+
+def test_model_dashboard_covers_scores_decisions_and_drift(dashboards: dict[str, dict[str, Any]]) -> None:
+    dashboard = dashboards["fraudstream-model"]
+    exprs = _exprs(dashboard)
+    for needle in (
+        "sum by (decision) (rate(fraud_decisions_total",
+        "histogram_quantile(0.99, sum by (le) (rate(fraud_score_bucket",
+        "max by (signal) (fraud_drift_psi)",
+        "fraud_drift_window_transactions",
+        "fraud_model_info",
+    ):
+        assert needle in exprs, f"no model dashboard query contains {needle!r}"
+    panels = dashboard_panels(dashboard)
+    heatmaps = [p for p in panels if p["type"] == "heatmap"]
+    assert heatmaps, "no score heatmap"
+    for panel in heatmaps:
+        (target,) = panel["targets"]
+        assert target["format"] == "heatmap" and target["legendFormat"] == "{{le}}"
+        assert target["expr"].startswith("sum by (le) (") and "fraud_score_bucket" in target["expr"]
+        assert panel["options"]["calculate"] is False, "Prometheus buckets must not be re-bucketed"
+    drift = [p for p in panels if p["type"] == "timeseries" and "fraud_drift_psi" in _exprs({"panels": [p]})]
+    assert drift, "no drift time series"
+    for panel in drift:
+        defaults = panel["fieldConfig"]["defaults"]
+        assert PSI_LINE in [s["value"] for s in defaults["thresholds"]["steps"]], f"{panel['title']!r}: no 0.2 step"
+        assert defaults["custom"]["thresholdsStyle"]["mode"] != "off", f"{panel['title']!r}: thresholds not drawn"
+
+
+def test_api_dashboard_covers_traffic_latency_errors_and_card_state(dashboards: dict[str, dict[str, Any]]) -> None:
+    exprs = _exprs(dashboards["fraudstream-api"])
+    for needle in (
+        "sum by (route, status) (rate(fraud_api_requests_total",
+        "histogram_quantile(0.5, sum by (le, route) (rate(fraud_api_request_duration_seconds_bucket",
+        "histogram_quantile(0.95, sum by (le, route) (rate(fraud_api_request_duration_seconds_bucket",
+        "histogram_quantile(0.99, sum by (le, route) (rate(fraud_api_request_duration_seconds_bucket",
+        'status=~"4.."',
+        'status=~"5.."',
+        "sum by (card_state) (rate(fraud_api_decisions_total",
+    ):
+        assert needle in exprs, f"no API dashboard query contains {needle!r}"
+
+
+# --- runbook and metrics reference ---------------------------------------------------------------
+
+
+def _alert_rules() -> dict[str, dict[str, Any]]:
+    import yaml
+
+    data = yaml.safe_load(ALERTS.read_text(encoding="utf-8"))
+    return {r["alert"]: r for g in data["groups"] for r in g["rules"] if "alert" in r}
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_alert_has_a_runbook_section() -> None:
+    text = RUNBOOK.read_text(encoding="utf-8")
+    sections = {_anchor(h): h.strip() for h in re.findall(r"^## (.+)$", text, re.MULTILINE)}
+    rules = _alert_rules()
+    for name, rule in rules.items():
+        url = rule["annotations"].get("runbook_url", "")
+        path, _, anchor = url.partition("#")
+        assert path == "docs/runbook.md", f"{name}: runbook_url {url!r} does not point at docs/runbook.md"
+        assert anchor in sections, f"{name}: docs/runbook.md has no section #{anchor}"
+        assert sections[anchor] == name, f"{name}: its runbook section is titled {sections[anchor]!r}"
+    assert set(sections.values()) == set(rules), "runbook sections without an alert (or the reverse)"
+    for name in rules:
+        body = text.split(f"## {name}\n", 1)[1].split("\n## ", 1)[0]
+        for part in ("**What it means.**", "**How to check.**", "**What to do.**"):
+            assert part in body, f"runbook section {name} lacks {part}"
+
+
+def _documented_metrics() -> dict[str, dict[str, tuple[str, frozenset[str]]]]:
+    """Process -> metric -> (type, labels), from the tables of docs/metrics.md."""
+    text = METRICS_DOC.read_text(encoding="utf-8")
+    out: dict[str, dict[str, tuple[str, frozenset[str]]]] = {}
+    process = None
+    for line in text.splitlines():
+        heading = re.match(r"^## (\w+)", line)
+        if heading:
+            process = heading.group(1).lower() if heading.group(1).lower() in ("worker", "api", "producer") else None
+            continue
+        row = re.match(r"^\|\s*`(\w+)`\s*\|\s*(\w+)\s*\|[^|]*\|([^|]*)\|", line)
+        if process and row:
+            metrics = out.setdefault(process, {})
+            assert row.group(1) not in metrics, f"docs/metrics.md lists {row.group(1)} twice under {process}"
+            metrics[row.group(1)] = (row.group(2), frozenset(re.findall(r"`(\w+)`", row.group(3))))
+    return out
+
+
+def test_metrics_reference_matches_the_registries() -> None:
+    documented, registered = _documented_metrics(), registered_metrics()
+    assert documented.keys() == registered.keys(), f"docs/metrics.md sections: {sorted(documented)}"
+    problems = []
+    for process, metrics in registered.items():
+        docs = documented[process]
+        for name in sorted(metrics.keys() - docs.keys()):
+            problems.append(f"{process}: {name} is registered but missing from docs/metrics.md")
+        for name in sorted(docs.keys() - metrics.keys()):
+            problems.append(f"{process}: {name} is in docs/metrics.md but not registered")
+        for name in sorted(metrics.keys() & docs.keys()):
+            if metrics[name] != docs[name]:
+                problems.append(f"{process}: {name} is {metrics[name]} in streaming/metrics.py, {docs[name]} in docs")
+    assert not problems, "\n".join(problems)

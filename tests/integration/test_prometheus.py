@@ -1,0 +1,311 @@
+"""A real Prometheus against the live stack: the dashboards' queries and the alert rules work.
+
+The worker, the API and a synthetic producer run as processes (as in the other integration
+tests); a ``prometheus`` process (Debian package ``prometheus``; required when ``CI`` is set)
+scrapes them every second with the project's own prometheus.yml, its targets rewritten to the
+loopback ports, and loads the project's alerts.yml. Then:
+
+- every query of every panel of every dashboard returns data (one pass in which all of them
+  answer non-empty), with Grafana's variables substituted;
+- every alert rule evaluates without error (health "ok" after at least two evaluations) and none
+  fires on a healthy stack;
+- each process's /metrics text passes ``promtool check metrics``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+import yaml
+
+from producers.publisher import wire_value
+from streaming.broker import free_port
+from tests.integration.conftest import Stack
+from tests.test_deploy import (
+    ALERTS,
+    PROMETHEUS_CONFIG,
+    dashboard_panels,
+    load_dashboards,
+    substitute_variables,
+)
+
+pytestmark = pytest.mark.integration
+
+#: Grafana's $__rate_interval for a 1 s scrape interval is 4 scrapes at least; 15 s leaves margin.
+RATE_INTERVAL = "15s"
+INTERVAL = "5s"
+#: What the producer sends: enough for every rate window and for the drift window to fill.
+PRODUCER_ARGS = ["--rate", "100", "--duration", "40", "--quiet"]
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is not on PATH; CI must install it (Debian package: prometheus)")
+        pytest.skip(f"{name} is not on PATH (apt-get install prometheus)")
+    return path
+
+
+def prometheus_config(targets: dict[str, str], path: Path) -> Path:
+    """deploy/prometheus/prometheus.yml with 1 s intervals, loopback targets and alerts.yml by path."""
+    config: dict[str, Any] = yaml.safe_load(PROMETHEUS_CONFIG.read_text(encoding="utf-8"))
+    config["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
+    config["rule_files"] = [str((PROMETHEUS_CONFIG.parent / f).resolve()) for f in config["rule_files"]]
+    jobs = {job["job_name"] for job in config["scrape_configs"]}
+    assert targets.keys() <= jobs, f"prometheus.yml has jobs {sorted(jobs)}, not all of {sorted(targets)}"
+    # Every fraudstream process is a fraud-* job and must run here; third-party exporters of the
+    # compose stack (kafka-exporter) are not part of this test and are left out.
+    unknown = {j for j in jobs - targets.keys() if j.startswith("fraud-")}
+    assert not unknown, f"prometheus.yml scrapes {sorted(unknown)}, which this test does not start"
+    config["scrape_configs"] = [job for job in config["scrape_configs"] if job["job_name"] in targets]
+    for job in config["scrape_configs"]:
+        job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return path
+
+
+class Prometheus:
+    def __init__(self, binary: str, config: Path, workdir: Path, port: int) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = workdir / "prometheus.log"
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [
+                    binary,
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={workdir / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                    "--log.level=warn",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def api(self, path: str, **params: Any) -> Any:
+        resp = httpx.get(f"{self.url}/api/v1/{path}", params=params, timeout=5.0)
+        body = resp.json()
+        if body.get("status") != "success":
+            raise AssertionError(f"{path} {params}: {body.get('errorType')}: {body.get('error')}")
+        return body["data"]
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"prometheus exited:\n{self.log()}"
+            try:
+                if httpx.get(f"{self.url}/-/ready", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"prometheus not ready:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def prometheus_binary() -> str:
+    return _tool("prometheus")
+
+
+@pytest.fixture
+def promtool() -> str:
+    return _tool("promtool")
+
+
+def start_producer(stack: Stack, port: int) -> subprocess.Popen[bytes]:
+    env = {**stack.env(), "FRAUD_METRICS_PORT": str(port)}
+    log = (stack.workdir / "producer.log").open("wb")
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "streaming.cli", "produce", *PRODUCER_ARGS], env=env, stdout=log, stderr=log
+        )
+    finally:
+        log.close()
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)  # the producer flushes and exits on Ctrl-C
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def drive_predict(api_port: int, frame: pd.DataFrame, count: int = 20) -> None:
+    url = f"http://127.0.0.1:{api_port}/predict"
+    headers = {"content-type": "application/json"}
+    for row in frame.iloc[:count].to_dict("records"):
+        resp = httpx.post(url, content=wire_value(row), headers=headers, timeout=10.0)
+        assert resp.status_code == 200, resp.text
+    bad = httpx.post(url, content=b'{"transaction_id": "no-fields"}', headers=headers, timeout=10.0)
+    assert bad.status_code == 422, bad.text
+
+
+def wait_targets_up(prom: Prometheus, jobs: set[str], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    health: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        targets = prom.api("targets", state="active")["activeTargets"]
+        health = {t["labels"]["job"]: f"{t['health']} {t.get('lastError', '')}".strip() for t in targets}
+        if set(health) == jobs and all(h == "up" for h in health.values()):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"targets not up: {health}\n{prom.log()}")
+
+
+def dashboard_queries() -> list[tuple[str, str, str]]:
+    """(where, expr as sent, original expr) for every panel query of every dashboard."""
+    out = []
+    for uid, dashboard in load_dashboards().items():
+        for panel in dashboard_panels(dashboard):
+            for target in panel["targets"]:
+                expr = substitute_variables(target["expr"], dashboard, rate_interval=RATE_INTERVAL, interval=INTERVAL)
+                out.append((f"{uid} / {panel['title']} / {target['refId']}", expr, target["expr"]))
+    return out
+
+
+def label_value_queries() -> list[tuple[str, str, str]]:
+    """(where, metric, label) of every label_values() template variable."""
+    out = []
+    for uid, dashboard in load_dashboards().items():
+        for var in dashboard["templating"]["list"]:
+            if var["type"] == "query":
+                metric, label = var["definition"].removeprefix("label_values(").rstrip(")").split(",")
+                out.append((f"{uid} / ${var['name']}", metric.strip(), label.strip()))
+    return out
+
+
+def first_pass_with_data(prom: Prometheus, queries: list[tuple[str, str, str]], until: float) -> dict[str, str]:
+    """Query everything once a second until one pass answers all non-empty; the misses of the last pass."""
+    missing: dict[str, str] = {}
+    while True:
+        missing = {}
+        for where, expr, _ in queries:
+            try:
+                if not prom.api("query", query=expr)["result"]:
+                    missing[where] = f"empty: {expr}"
+            except AssertionError as exc:
+                missing[where] = f"error: {exc}"
+        if not missing or time.monotonic() >= until:
+            return missing
+        time.sleep(1.0)
+
+
+def rules_after(prom: Prometheus, since: float) -> list[dict[str, Any]]:
+    rules = [r for g in prom.api("rules")["groups"] for r in g["rules"]]
+    return [r for r in rules if _rfc3339(r.get("lastEvaluation", "")) >= since]
+
+
+def _rfc3339(value: str) -> float:
+    if not value or value.startswith("0001"):
+        return 0.0
+    return pd.Timestamp(value).timestamp()
+
+
+@pytest.fixture
+def processes() -> Iterator[list[Any]]:
+    """Processes this test starts beside the stack's, stopped at the end whatever happens."""
+    started: list[Any] = []
+    try:
+        yield started
+    finally:
+        for proc in reversed(started):
+            if isinstance(proc, Prometheus):
+                proc.stop()
+            else:
+                stop_process(proc)
+
+
+def test_dashboards_and_alert_rules_work_on_a_live_stack(
+    stack: Stack,
+    traffic_frame: pd.DataFrame,
+    prometheus_binary: str,
+    promtool: str,
+    processes: list[Any],
+) -> None:
+    stack.start_worker()
+    stack.start_api()
+    producer_port, prom_port = free_port(), free_port()
+
+    # Prometheus first, so that it sees the traffic from its start.
+    targets = {
+        "fraud-worker": f"127.0.0.1:{stack.metrics_port}",
+        "fraud-api": f"127.0.0.1:{stack.api_port}",
+        "fraud-producer": f"127.0.0.1:{producer_port}",
+        "prometheus": f"127.0.0.1:{prom_port}",
+    }
+    config = prometheus_config(targets, stack.workdir / "prometheus.yml")
+    prom = Prometheus(prometheus_binary, config, stack.workdir, prom_port)
+    processes.append(prom)
+    prom.wait_ready()
+
+    producer = start_producer(stack, producer_port)
+    processes.append(producer)
+    producer_deadline = time.monotonic() + 40.0
+    drive_predict(stack.api_port, traffic_frame)
+    wait_targets_up(prom, set(targets))
+    up_since = time.time()
+
+    # Each process's exposition passes promtool's linter.
+    for name, url in (
+        ("worker", f"http://127.0.0.1:{stack.metrics_port}/metrics"),
+        ("api", f"http://127.0.0.1:{stack.api_port}/metrics"),
+        ("producer", f"http://127.0.0.1:{producer_port}/metrics"),
+    ):
+        text = httpx.get(url, timeout=5.0).text
+        result = subprocess.run(
+            [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30, check=False
+        )
+        assert result.returncode == 0, f"promtool check metrics on the {name}: {result.stdout}{result.stderr}"
+
+    # Every panel query answers, in one pass, while the producer still sends.
+    # (The producer's series go stale when it exits: a pass that answers all of them ran while it sent.)
+    missing = first_pass_with_data(prom, dashboard_queries(), until=producer_deadline - 5.0)
+    for where, metric, label in label_value_queries():
+        if not prom.api(f"label/{label}/values", **{"match[]": metric}):
+            missing[where] = f"no values of label {label} on {metric}"
+    assert not missing, "dashboard queries without data:\n" + "\n".join(f"{k}: {v}" for k, v in missing.items())
+
+    # Every rule of alerts.yml evaluates cleanly (two evaluations at least after the targets are up)
+    # and no alert fires on a healthy stack.
+    groups = yaml.safe_load(ALERTS.read_text("utf-8"))["groups"]
+    expected = {r.get("alert") or r["record"] for g in groups for r in g["rules"]}
+    deadline = time.monotonic() + 15.0
+    evaluated: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        evaluated = rules_after(prom, up_since + 2.0)
+        if {r["name"] for r in evaluated} >= expected:
+            break
+        time.sleep(0.5)
+    rules = {r["name"]: r for r in evaluated}
+    assert rules.keys() >= expected, f"rules not evaluated twice: {sorted(expected - rules.keys())}\n{prom.log()}"
+    bad = {n: f"{r['health']}: {r.get('lastError', '')}" for n, r in rules.items() if r["health"] != "ok"}
+    assert not bad, f"alert rules failing to evaluate: {bad}"
+    firing = {n for n, r in rules.items() if r.get("state") == "firing"}
+    assert not firing, f"alerts firing on a healthy stack: {sorted(firing)}"
