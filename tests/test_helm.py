@@ -5,8 +5,8 @@ test` installs it as .venv/bin/helm) or from ``HELM`` / PATH; the helm tests ski
 fail when ``CI`` is set. The chart is rendered with its default values and with
 ci/all-features-values.yaml (every optional feature on). Core kinds are validated against the
 Kubernetes OpenAPI schemas of kubernetes-validate (offline, strict: unknown fields fail); the CRD
-kinds (ServiceMonitor, PrometheusRule, ScaledObject) by the structural checks here. values.yaml is checked against values.schema.json with
-jsonschema whether helm is there or not.
+kinds (ServiceMonitor, PrometheusRule, ScaledObject) by the structural checks here. values.yaml
+is checked against values.schema.json with jsonschema whether helm is there or not.
 """
 
 from __future__ import annotations
