@@ -8,9 +8,10 @@ Per-message error policy (counted and logged with topic[partition]@offset):
   committing, so the batch is consumed again after restart (at-least-once; decisions are
   idempotent by ``transaction_id``).
 
-Offsets: ``take_events`` acknowledges a batch only after the loop body returns, and Faust
-flushes the producer (decisions, dead letters, changelog) before it commits offsets, so an
-offset is committed only once its decision or dead letter is written.
+Offsets: ``take_events`` acknowledges a batch when the loop body returns, and the body returns
+only after the broker acknowledged every output of the batch (decisions, dead letters, state
+changelog), so an offset is committed only once its decision or dead letter is written. A stop
+request lets the batch in flight finish first.
 
 Design notes: one agent instance per process (``concurrency=1``: Faust can commit past
 unprocessed messages with more) and scale-out by partitions; scoring runs in a worker thread so
@@ -27,7 +28,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
-import numpy as np
 import orjson
 import pandas as pd
 from prometheus_client import start_http_server
@@ -192,6 +192,8 @@ def create_app(settings: WorkerSettings, holder: ModelHolder, metrics: WorkerMet
     # Which partition each stored card arrived on, to drop its state when the partition moves to
     # another worker (the memory store only tracks keys it restored from the changelog).
     card_partition: dict[str, int] = {}
+    # Next offset to process per partition, for the lag gauge.
+    processed: dict[int, int] = {}
 
     async def handle(events: Sequence[faust.types.EventT]) -> None:
         records = [
@@ -236,8 +238,6 @@ def create_app(settings: WorkerSettings, holder: ModelHolder, metrics: WorkerMet
         for rec in records:
             processed[rec.partition] = max(processed.get(rec.partition, 0), rec.offset + 1)
         metrics.last_event.set(max(r.timestamp_ms for r in records) / 1000)
-
-    processed: dict[int, int] = {}
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # receivers get signal= as a keyword
     async def _forget_revoked(app: faust.App, revoked: set[faust.types.TP], **_: Any) -> None:
@@ -383,10 +383,3 @@ def run_worker(settings: WorkerSettings) -> None:
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
     log.info("worker %s: model %s, metrics on :%d", settings.app_id, holder.scorer.version, settings.metrics_port)
     worker.execute_from_commandline()
-
-
-def decision_latency_ms(decisions: Sequence[dict[str, Any]]) -> np.ndarray:
-    """Helper for callers holding decoded decisions: event-to-score gap in milliseconds."""
-    return np.array(
-        [(pd.Timestamp(d["scored_at"]) - pd.Timestamp(d["event_timestamp"])).total_seconds() * 1000 for d in decisions]
-    )
