@@ -19,7 +19,7 @@ from sklearn.preprocessing import StandardScaler
 from model.artifact import ModelArtifact, load_artifact, save_artifact
 from model.dataset import DatasetError, load_csv, select_window
 from model.drift import build_reference
-from model.features import HISTORY_SPAN_MS, compute_features, history_from_frame
+from model.features import compute_features, history_from_frame
 from model.metrics import evaluation_report, pick_thresholds
 from model.plots import plot_confusion, plot_pr_curve
 
@@ -89,14 +89,10 @@ def train(data: Path, out: Path, options: TrainOptions) -> dict[str, Any]:
     # Rows before --train-from still count as history for the windows; they are not trained on.
     features = features_for(frame)
     ts = frame["ts_ms"].to_numpy()
+    # Without --train-from every row trains, early ones with partial windows included: serving
+    # sees such rows too (new cards, a worker whose state starts empty), and a model that never
+    # saw them flags them far too often.
     train_from = options.train_from
-    if train_from is None:
-        # Early rows have partial windows (a card's 30-day count is low only because the data
-        # starts there), which serving never sees: keep them as history only. 30 days when
-        # the data allows, less on short data sets.
-        warm_up_ms = min(HISTORY_SPAN_MS, int((ts.max() - ts.min()) * 0.3))
-        train_from = pd.Timestamp(int(ts.min()) + warm_up_ms, unit="ms", tz="UTC")
-        log.info("no --train-from: rows before %s serve as history only", train_from.isoformat())
     window = select_window(frame, train_from, options.train_to)
     if window.sum() < 100:
         raise DatasetError(f"only {int(window.sum())} rows in the training window; need at least 100")
@@ -134,7 +130,7 @@ def train(data: Path, out: Path, options: TrainOptions) -> dict[str, Any]:
         },
         "training_window": {
             "requested_from": options.train_from.isoformat() if options.train_from is not None else None,
-            "train_from": train_from.isoformat(),
+            "train_from": train_from.isoformat() if train_from is not None else None,
             "requested_to": options.train_to.isoformat() if options.train_to is not None else None,
             "fit_from": _iso(int(ts[fit_mask].min())),
             "fit_to": _iso(int(ts[fit_mask].max())),

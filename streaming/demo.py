@@ -41,9 +41,8 @@ BAD_MESSAGES = (
     b'"amount": 5, "currency": "USD"}',
     b"[1, 2, 3]",
 )
-#: 60 days: the first 30 only warm up the 30-day windows, the model learns from the rest.
-TRAIN_CONFIG = SimConfig(seed=7, days=60.0, start=datetime(2026, 1, 1, tzinfo=UTC))
-TRAFFIC_CONFIG = SimConfig(seed=11, days=30.0, start=datetime(2026, 3, 2, tzinfo=UTC))
+TRAIN_CONFIG = SimConfig(seed=7, days=45.0, start=datetime(2026, 1, 1, tzinfo=UTC))
+TRAFFIC_CONFIG = SimConfig(seed=11, days=30.0, start=datetime(2026, 2, 15, tzinfo=UTC))
 
 
 @dataclass

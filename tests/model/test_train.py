@@ -177,8 +177,7 @@ def test_split_never_puts_one_instant_on_both_sides(tmp_path: Path) -> None:
     meta = train(tmp_path / "ties.csv", tmp_path / "model", TrainOptions(model_type="logreg"))
     w = meta["training_window"]
     assert ms(w["fit_to"]) < ms(w["validation_from"])
-    assert w["fit_rows"] + w["validation_rows"] + w["history_only_rows"] == n  # default warm-up is history only
-    assert w["history_only_rows"] > 0
+    assert w["fit_rows"] + w["validation_rows"] == n
     assert w["validation_rows"] % 12 == 0  # whole instants only
 
 
