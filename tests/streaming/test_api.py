@@ -1,0 +1,94 @@
+"""The API's request handling, in process (the integration tests drive it over real HTTP)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from model.train import TrainOptions, train
+from producers.synthetic import SimConfig, generate
+from streaming.api import create_api
+from streaming.broker import free_port
+from streaming.settings import ApiSettings
+
+GOOD = {
+    "transaction_id": "t-1",
+    "timestamp": "2026-01-10T12:00:00+01:00",
+    "card_id": "card-1",
+    "merchant_id": "m-1",
+    "amount": 42.5,
+    "currency": "EUR",
+    "channel": "pos",
+}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("api-model")
+    frame = generate(SimConfig(seed=3, n_cards=120, n_merchants=30, days=12, start=datetime(2026, 1, 1, tzinfo=UTC)))
+    frame.to_csv(root / "train.csv", index=False)
+    train(root / "train.csv", root / "model", TrainOptions(model_type="logreg"))
+    return root / "model"
+
+
+@pytest.fixture
+def client(model_dir: Path) -> TestClient:
+    # No worker listens at this URL: every prediction is the stateless one.
+    settings = ApiSettings(model_dir=model_dir, worker_url=f"http://127.0.0.1:{free_port()}", state_timeout_seconds=0.2)
+    with TestClient(create_api(settings)) as c:
+        yield c  # type: ignore[misc]  # a generator fixture
+
+
+def test_predict_without_worker_is_stateless_and_says_so(client: TestClient) -> None:
+    resp = client.post("/predict", json=GOOD)
+    assert resp.status_code == 200
+    body = resp.json()
+    assert body["card_state"] == "unavailable"
+    assert 0.0 <= body["score"] <= 1.0 and body["decision"] in ("allow", "review", "block")
+    metrics = client.get("/metrics").text
+    assert 'fraud_api_decisions_total{card_state="unavailable"' in metrics
+    assert 'route="/predict"' in metrics and 'route="/health"' not in metrics
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({**GOOD, "amount": 0}, "amount"),
+        ({**GOOD, "amount": "12"}, "amount"),
+        ({**GOOD, "timestamp": "2026-01-10T12:00:00"}, "timestamp"),
+        ({**GOOD, "card_id": "has space"}, "card_id"),
+        ({k: v for k, v in GOOD.items() if k != "merchant_id"}, "merchant_id"),
+        ({**GOOD, "channel": "kiosk"}, "channel"),
+    ],
+)
+def test_invalid_requests_get_422_naming_the_field(client: TestClient, body: dict, field: str) -> None:
+    resp = client.post("/predict", json=body)
+    assert resp.status_code == 422
+    assert field in {err["loc"][-1] for err in resp.json()["detail"]}
+
+
+def test_non_finite_amounts_are_a_422_not_a_500(client: TestClient) -> None:
+    for literal in ("NaN", "Infinity"):
+        raw = json.dumps(GOOD).replace("42.5", literal)
+        resp = client.post("/predict", content=raw, headers={"content-type": "application/json"})
+        assert resp.status_code == 422, resp.text
+        assert resp.json()["detail"][0]["loc"][-1] == "amount"
+
+
+def test_probes(client: TestClient) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+    ready = client.get("/ready")
+    assert ready.status_code == 200 and ready.json()["model_version"]
+    assert "/predict" in client.get("/openapi.json").json()["paths"]
+
+
+def test_not_ready_without_a_model(tmp_path: Path) -> None:
+    settings = ApiSettings(model_dir=tmp_path / "nothing", worker_url="http://127.0.0.1:9")
+    with TestClient(create_api(settings)) as c:
+        assert c.get("/ready").status_code == 503
+        resp = c.post("/predict", json=GOOD)
+        assert resp.status_code == 503 and resp.json()["error"] == "ModelNotReadyError"
