@@ -222,6 +222,49 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 130
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from streaming.bench import BenchOptions, format_table, run_bench
+
+    opts = BenchOptions.quick_profile() if args.quick else BenchOptions()
+    overrides = {
+        "train_rows": args.rows,
+        "limit_count": args.limit_count,
+        "naive_count": args.naive_count,
+        "worker_count": args.worker_count,
+        "latency_rate": args.rate,
+        "latency_seconds": args.latency_seconds,
+        "http_seconds": args.http_seconds,
+        "http_client": args.http_client,
+        "partitions": args.partitions,
+        "bootstrap_servers": args.bootstrap_servers,
+        "workdir": args.workdir,
+    }
+    for name, value in overrides.items():
+        if value is not None:
+            setattr(opts, name, value)
+    for item in args.worker_env:
+        key, sep, value = item.partition("=")
+        if not sep or not key.startswith("FRAUD_"):
+            raise ValueError(f"--worker-env wants FRAUD_NAME=VALUE, got {item!r}")
+        opts.worker_env[key] = value
+    # SIGTERM ends the bench like Ctrl-C: every process it started is stopped on the way out.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        report = run_bench(opts)
+    except KeyboardInterrupt:
+        print("fraud bench: interrupted; every process it started was stopped", file=sys.stderr)
+        return 130
+    except (RuntimeError, TimeoutError) as exc:  # a phase failed; the message carries its log tail
+        print(f"fraud bench: {exc}", file=sys.stderr)
+        return 1
+    print(format_table(report))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"report written to {args.json}")
+    return 0
+
+
 # --- parser ------------------------------------------------------------------------------------
 
 
@@ -340,6 +383,38 @@ def build_parser() -> argparse.ArgumentParser:
         "--workdir", type=Path, default=Path("artifacts/demo"), help="logs and generated data (default %(default)s)"
     )
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "bench",
+        help="measure throughput, latency, /predict and training against a Python limit and a naive baseline",
+        description="Embedded broker, the same generated transactions for every phase; prints a table. "
+        "Defaults are the full run (several minutes); --quick shrinks every phase.",
+    )
+    p.add_argument("--quick", action="store_true", help="small sizes and short phases (well under 2 minutes)")
+    p.add_argument("--json", type=Path, help="also write the report as JSON here")
+    p.add_argument("--rows", type=int, help="training rows, at least (default 1,000,000; quick 20,000)")
+    p.add_argument("--limit-count", type=int, help="transactions for the limit loop (default 200,000)")
+    p.add_argument("--naive-count", type=int, help="transactions for the naive Faust agent (default 3,000)")
+    p.add_argument("--worker-count", type=int, help="pre-filled transactions the worker drains (default 30,000)")
+    p.add_argument("--rate", type=_positive_float, help="offered rate of the latency phase, tx/s (default 2000)")
+    p.add_argument("--latency-seconds", type=_positive_float, help="length of the latency phase (default 20)")
+    p.add_argument("--http-seconds", type=_positive_float, help="seconds per /predict measurement (default 10)")
+    p.add_argument(
+        "--http-client",
+        choices=("httpx", "aiohttp"),
+        help="async client driving /predict (default aiohttp; httpx saturates a core at ~500 req/s)",
+    )
+    p.add_argument("--partitions", type=int, help="partitions of every bench topic (default 4)")
+    p.add_argument("--bootstrap-servers", help="use this Kafka instead of starting the embedded broker")
+    p.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="FRAUD_NAME=VALUE",
+        help="extra setting for the worker under test (repeatable)",
+    )
+    p.add_argument("--workdir", type=Path, help="keep logs and data here (default: a temporary directory, removed)")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
