@@ -33,7 +33,7 @@ import pandas as pd
 from prometheus_client import start_http_server
 
 from model.drift import DriftMonitor
-from model.features import frame_from_transactions
+from model.features import epoch_ms, frame_from_transactions
 from model.schemas import Decision, Transaction
 from model.scoring import ModelHolder, scoring_executor, utcnow
 from streaming import faust_transport, kafka
@@ -86,6 +86,23 @@ class BatchProcessor:
         self.grace_ms = grace_ms
         self.max_history = max_history
         self.drift: DriftMonitor | None = None
+
+    def warm_up(self) -> None:
+        """Run the scoring path once on a made-up transaction, off the books (no metrics, no
+        state, no drift): first calls into pandas and the model are several times slower, and
+        without this the first real batches after a start pay for it."""
+        tx = Transaction(
+            transaction_id="warm-up",
+            timestamp=utcnow(),
+            card_id="warm-up",
+            merchant_id="warm-up",
+            amount=1.0,
+            currency="USD",
+        )
+        queries = frame_from_transactions([tx])
+        history = history_frame({tx.card_id: merge(None, [("w0", epoch_ms(tx.timestamp) - 1, 1.0, "m")], 0)})
+        batch = self.holder.scorer.score_frame(queries, history)
+        self.holder.scorer.decisions([tx], batch, ["used"], utcnow(), self.include_features)
 
     def drift_values(self) -> dict[str, float]:
         """PSI per signal (run on the scoring thread, which owns the drift buffers)."""
@@ -188,6 +205,8 @@ def create_app(settings: WorkerSettings, holder: ModelHolder, metrics: WorkerMet
         settings.include_features,
         settings.max_history_per_card,
     )
+
+    executor.submit(processor.warm_up)
 
     # Which partition each stored card arrived on, to drop its state when the partition moves to
     # another worker (the memory store only tracks keys it restored from the changelog).
