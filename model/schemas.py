@@ -123,3 +123,7 @@ class Decision(BaseModel):
         description="Feature values the score was computed from; only when the worker runs with "
         "FRAUD_INCLUDE_FEATURES=true (audit and parity checks).",
     )
+
+
+#: Fields of a transaction on the wire, in contract order; anything else (labels) stays off it.
+WIRE_FIELDS: tuple[str, ...] = tuple(Transaction.model_fields)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,7 +15,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from model.artifact import ModelArtifact, load_artifact, save_artifact
+from model.artifact import save_artifact, sha256_file
 from model.dataset import DatasetError, load_csv, select_window
 from model.drift import build_reference
 from model.features import compute_features, history_from_frame
@@ -61,14 +60,6 @@ def build_estimator(model_type: ModelType, seed: int) -> HistGradientBoostingCla
     if model_type == "logreg":
         return make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=2000))
     raise ValueError(f"unknown model type {model_type!r} (choose hgb or logreg)")
-
-
-def file_fingerprint(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _iso(ms: int) -> str:
@@ -145,7 +136,7 @@ def train(data: Path, out: Path, options: TrainOptions) -> dict[str, Any]:
         "validation_metrics": report,
         "data_fingerprint": {
             "file": str(data),
-            "sha256": file_fingerprint(Path(data)),
+            "sha256": sha256_file(Path(data)),
             "rows": dataset.invalid.total_rows,
             "invalid_rows": dataset.invalid.as_dict(),
         },
@@ -157,13 +148,3 @@ def train(data: Path, out: Path, options: TrainOptions) -> dict[str, Any]:
     plot_pr_curve(y[val_mask], val_scores, thresholds, out / "pr_curve.png")
     plot_confusion(y[val_mask], val_scores, thresholds, out / "confusion_matrix.png")
     return meta
-
-
-def ensure_model(model_dir: Path, data_csv: Path, make_data: Any) -> ModelArtifact:
-    """Load the artifact at ``model_dir``; if there is none, generate data and train one."""
-    if (model_dir / "metadata.json").exists():
-        return load_artifact(model_dir)
-    if not data_csv.exists():
-        make_data(data_csv)
-    train(data_csv, model_dir, TrainOptions())
-    return load_artifact(model_dir)

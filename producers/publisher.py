@@ -12,14 +12,13 @@ from typing import Any, TextIO
 import orjson
 import pandas as pd
 
-from model.schemas import Transaction
+from model.schemas import WIRE_FIELDS
 from streaming import kafka
 from streaming.metrics import ProducerMetrics
 from streaming.settings import ProducerSettings
 
 #: Label columns of the synthetic data; never published on the transactions topic.
 LABEL_FIELDS = ("is_fraud", "fraud_type")
-WIRE_FIELDS = tuple(Transaction.model_fields)
 
 
 @dataclass

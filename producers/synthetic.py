@@ -64,7 +64,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 
-from model.schemas import CHANNELS, MERCHANT_CATEGORIES
+from model.schemas import CHANNELS, MERCHANT_CATEGORIES, WIRE_FIELDS
 
 __all__ = [
     "COLUMNS",
@@ -97,8 +97,6 @@ COLUMNS: tuple[str, ...] = (
     "is_fraud",
     "fraud_type",
 )
-#: The wire-contract fields (``model.schemas.Transaction``); the rest are labels.
-WIRE_FIELDS: tuple[str, ...] = COLUMNS[:9]
 
 _LEGIT, _CM, _CC, _AO, _VB = 0, 1, 2, 3, 4
 _DAY = 86_400.0

@@ -823,8 +823,9 @@ class Bench:
             "FRAUD_SESSION_TIMEOUT_SECONDS": "6",
         }
         if not self.opts.bootstrap_servers:
-            # README "Known limits": the embedded broker's high watermark needs one record per batch.
-            env["FRAUD_PRODUCER_MAX_BATCH_BYTES"] = "1"
+            from streaming.broker import WORKER_ENV  # README "Known limits"
+
+            env.update(WORKER_ENV)
         return {**env, **self.opts.worker_env}
 
     def phase_worker_and_predict(self) -> None:

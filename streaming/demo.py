@@ -28,7 +28,7 @@ from confluent_kafka import TopicPartition
 from producers.publisher import Progress, Publisher
 from producers.synthetic import SimConfig, generate, iter_transactions
 from streaming import kafka
-from streaming.broker import EmbeddedBroker, free_port
+from streaming.broker import WORKER_ENV, EmbeddedBroker, free_port
 from streaming.settings import ProducerSettings
 
 #: Every this many transactions the demo also sends one malformed message.
@@ -168,7 +168,8 @@ def run_demo(options: DemoOptions) -> int:
     stop = threading.Event()
     follower: threading.Thread | None = None
     observed = Observed()
-    sent_valid, sent_bad, labels = 0, 0, {}
+    sent_valid, sent_bad = 0, 0
+    sent: dict[str, dict[str, Any]] = {}  # valid transactions by id, labels included
     try:
         broker.start()
         print(f"embedded broker on {broker.bootstrap_servers}")
@@ -184,8 +185,7 @@ def run_demo(options: DemoOptions) -> int:
             "FRAUD_DATA_DIR": str(options.workdir / "worker-data"),
             "FRAUD_PORT": str(api_port),
             "FRAUD_WORKER_URL": f"http://127.0.0.1:{web_port}",
-            # See WorkerSettings.producer_max_batch_bytes: the embedded broker's watermark quirk.
-            "FRAUD_PRODUCER_MAX_BATCH_BYTES": "1",
+            **WORKER_ENV,
         }
         worker = procs.start("worker", ["worker"], env)
         api = procs.start("api", ["api"], env)
@@ -208,7 +208,7 @@ def run_demo(options: DemoOptions) -> int:
                 if wait > 0:
                     publisher.producer.poll(wait)
                 publisher.send(row)
-                labels[row["transaction_id"]] = int(row.get("is_fraud", 0))
+                sent[row["transaction_id"]] = row
                 sent_valid += 1
                 if (i + 1) % BAD_EVERY == 0:
                     publisher.producer.produce(
@@ -234,17 +234,17 @@ def run_demo(options: DemoOptions) -> int:
             time.sleep(5)
         progress.update(sent_valid, f"decided {len(observed.decisions)}", force=True)
         progress.close()
-        parity = _predict_check(api_port, observed)
+        parity = _predict_check(api_port, observed, sent)
     finally:
         stop.set()
         if follower is not None:
             follower.join(timeout=5)
         procs.stop()
         broker.stop()
-    return _summary(observed, sent_valid, sent_bad, labels, parity)
+    return _summary(observed, sent_valid, sent_bad, sent, parity)
 
 
-def _predict_check(api_port: int, observed: Observed) -> str:
+def _predict_check(api_port: int, observed: Observed, sent: dict[str, dict[str, Any]]) -> str:
     """Ask /predict about a transaction the stream already decided; the scores must agree."""
     from model.schemas import Transaction
 
@@ -254,19 +254,19 @@ def _predict_check(api_port: int, observed: Observed) -> str:
     if not sample:
         return "no decision to compare"
     tx_id = sample[0]["transaction_id"]
-    row = next((r for r in iter_transactions(TRAFFIC_CONFIG) if r["transaction_id"] == tx_id), None)
-    if row is None:
-        return "transaction not found"
-    body = Transaction.model_validate(row).model_dump(mode="json")
+    body = Transaction.model_validate(sent[tx_id]).model_dump(mode="json")
     resp = httpx.post(f"http://127.0.0.1:{api_port}/predict", json=body, timeout=5)
-    api_score = resp.json().get("score")
-    same = api_score is not None and abs(api_score - sample[0]["score"]) < 1e-9
+    if resp.status_code != 200:
+        return f"/predict on {tx_id}: HTTP {resp.status_code}: {resp.text[:200]}"
+    api_score = float(resp.json()["score"])
+    same = abs(api_score - sample[0]["score"]) < 1e-9
     return (
         f"/predict on {tx_id}: {api_score:.6f} vs stream {sample[0]['score']:.6f} ({'equal' if same else 'DIFFERENT'})"
     )
 
 
-def _summary(observed: Observed, sent_valid: int, sent_bad: int, labels: dict[str, int], parity: str) -> int:
+def _summary(observed: Observed, sent_valid: int, sent_bad: int, sent: dict[str, dict[str, Any]], parity: str) -> int:
+    labels = {t: int(row.get("is_fraud", 0)) for t, row in sent.items()}
     lat = observed.latencies_ms()
     decided = len(observed.decisions)
     blocked = observed.outcomes["block"]
