@@ -11,7 +11,7 @@ import math
 from datetime import datetime
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SCHEMA_VERSION = 1
 
@@ -123,6 +123,41 @@ class Decision(BaseModel):
         description="Feature values the score was computed from; only when the worker runs with "
         "FRAUD_INCLUDE_FEATURES=true (audit and parity checks).",
     )
+
+
+LabelSource = Literal["chargeback", "investigation", "customer_confirmed", "manual"]
+
+
+class Label(BaseModel):
+    """What was learned about a transaction after the fact, on the labels topic (keyed by card_id).
+
+    ``labelled_at`` is when the label became known; features count a label only for transactions
+    scored at or after that moment.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True, str_strip_whitespace=True)
+
+    schema_version: int = SCHEMA_VERSION
+    transaction_id: str = Field(min_length=1, max_length=128, pattern=ID_PATTERN)
+    card_id: str = Field(min_length=1, max_length=128, pattern=ID_PATTERN)
+    merchant_id: str = Field(min_length=1, max_length=128, pattern=ID_PATTERN)
+    is_fraud: bool = Field(strict=True, description="true: confirmed fraud; false: confirmed genuine.")
+    timestamp: AwareDatetime = Field(description="The labelled transaction's own timestamp.")
+    labelled_at: AwareDatetime = Field(description="When the label became known; not before `timestamp`.")
+    source: LabelSource = Field(description="Where the label came from.")
+
+    @field_validator("timestamp", "labelled_at", mode="before")
+    @classmethod
+    def _iso_string(cls, v: object) -> object:
+        if not isinstance(v, str | datetime):
+            raise ValueError("must be an ISO-8601 string with a zone offset")
+        return v
+
+    @model_validator(mode="after")
+    def _labelled_after_the_fact(self) -> Label:
+        if self.labelled_at < self.timestamp:
+            raise ValueError("labelled_at is before the transaction's timestamp")
+        return self
 
 
 #: Fields of a transaction on the wire, in contract order; anything else (labels) stays off it.

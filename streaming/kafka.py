@@ -69,4 +69,10 @@ def partition_count(settings: KafkaSettings, topic: str, timeout: float = 30.0) 
 
 
 def project_topics(settings: KafkaSettings) -> list[str]:
-    return [settings.transactions_topic, settings.decisions_topic, settings.dlq_topic]
+    return [
+        settings.transactions_topic,
+        settings.decisions_topic,
+        settings.dlq_topic,
+        settings.labels_topic,
+        settings.labels_dlq_topic,
+    ]

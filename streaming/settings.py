@@ -40,6 +40,10 @@ class KafkaSettings(BaseSettings):
     """Topic the decisions are published to, keyed by card_id."""
     dlq_topic: str = "transactions.dlq"
     """Dead-letter topic for transactions that fail validation."""
+    labels_topic: str = "fraud-labels"
+    """Topic of label events (chargebacks, investigator verdicts), keyed by card_id."""
+    labels_dlq_topic: str = "fraud-labels.dlq"
+    """Dead-letter topic for label events that fail validation."""
     topic_partitions: int = Field(default=4, ge=1)
     """Partitions for topics this project creates; the worker's table shards match it."""
     topic_replication_factor: int = Field(default=1, ge=1)
