@@ -1,4 +1,4 @@
-"""Turning raw Kafka bytes into a valid transaction, or a dead-letter reason."""
+"""Turning raw Kafka bytes into a valid transaction or label, or a dead-letter reason."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import orjson
 from pydantic import ValidationError
 
 from model.features import epoch_ms
-from model.schemas import MAX_MESSAGE_BYTES, Transaction
+from model.schemas import MAX_MESSAGE_BYTES, Label, Transaction
 
 #: Bounded set of dead-letter reasons (the metric label); details travel in the message headers.
 DLQ_REASONS = (
@@ -32,6 +32,28 @@ class Rejected:
 
 def parse_transaction(raw: bytes | None) -> Transaction | Rejected:
     """Validate one message value; never raises for bad input."""
+    data = _json_object(raw)
+    if isinstance(data, Rejected):
+        return data
+    try:
+        return Transaction.model_validate(data)
+    except ValidationError as exc:
+        return rejection_from(exc)
+
+
+def parse_label(raw: bytes | None) -> Label | Rejected:
+    """Validate one label event (labels topic); same reasons as :func:`parse_transaction`."""
+    data = _json_object(raw)
+    if isinstance(data, Rejected):
+        return data
+    try:
+        return Label.model_validate(data)
+    except ValidationError as exc:
+        return rejection_from(exc)
+
+
+def _json_object(raw: bytes | None) -> dict[str, object] | Rejected:
+    """The message value as a JSON object, or why it is not one (size is checked before parsing)."""
     if raw is None:
         return Rejected("not_json", "empty message value")
     if len(raw) > MAX_MESSAGE_BYTES:
@@ -42,10 +64,7 @@ def parse_transaction(raw: bytes | None) -> Transaction | Rejected:
         return Rejected("not_json", str(exc)[:200])
     if not isinstance(data, dict):
         return Rejected("not_an_object", f"JSON {type(data).__name__}, expected an object")
-    try:
-        return Transaction.model_validate(data)
-    except ValidationError as exc:
-        return rejection_from(exc)
+    return data
 
 
 def rejection_from(exc: ValidationError) -> Rejected:
@@ -62,12 +81,25 @@ def check_record(tx: Transaction, key: bytes | None, record_timestamp_ms: int) -
     partition would split the card's history between workers. A timestamp far ahead of the
     record's would prune the card's real history and poison its windows for that long.
     """
-    if key != tx.card_id.encode():
-        shown = key.decode(errors="replace")[:64] if key is not None else None
-        return Rejected("key_mismatch", f"record key {shown!r} is not card_id {tx.card_id!r}")
+    mismatch = _key_mismatch(key, tx.card_id)
+    if mismatch is not None:
+        return mismatch
     if epoch_ms(tx.timestamp) > record_timestamp_ms + MAX_CLOCK_SKEW_MS:
         return Rejected(
             "implausible_timestamp",
             f"timestamp {tx.timestamp.isoformat()} is more than a day after the record's own timestamp",
         )
     return None
+
+
+def check_label_record(label: Label, key: bytes | None) -> Rejected | None:
+    """Labels travel keyed by card id, like transactions, so that a label reaches the worker
+    holding the card's state; a label under another key is dead-lettered as ``key_mismatch``."""
+    return _key_mismatch(key, label.card_id)
+
+
+def _key_mismatch(key: bytes | None, card_id: str) -> Rejected | None:
+    if key == card_id.encode():
+        return None
+    shown = key.decode(errors="replace")[:64] if key is not None else None
+    return Rejected("key_mismatch", f"record key {shown!r} is not card_id {card_id!r}")

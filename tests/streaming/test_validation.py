@@ -1,4 +1,4 @@
-"""Raw message bytes -> Transaction, or a bounded dead-letter reason with a useful detail."""
+"""Raw message bytes -> Transaction or Label, or a bounded dead-letter reason with a useful detail."""
 
 from __future__ import annotations
 
@@ -8,8 +8,15 @@ from typing import Any
 import orjson
 import pytest
 
-from model.schemas import MAX_MESSAGE_BYTES, Transaction
-from streaming.validation import DLQ_REASONS, Rejected, parse_transaction
+from model.schemas import MAX_MESSAGE_BYTES, Label, Transaction
+from streaming.validation import (
+    DLQ_REASONS,
+    Rejected,
+    check_label_record,
+    check_record,
+    parse_label,
+    parse_transaction,
+)
 
 VALID: dict[str, Any] = {
     "transaction_id": "tx-1",
@@ -172,3 +179,128 @@ def test_wire_types_are_strict_where_the_contract_is() -> None:
     # Channel case is not meaningful: the CSV path lower-cases it too.
     tx = parse_transaction(orjson.dumps({**base, "amount": 1, "channel": "POS"}))
     assert not isinstance(tx, Rejected) and tx.channel == "pos"
+
+
+# --- labels (the labels topic) -------------------------------------------------------------
+
+LABEL: dict[str, Any] = {
+    "transaction_id": "tx-1",
+    "card_id": "card-1",
+    "merchant_id": "m-1",
+    "is_fraud": True,
+    "timestamp": "2026-01-01T10:00:00+05:30",
+    "labelled_at": "2026-01-08T09:00:00Z",
+    "source": "chargeback",
+    "schema_version": 1,
+}
+
+
+def encode_label(**changes: Any) -> bytes:
+    """LABEL with fields changed; a value of ``...`` removes the field."""
+    data = {**LABEL, **changes}
+    return orjson.dumps({k: v for k, v in data.items() if v is not ...})
+
+
+def label_rejected(raw: bytes | None) -> Rejected:
+    result = parse_label(raw)
+    assert isinstance(result, Rejected), f"accepted: {result!r}"
+    assert result.reason in DLQ_REASONS
+    return result
+
+
+def test_valid_label_is_parsed() -> None:
+    label = parse_label(encode_label())
+    assert isinstance(label, Label)
+    assert label.is_fraud is True and label.source == "chargeback"
+    assert label.timestamp.utcoffset() == timedelta(hours=5, minutes=30)
+    assert label.labelled_at.utcoffset() == timedelta(0)
+    assert (label.labelled_at - label.timestamp) == timedelta(days=7, hours=4, minutes=30)
+    # A genuine verdict, unknown fields and an absent schema_version (defaults to 1) are fine.
+    genuine = parse_label(encode_label(is_fraud=False, source="investigation", schema_version=..., note="ok"))
+    assert isinstance(genuine, Label) and genuine.is_fraud is False and genuine.schema_version == 1
+
+
+def test_label_at_the_transaction_time_is_accepted() -> None:
+    same = parse_label(encode_label(labelled_at="2026-01-01T04:30:00Z"))  # the same instant
+    assert isinstance(same, Label)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (None, "not_json"),
+        (b"", "not_json"),
+        (b"{'transaction_id': 'tx-1'}", "not_json"),
+        (b"[1, 2]", "not_an_object"),
+        (b"null", "not_an_object"),
+    ],
+)
+def test_label_that_is_not_a_json_object(raw: bytes | None, reason: str) -> None:
+    assert label_rejected(raw).reason == reason
+
+
+def test_oversized_label() -> None:
+    base = encode_label(padding="")
+    assert isinstance(parse_label(encode_label(padding="x" * (MAX_MESSAGE_BYTES - len(base)))), Label)
+    r = label_rejected(encode_label(padding="x" * (MAX_MESSAGE_BYTES - len(base) + 1)))
+    assert r.reason == "oversized" and str(MAX_MESSAGE_BYTES + 1) in r.detail
+
+
+@pytest.mark.parametrize(
+    "field", ["transaction_id", "card_id", "merchant_id", "is_fraud", "timestamp", "labelled_at", "source"]
+)
+def test_label_missing_field(field: str) -> None:
+    r = label_rejected(encode_label(**{field: ...}))
+    assert r.reason == "missing_field"
+    assert r.detail.startswith(f"{field}:"), r.detail
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("is_fraud", 1),  # strict: a JSON boolean, not 0/1
+        ("is_fraud", "true"),
+        ("is_fraud", None),
+        ("source", "rumour"),
+        ("source", ""),
+        ("timestamp", "2026-01-01T10:00:00"),  # no zone
+        ("labelled_at", "2026-01-08T09:00:00"),
+        ("labelled_at", 1767862800),  # epoch numbers are not the contract
+        ("labelled_at", "next week"),
+        ("transaction_id", "has space"),
+        ("card_id", ""),
+        ("merchant_id", "x" * 129),
+    ],
+)
+def test_label_invalid_field_names_the_field(field: str, value: Any) -> None:
+    r = label_rejected(encode_label(**{field: value}))
+    assert r.reason == "invalid_field"
+    assert r.detail.startswith(f"{field}:"), r.detail
+
+
+def test_label_known_before_its_transaction_happened_is_invalid() -> None:
+    # One second before the transaction's instant (10:00 at +05:30 is 04:30 UTC).
+    r = label_rejected(encode_label(labelled_at="2026-01-01T04:29:59Z"))
+    assert r.reason == "invalid_field"
+    assert "labelled_at is before" in r.detail
+
+
+def test_label_record_key_must_be_the_card_id() -> None:
+    label = parse_label(encode_label())
+    assert isinstance(label, Label)
+    assert check_label_record(label, b"card-1") is None
+    for key in (b"card-2", b"tx-1", None, b""):
+        r = check_label_record(label, key)
+        assert r is not None and r.reason == "key_mismatch", key
+        assert "card-1" in r.detail
+
+
+def test_transaction_record_checks_share_the_key_rule() -> None:
+    tx = parse_transaction(encode())
+    assert isinstance(tx, Transaction)
+    record_ms = 1767241800000  # 2026-01-01T04:30:00Z, the transaction's own instant
+    assert check_record(tx, b"card-1", record_ms) is None
+    r = check_record(tx, b"card-2", record_ms)
+    assert r is not None and r.reason == "key_mismatch" and "card-1" in r.detail
+    late = check_record(tx, b"card-1", record_ms - 24 * 3600 * 1000 - 1)
+    assert late is not None and late.reason == "implausible_timestamp"
