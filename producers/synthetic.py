@@ -52,6 +52,18 @@ Fraud (``is_fraud`` = 1, ``fraud_type`` names the pattern; about 0.4-0.7% of row
     ``velocity_burst``
         Many e-commerce transactions within minutes to an hour: card testing (tiny amounts) or
         a spending spree at a few online merchants.
+
+Delayed labels (:func:`labels_for`)
+    Nobody knows at scoring time which transactions are fraud: the truth arrives later, as label
+    events. Every fraudulent transaction gets an ``is_fraud=true`` label, from one of three
+    sources: ``customer_confirmed`` (the cardholder reacts to an alert or a statement line: hours
+    to two days), ``investigation`` (an analyst's verdict: one to five days) and ``chargeback``
+    (the dispute comes back through the card network: lognormal, up to several weeks), with
+    the chargeback delays set so that the median fraud label delay is ``label_delay_days``.
+    A share ``legit_label_share`` of genuine transactions gets an ``is_fraud=false`` label from an
+    ``investigation`` (one to five days); the others are never labelled, as in real life. Labels
+    come from their own random stream derived from the seed, so they never change the
+    transactions, and a row's label depends only on the seed and the row's position.
 """
 
 from __future__ import annotations
@@ -60,20 +72,26 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
+from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
 
+from model.features import parse_offsets_minutes
 from model.schemas import CHANNELS, MERCHANT_CATEGORIES, WIRE_FIELDS
 
 __all__ = [
     "COLUMNS",
+    "CSV_LABEL_COLUMNS",
     "FRAUD_TYPES",
+    "LABEL_COLUMNS",
     "WIRE_FIELDS",
     "SimConfig",
     "config_for_rows",
     "generate",
     "iter_transactions",
+    "labels_for",
+    "with_label_columns",
 ]
 
 #: Fraud patterns, in code order (code 0 is legitimate and is written as "").
@@ -97,6 +115,19 @@ COLUMNS: tuple[str, ...] = (
     "is_fraud",
     "fraud_type",
 )
+#: Columns of :func:`labels_for`, in order: the label contract's fields (``model.schemas.Label``).
+LABEL_COLUMNS: tuple[str, ...] = (
+    "transaction_id",
+    "card_id",
+    "merchant_id",
+    "is_fraud",
+    "timestamp",
+    "labelled_at",
+    "source",
+)
+#: Columns :func:`with_label_columns` adds to a CSV: when the row's label became known and its source
+#: (both empty for a row that never gets a label).
+CSV_LABEL_COLUMNS: tuple[str, ...] = ("labelled_at", "label_source")
 
 _LEGIT, _CM, _CC, _AO, _VB = 0, 1, 2, 3, 4
 _DAY = 86_400.0
@@ -209,6 +240,12 @@ class SimConfig:
     velocity_testing_share: float = 0.4
     velocity_night_share: float = 0.3
 
+    # --- delayed labels (:func:`labels_for`) -----------------------------------------------------
+    # Median delay, in days, between a fraudulent transaction and its label becoming known.
+    label_delay_days: float = 7.0
+    # Share of genuine transactions that get an is_fraud=false label (source "investigation").
+    legit_label_share: float = 0.05
+
     def __post_init__(self) -> None:
         if self.n_cards < 1 or self.n_merchants < 1:
             raise ValueError("n_cards and n_merchants must be >= 1")
@@ -226,6 +263,8 @@ class SimConfig:
                 raise ValueError(f"{f.name} must be in [0, 1], got {value}")
             if isinstance(value, float) and (value < 0 or not math.isfinite(value)):
                 raise ValueError(f"{f.name} must be finite and >= 0, got {value}")
+        if not self.label_delay_days > 0:
+            raise ValueError("label_delay_days must be > 0")
         if self.card_burst_ecommerce_share + self.card_burst_atm_share > 1.0:
             raise ValueError("card_burst_ecommerce_share + card_burst_atm_share must be <= 1")
 
@@ -836,6 +875,104 @@ def generate(config: SimConfig) -> pd.DataFrame:
         columns=list(COLUMNS),
     )
     return frame
+
+
+# Label sources of fraud and their shares. Customer confirmations: lognormal around 12 hours
+# within [1 h, 2 days]; investigations: uniform in 1-5 days; chargebacks: lognormal with sigma
+# _CHARGEBACK_SIGMA (median solved from label_delay_days), at most _CHARGEBACK_MAX_DAYS.
+_FRAUD_SOURCES: tuple[str, ...] = ("customer_confirmed", "investigation", "chargeback")
+_FRAUD_SOURCE_SHARES = np.array([0.2, 0.2, 0.6])
+_CONFIRM_MEDIAN_S, _CONFIRM_SIGMA, _CONFIRM_MIN_S, _CONFIRM_MAX_S = 12 * _HOUR, 0.8, _HOUR, 2 * _DAY
+_INVESTIGATION_MIN_S, _INVESTIGATION_MAX_S = 1 * _DAY, 5 * _DAY
+_CHARGEBACK_SIGMA = 0.5
+_CHARGEBACK_MAX_DAYS = 120.0  # the usual card-network dispute window
+#: Mixed into the seed for the labels' random stream (the transactions use the seed alone).
+_LABEL_STREAM = 0x1ABE1
+
+
+def _chargeback_median_s(label_delay_days: float) -> float:
+    """The chargeback delay median (seconds) that makes the median fraud label delay ``label_delay_days``.
+
+    The fraud delay distribution is the mixture of the three sources; solving
+    ``P(delay <= D) = 1/2`` for the chargeback lognormal's median is closed-form, and always
+    possible because the other sources hold less than half the mass.
+    """
+    normal = NormalDist()
+    d = label_delay_days * _DAY
+    if d < _CONFIRM_MIN_S:
+        confirm = 0.0
+    elif d >= _CONFIRM_MAX_S:
+        confirm = 1.0
+    else:
+        confirm = normal.cdf(math.log(d / _CONFIRM_MEDIAN_S) / _CONFIRM_SIGMA)
+    span = _INVESTIGATION_MAX_S - _INVESTIGATION_MIN_S
+    investigation = min(max((d - _INVESTIGATION_MIN_S) / span, 0.0), 1.0)
+    a, b, c = _FRAUD_SOURCE_SHARES
+    needed = (0.5 - a * confirm - b * investigation) / c  # in (0, 1): a + b < 1/2
+    return d * math.exp(-_CHARGEBACK_SIGMA * normal.inv_cdf(needed))
+
+
+def labels_for(frame: pd.DataFrame, config: SimConfig) -> pd.DataFrame:
+    """The label events a live system would receive for ``frame``'s transactions, by ``labelled_at``.
+
+    ``frame`` has at least ``transaction_id, timestamp, card_id, merchant_id, is_fraud`` (as from
+    :func:`generate`). Every fraud row gets an ``is_fraud=True`` label; about ``legit_label_share``
+    of the genuine rows get an ``is_fraud=False`` one (see the module docstring for sources and
+    delays). Columns are :data:`LABEL_COLUMNS`: ``timestamp`` is the transaction's own string and
+    ``labelled_at`` is written in the same UTC offset. Sorted by the instant ``labelled_at``
+    denotes (stable: ties keep row order); labels falling after the simulated window are kept.
+    Deterministic: a row's label depends only on ``config.seed``, the row's position and the
+    label settings, never on the other rows, so a prefix of ``frame`` gets a prefix of the labels.
+    """
+    n = len(frame)
+    # One row of uniforms per transaction: the i-th row of the matrix does not depend on n.
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([config.seed, _LABEL_STREAM])))
+    u = rng.random((n, 4))
+    fraud = frame["is_fraud"].to_numpy().astype(bool)
+    labelled = fraud | (u[:, 0] < config.legit_label_share)
+    source = np.searchsorted(np.cumsum(_FRAUD_SOURCE_SHARES), u[:, 1] * _FRAUD_SOURCE_SHARES.sum(), side="right")
+    source = np.where(fraud, np.minimum(source, len(_FRAUD_SOURCES) - 1), _FRAUD_SOURCES.index("investigation"))
+    # A standard normal per row (Box-Muller on two of the row's uniforms).
+    z = np.sqrt(-2.0 * np.log1p(-u[:, 2])) * np.cos(2.0 * math.pi * u[:, 3])
+    confirm = np.clip(_CONFIRM_MEDIAN_S * np.exp(_CONFIRM_SIGMA * z), _CONFIRM_MIN_S, _CONFIRM_MAX_S)
+    investigation = _INVESTIGATION_MIN_S + u[:, 2] * (_INVESTIGATION_MAX_S - _INVESTIGATION_MIN_S)
+    chargeback = np.minimum(
+        _chargeback_median_s(config.label_delay_days) * np.exp(_CHARGEBACK_SIGMA * z), _CHARGEBACK_MAX_DAYS * _DAY
+    )
+    delay_s = np.choose(source, [confirm, investigation, chargeback])
+
+    rows = frame.loc[labelled]
+    ts = pd.to_datetime(rows["timestamp"], utc=True, format="ISO8601")
+    ts_ms = ((ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)).to_numpy(dtype=np.int64)
+    labelled_ms = ts_ms + np.rint(delay_s[labelled] * 1000.0).astype(np.int64)
+    offset_min = parse_offsets_minutes(rows["timestamp"]) if len(rows) else np.zeros(0, np.int64)
+    local = (labelled_ms + offset_min * 60_000).astype("datetime64[ms]")
+    zone = np.array([_format_offset(m / 60.0) for m in offset_min], dtype=object)
+    labelled_at = np.char.add(np.datetime_as_string(local, unit="us"), zone.astype(str)) if len(rows) else zone
+    out = pd.DataFrame(
+        {
+            "transaction_id": rows["transaction_id"].to_numpy(dtype=object),
+            "card_id": rows["card_id"].to_numpy(dtype=object),
+            "merchant_id": rows["merchant_id"].to_numpy(dtype=object),
+            "is_fraud": fraud[labelled],
+            "timestamp": rows["timestamp"].to_numpy(dtype=object),
+            "labelled_at": np.asarray(labelled_at).astype(object),
+            "source": np.array(_FRAUD_SOURCES, dtype=object)[source[labelled]],
+        },
+        columns=list(LABEL_COLUMNS),
+    )
+    order = np.argsort(labelled_ms, kind="stable")
+    return out.iloc[order].reset_index(drop=True)
+
+
+def with_label_columns(frame: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` plus :data:`CSV_LABEL_COLUMNS`: each row's ``labelled_at`` and ``label_source`` from
+    ``labels`` (as from :func:`labels_for`), empty strings for rows without a label."""
+    out = frame.copy()
+    by_id = labels.set_index("transaction_id")
+    out["labelled_at"] = out["transaction_id"].map(by_id["labelled_at"]).fillna("").astype(object)
+    out["label_source"] = out["transaction_id"].map(by_id["source"]).fillna("").astype(object)
+    return out
 
 
 def _names(prefix: str, n: int, width: int) -> np.ndarray:

@@ -1,19 +1,26 @@
 # ruff: noqa: S101
+from dataclasses import replace
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from model.schemas import CHANNELS, MERCHANT_CATEGORIES, Transaction
+from model.dataset import load_csv
+from model.schemas import CHANNELS, MERCHANT_CATEGORIES, Label, Transaction
 from producers.synthetic import (
     COLUMNS,
+    CSV_LABEL_COLUMNS,
     FRAUD_TYPES,
+    LABEL_COLUMNS,
     WIRE_FIELDS,
     SimConfig,
     config_for_rows,
     generate,
     iter_transactions,
+    labels_for,
+    with_label_columns,
 )
 
 DEFAULT = SimConfig()
@@ -182,5 +189,134 @@ def test_start_in_another_zone_and_tiny_runs() -> None:
     ],
 )
 def test_invalid_config_is_rejected(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        SimConfig(**kwargs)
+
+
+# --- delayed labels ------------------------------------------------------------------------
+
+
+def _delay_days(labels: pd.DataFrame) -> pd.Series:
+    ts = pd.to_datetime(labels["timestamp"], utc=True, format="ISO8601")
+    known = pd.to_datetime(labels["labelled_at"], utc=True, format="ISO8601")
+    return (known - ts).dt.total_seconds() / 86_400
+
+
+@pytest.fixture(scope="module")
+def labels(frame: pd.DataFrame) -> pd.DataFrame:
+    return labels_for(frame, DEFAULT)
+
+
+def test_label_settings_never_change_the_transactions() -> None:
+    other = replace(SMALL, label_delay_days=2.0, legit_label_share=0.5)
+    a = generate(SMALL)
+    labels_for(a, SMALL)
+    pd.testing.assert_frame_equal(a, generate(other))
+    pd.testing.assert_frame_equal(a, generate(SMALL))
+
+
+def test_every_fraud_is_labelled_and_some_genuine_rows_are(frame: pd.DataFrame, labels: pd.DataFrame) -> None:
+    assert list(labels.columns) == list(LABEL_COLUMNS)
+    assert labels["transaction_id"].is_unique
+    fraud_ids = set(frame.loc[frame["is_fraud"] == 1, "transaction_id"])
+    assert set(labels.loc[labels["is_fraud"], "transaction_id"]) == fraud_ids
+    genuine = labels.loc[~labels["is_fraud"]]
+    assert set(genuine["source"]) == {"investigation"}
+    assert not set(genuine["transaction_id"]) & fraud_ids
+    n_genuine = int((frame["is_fraud"] == 0).sum())
+    share = len(genuine) / n_genuine
+    sd = (DEFAULT.legit_label_share * (1 - DEFAULT.legit_label_share) / n_genuine) ** 0.5
+    assert abs(share - DEFAULT.legit_label_share) < 5 * sd
+    # Each label names its transaction's own card, merchant and timestamp.
+    joined = labels.merge(frame, on="transaction_id", suffixes=("", "_tx"))
+    assert len(joined) == len(labels)
+    for c in ("card_id", "merchant_id", "timestamp"):
+        assert (joined[c] == joined[f"{c}_tx"]).all(), c
+    assert (joined["is_fraud"] == (joined["is_fraud_tx"] == 1)).all()
+
+
+def test_labels_follow_the_contract_and_come_in_labelled_at_order(labels: pd.DataFrame) -> None:
+    known = pd.to_datetime(labels["labelled_at"], utc=True, format="ISO8601")
+    assert known.is_monotonic_increasing
+    assert (_delay_days(labels) >= 0).all()
+    # labelled_at is written in the transaction's own offset.
+    assert (labels["labelled_at"].str.slice(-6) == labels["timestamp"].str.slice(-6)).all()
+    for row in labels.sample(500, random_state=1).to_dict("records"):
+        label = Label.model_validate(row)
+        assert label.labelled_at >= label.timestamp
+        assert type(row["is_fraud"]) is bool
+
+
+def test_label_delays_are_realistic_per_source(labels: pd.DataFrame) -> None:
+    delay = _delay_days(labels)
+    fraud = labels["is_fraud"]
+    sources = labels.loc[fraud, "source"].value_counts(normalize=True)
+    assert set(sources.index) == {"customer_confirmed", "investigation", "chargeback"}
+    assert sources["chargeback"] > 0.4 and sources["customer_confirmed"] > 0.1 and sources["investigation"] > 0.1
+    by_source = delay.groupby([fraud, labels["source"]])
+    confirmed, investigated = (
+        by_source.get_group((True, "customer_confirmed")),
+        delay[labels["source"] == "investigation"],
+    )
+    assert confirmed.min() >= 1 / 24 - 1e-6 and confirmed.max() <= 2 + 1e-6
+    assert confirmed.median() < 1  # hours, not days
+    assert investigated.min() >= 1 - 1e-6 and investigated.max() <= 5 + 1e-6
+    chargeback = by_source.get_group((True, "chargeback"))
+    assert chargeback.median() > DEFAULT.label_delay_days
+    assert chargeback.max() > 21 and chargeback.max() <= 120  # a tail of several weeks
+    # The median fraud label arrives about label_delay_days after the transaction.
+    assert abs(delay[fraud].median() - DEFAULT.label_delay_days) < 1.5
+
+
+@pytest.mark.parametrize("days", [0.5, 2.0, 7.0, 20.0])
+def test_median_fraud_label_delay_is_label_delay_days(frame: pd.DataFrame, days: float) -> None:
+    # Every row labelled fraud: over 100k delays, the sample median is tight.
+    all_fraud = frame.assign(is_fraud=1)
+    delay = _delay_days(labels_for(all_fraud, replace(DEFAULT, label_delay_days=days)))
+    assert len(delay) == len(frame)
+    assert delay.median() == pytest.approx(days, rel=0.03)
+
+
+def test_labels_are_deterministic_and_prefix_stable(frame: pd.DataFrame, labels: pd.DataFrame) -> None:
+    pd.testing.assert_frame_equal(labels_for(frame, DEFAULT), labels)
+    # A row's label depends on the seed and its position only: a prefix gets the prefix's labels.
+    head = frame.iloc[:20_000]
+    expected = labels.loc[labels["transaction_id"].isin(head["transaction_id"])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(labels_for(head, DEFAULT), expected)
+    other = labels_for(frame, replace(DEFAULT, seed=8))
+    assert not other["labelled_at"].equals(labels["labelled_at"])
+
+
+def test_csv_label_columns_round_trip_through_the_loader(
+    frame: pd.DataFrame, labels: pd.DataFrame, tmp_path: Path
+) -> None:
+    out = with_label_columns(frame, labels)
+    assert list(out.columns) == [*COLUMNS, *CSV_LABEL_COLUMNS]
+    pd.testing.assert_frame_equal(out[list(COLUMNS)], frame)
+    has = out["labelled_at"] != ""
+    assert has.sum() == len(labels)
+    assert (out.loc[has, "label_source"] != "").all() and (out.loc[~has, "label_source"] == "").all()
+    assert (out.loc[out["is_fraud"] == 1, "labelled_at"] != "").all()
+    by_id = labels.set_index("transaction_id")
+    sample = out.loc[has].sample(200, random_state=2)
+    assert (sample["labelled_at"].to_numpy() == by_id.loc[sample["transaction_id"], "labelled_at"].to_numpy()).all()
+    assert (sample["label_source"].to_numpy() == by_id.loc[sample["transaction_id"], "source"].to_numpy()).all()
+    # The training loader reads such a file without excluding any row.
+    path = tmp_path / "labelled.csv"
+    out.to_csv(path, index=False)
+    back = pd.read_csv(path, dtype=str, keep_default_na=False)
+    assert back["labelled_at"].tolist() == out["labelled_at"].tolist()
+    dataset = load_csv(path, strict=True)
+    assert len(dataset.frame) == len(frame)
+
+
+def test_tiny_and_empty_frames_get_labels() -> None:
+    empty = generate(SimConfig(n_cards=1, n_merchants=1, days=0.001))
+    assert list(labels_for(empty, DEFAULT).columns) == list(LABEL_COLUMNS)
+    assert labels_for(empty.iloc[:0], DEFAULT).empty
+
+
+@pytest.mark.parametrize("kwargs", [{"label_delay_days": 0.0}, {"label_delay_days": -1.0}, {"legit_label_share": 1.5}])
+def test_invalid_label_settings_are_rejected(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         SimConfig(**kwargs)
