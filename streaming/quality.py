@@ -1,0 +1,466 @@
+"""Live model quality: decisions joined to the labels that arrive later, by transaction_id.
+
+``QualityTracker`` is the pure-Python join the worker runs on its event loop: it keeps the
+latest decision per transaction (bounded), joins each label event to it (labels that come
+first wait, bounded the same way), and keeps running counts of labelled decisions per
+``(model_version, decision, is_fraud)``. Precision and recall at each threshold follow from
+those counts:
+
+- ``review`` threshold: a decision is flagged when it is ``review`` or ``block``;
+- ``block`` threshold: flagged when it is ``block``.
+
+Precision = flagged labelled fraud / flagged labelled (None when nothing flagged is labelled);
+recall = flagged labelled fraud / labelled fraud (None when no labelled decision is fraud).
+Only labelled decisions count: the precision and recall are those of the labelled sample,
+which is biased towards whatever gets investigated (flagged transactions, chargebacks).
+
+``read_quality`` computes the same from the topics over an event-time range (``fraud
+quality``); ``format_quality`` renders its report as a table.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, TIMESTAMP_NOT_AVAILABLE, KafkaError, Message, TopicPartition
+
+from model.errors import UpstreamUnavailableError
+from model.features import epoch_ms
+from streaming import kafka
+from streaming.settings import KafkaSettings
+from streaming.validation import Rejected, check_label_record, parse_label
+
+log = logging.getLogger(__name__)
+
+OUTCOMES: tuple[str, ...] = ("allow", "review", "block")
+_OUTCOME = {o: o for o in OUTCOMES}
+#: Threshold name -> the decisions that are flagged at it.
+THRESHOLDS: dict[str, tuple[str, ...]] = {"review": ("review", "block"), "block": ("block",)}
+
+#: Key of the running counts: (model_version, decision, is_fraud).
+CountKey = tuple[str, str, bool]
+
+
+class _Entry:
+    """A retained decision and the latest label joined to it (None: not labelled yet)."""
+
+    __slots__ = ("model_version", "decision", "score", "event_ms", "label")
+
+    def __init__(self, model_version: str, decision: str, score: float, event_ms: int, label: bool | None) -> None:
+        self.model_version = model_version
+        self.decision = decision
+        self.score = score
+        self.event_ms = event_ms
+        self.label = label
+
+
+class QualityTracker:
+    """Join of decisions and labels by transaction_id, with running counts per model version.
+
+    - ``add_decision`` keeps the latest decision per transaction id (a redelivered or re-scored
+      decision replaces the earlier one, and moves its label's count if it was labelled).
+      At most ``max_decisions`` are retained (``None``: unbounded); the oldest are evicted
+      first and counted in ``evicted_decisions``.
+    - ``add_label`` joins a label to its retained decision. A transaction counts once: a later
+      label for it replaces the earlier one and the counts move accordingly. A label whose
+      decision is not retained waits in a pending set (latest label per transaction, bounded
+      by ``max_pending``, default ``max_decisions``; ``evicted_labels`` counts what fell out)
+      and is joined when the decision arrives.
+    - Counts are cumulative over the tracker's life: evicting a labelled decision keeps its
+      count. A label for an evicted decision cannot be joined any more (it waits as pending),
+      so a relabel arriving after eviction does not move the counts, and a decision
+      redelivered after eviction is a new decision.
+
+    Every method is O(1) per event except ``summary``, ``counts`` and ``labelled`` (O(model
+    versions)). A retained decision costs about 350 bytes with its id (~70 MB at the default
+    bound). Not thread-safe: call it from one thread (the worker's event loop).
+    """
+
+    def __init__(self, max_decisions: int | None = 200_000, max_pending: int | None = -1) -> None:
+        if max_decisions is not None and max_decisions < 1:
+            raise ValueError("max_decisions must be >= 1 (or None for unbounded)")
+        self.max_decisions = max_decisions
+        #: -1 (default): the same bound as decisions.
+        self.max_pending = max_decisions if max_pending == -1 else max_pending
+        if self.max_pending is not None and self.max_pending < 0:
+            raise ValueError("max_pending must be >= 0 (or None for unbounded)")
+        self._decisions: OrderedDict[str, _Entry] = OrderedDict()
+        self._pending: OrderedDict[str, bool] = OrderedDict()
+        self._counts: dict[CountKey, int] = {}
+        self._decided: dict[str, int] = {}  # decisions seen per model version
+        self._changed: set[CountKey] = set()
+        self._interned: dict[str, str] = {}  # one string object per model version
+        self.evicted_decisions = 0
+        self.evicted_labels = 0
+        self.late_joins = 0  # labels that waited for their decision
+
+    # --- events --------------------------------------------------------------------------------
+
+    def add_decision(self, transaction_id: str, model_version: str, decision: str, score: float, event_ms: int) -> None:
+        canonical = _OUTCOME.get(decision)
+        if canonical is None:
+            raise ValueError(f"decision must be one of {OUTCOMES}, got {decision!r}")
+        decision = canonical  # one string object per outcome, not one per retained decision
+        model_version = self._interned.setdefault(model_version, model_version)
+        old = self._decisions.pop(transaction_id, None)
+        label = None
+        if old is not None:
+            label = old.label
+            self._decided[old.model_version] -= 1
+            if label is not None:
+                self._bump(old.model_version, old.decision, label, -1)
+        pending = self._pending.pop(transaction_id, None)
+        if pending is not None:
+            label = pending
+            self.late_joins += 1
+        self._decisions[transaction_id] = _Entry(model_version, decision, score, event_ms, label)
+        self._decided[model_version] = self._decided.get(model_version, 0) + 1
+        if label is not None:
+            self._bump(model_version, decision, label, +1)
+        if self.max_decisions is not None:
+            while len(self._decisions) > self.max_decisions:
+                self._decisions.popitem(last=False)
+                self.evicted_decisions += 1
+
+    def add_label(self, transaction_id: str, is_fraud: bool) -> bool:
+        """Join a label; True when it joined a retained decision, False when it waits for one."""
+        is_fraud = bool(is_fraud)
+        entry = self._decisions.get(transaction_id)
+        if entry is None:
+            if self.max_pending == 0:
+                self.evicted_labels += 1
+                return False
+            self._pending[transaction_id] = is_fraud
+            self._pending.move_to_end(transaction_id)
+            if self.max_pending is not None:
+                while len(self._pending) > self.max_pending:
+                    self._pending.popitem(last=False)
+                    self.evicted_labels += 1
+            return False
+        if entry.label is not is_fraud:
+            if entry.label is not None:
+                self._bump(entry.model_version, entry.decision, entry.label, -1)
+            entry.label = is_fraud
+            self._bump(entry.model_version, entry.decision, is_fraud, +1)
+        return True
+
+    def _bump(self, model_version: str, decision: str, is_fraud: bool, delta: int) -> None:
+        key = (model_version, decision, is_fraud)
+        self._counts[key] = self._counts.get(key, 0) + delta
+        self._changed.add(key)
+
+    # --- reading -------------------------------------------------------------------------------
+
+    @property
+    def retained_decisions(self) -> int:
+        return len(self._decisions)
+
+    @property
+    def pending_labels(self) -> int:
+        return len(self._pending)
+
+    @property
+    def labelled(self) -> int:
+        """Labelled decisions (each transaction once), all model versions."""
+        return sum(self._counts.values())
+
+    def counts(self) -> dict[CountKey, int]:
+        """Current labelled-decision counts per (model_version, decision, is_fraud).
+
+        Values can go down (a relabel moves a transaction from one key to another), so export
+        them as gauges, not counters.
+        """
+        return dict(self._counts)
+
+    def changed_counts(self) -> dict[CountKey, int]:
+        """Current values of the counts that changed since the previous call (and forget them):
+        what an exporter sets on its gauges after each label, without walking every key."""
+        out = {key: self._counts[key] for key in self._changed}
+        self._changed.clear()
+        return out
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """Per model version: decisions, labelled, labelled_fraud and, per threshold, the
+        labelled flagged decisions, true positives, precision and recall."""
+        versions = {**dict.fromkeys(self._decided), **dict.fromkeys(mv for mv, _, _ in self._counts)}
+        out: dict[str, dict[str, Any]] = {}
+        for mv in sorted(versions):
+
+            def n(decision: str, is_fraud: bool, mv: str = mv) -> int:
+                return self._counts.get((mv, decision, is_fraud), 0)
+
+            fraud = sum(n(d, True) for d in OUTCOMES)
+            labelled = fraud + sum(n(d, False) for d in OUTCOMES)
+            thresholds = {}
+            for name, flagged_as in THRESHOLDS.items():
+                tp = sum(n(d, True) for d in flagged_as)
+                flagged = tp + sum(n(d, False) for d in flagged_as)
+                thresholds[name] = {
+                    "flagged_labelled": flagged,
+                    "true_positives": tp,
+                    "precision": tp / flagged if flagged else None,
+                    "recall": tp / fraud if fraud else None,
+                }
+            out[mv] = {
+                "decisions": self._decided.get(mv, 0),
+                "labelled": labelled,
+                "labelled_fraud": fraud,
+                "thresholds": thresholds,
+            }
+        return out
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "retained_decisions": self.retained_decisions,
+            "pending_labels": self.pending_labels,
+            "evicted_decisions": self.evicted_decisions,
+            "evicted_labels": self.evicted_labels,
+            "late_joins": self.late_joins,
+        }
+
+
+# --- reading the topics ------------------------------------------------------------------------
+
+
+def parse_decision(raw: bytes | None) -> tuple[str, str, str, float, int] | None:
+    """(transaction_id, model_version, decision, score, event_ms) of a decision record, or None
+    when it is not a usable decision. Only the fields the join needs are checked."""
+    if raw is None:
+        return None
+    try:
+        d = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(d, dict):
+        return None
+    tx, mv, decision, score, ts = (
+        d.get("transaction_id"),
+        d.get("model_version"),
+        d.get("decision"),
+        d.get("score"),
+        d.get("event_timestamp"),
+    )
+    if not (isinstance(tx, str) and tx and isinstance(mv, str) and mv and decision in OUTCOMES):
+        return None
+    if isinstance(score, bool) or not isinstance(score, int | float) or not isinstance(ts, str):
+        return None
+    try:
+        when = datetime.fromisoformat(ts)
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        return None
+    return tx, mv, str(decision), float(score), epoch_ms(when)
+
+
+def _iso(ms: int | None) -> str | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC).isoformat()
+
+
+def read_quality(
+    settings: KafkaSettings,
+    start_ms: int | None,
+    end_ms: int | None,
+    timeout_s: float = 30.0,
+    idle_s: float = 2.0,
+) -> dict[str, Any]:
+    """Model quality from the decisions and labels topics, for decisions whose
+    ``event_timestamp`` is in ``[start_ms, end_ms)`` (epoch ms; None: open).
+
+    Both topics are read from the beginning up to their high watermarks queried at the call
+    (an assigned consumer, no group membership, nothing committed). Labels are not filtered by
+    time: a label for a decision in range counts whenever it arrived before the call.
+    Malformed records are skipped and counted: decisions without a usable transaction_id,
+    model_version, decision, score or zoned event_timestamp; labels the worker would
+    dead-letter (``parse_label`` / ``check_label_record``, key must be the card_id).
+
+    The embedded broker (tansu 0.6.0) reports a partition's high watermark as its last record
+    batch's base offset + 1, so the watermark can sit short of the real end when the producer
+    batched records. Once every partition reached its watermark, reading therefore goes on until
+    no record came for ``idle_s`` seconds; past the watermark, a partition stops at the first
+    record whose Kafka timestamp (the producer's clock, with CreateTime) is later than the call
+    (written after it: excluded), so live traffic neither extends the read nor enters the
+    report. On Apache Kafka the watermarks are exact and this costs at most ``idle_s``.
+
+    Raises ``UpstreamUnavailableError`` when the watermarks are not reached in ``timeout_s``
+    (a partial report would be wrong), ``ValueError`` when a topic does not exist.
+    """
+    tracker = QualityTracker(max_decisions=None, max_pending=None)
+    records = {"decisions": 0, "labels": 0}
+    skipped = {"decisions": 0, "labels": 0}
+    in_range = 0
+
+    def on_decision(msg: Message) -> None:
+        nonlocal in_range
+        records["decisions"] += 1
+        parsed = parse_decision(msg.value())
+        if parsed is None:
+            skipped["decisions"] += 1
+            return
+        tx, mv, decision, score, event_ms = parsed
+        if (start_ms is not None and event_ms < start_ms) or (end_ms is not None and event_ms >= end_ms):
+            return
+        in_range += 1
+        tracker.add_decision(tx, mv, decision, score, event_ms)
+
+    def on_label(msg: Message) -> None:
+        records["labels"] += 1
+        label = parse_label(msg.value())
+        if not isinstance(label, Rejected):
+            label = check_label_record(label, msg.key()) or label
+        if isinstance(label, Rejected):
+            skipped["labels"] += 1
+            return
+        tracker.add_label(label.transaction_id, label.is_fraud)
+
+    beyond = _read_topics(
+        settings,
+        {settings.decisions_topic: on_decision, settings.labels_topic: on_label},
+        timeout_s=timeout_s,
+        idle_s=idle_s,
+    )
+    summary = tracker.summary()
+    return {
+        "range": {"from": _iso(start_ms), "to": _iso(end_ms), "from_ms": start_ms, "to_ms": end_ms},
+        "topics": {"decisions": settings.decisions_topic, "labels": settings.labels_topic},
+        "decisions": tracker.retained_decisions,
+        "decision_records_in_range": in_range,
+        "labels": records["labels"] - skipped["labels"],
+        "joined": tracker.labelled,
+        "records": records,
+        "skipped": skipped,
+        "records_beyond_watermark": beyond,
+        "by_model_version": summary,
+    }
+
+
+def _read_topics(
+    settings: KafkaSettings,
+    handlers: dict[str, Callable[[Message], None]],
+    timeout_s: float,
+    idle_s: float,
+) -> int:
+    """Feed every record of the topics, up to their ends at call time, to the topic's handler.
+    Returns how many records were read past the reported high watermarks (see read_quality)."""
+    cutoff_ms = int(time.time() * 1000)
+    deadline = time.monotonic() + timeout_s
+    consumer = kafka.consumer(settings, f"fraud-quality-{uuid.uuid4().hex[:12]}", **{"enable.auto.offset.store": False})
+    try:
+        highs: dict[tuple[str, int], int] = {}
+        assignment = []
+        for topic in handlers:
+            try:
+                meta = consumer.list_topics(topic, timeout=max(1.0, deadline - time.monotonic()))
+            except Exception as exc:
+                raise UpstreamUnavailableError(f"cannot read metadata of {topic}: {exc}") from exc
+            tmeta = meta.topics.get(topic)
+            if tmeta is None or tmeta.error is not None or not tmeta.partitions:
+                raise ValueError(f"topic {topic!r} does not exist (or has no partitions)")
+            for p in sorted(tmeta.partitions):
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, p), timeout=max(1.0, deadline - time.monotonic()), cached=False
+                )
+                if high > low:  # an empty partition has nothing to read at call time
+                    highs[(topic, p)] = high
+                    assignment.append(TopicPartition(topic, p, OFFSET_BEGINNING))
+        if not assignment:
+            return 0
+        consumer.assign(assignment)
+        below = set(highs)  # partitions not yet read up to their watermark
+        tails = set(highs)  # partitions that may still hold records written before the call
+        beyond = 0
+        last_record = time.monotonic()
+        while tails:
+            now = time.monotonic()
+            if below and now > deadline:
+                raise UpstreamUnavailableError(
+                    f"read_quality: {len(below)} partition(s) not read up to their end in {timeout_s} s: "
+                    + ", ".join(f"{t}[{p}]" for t, p in sorted(below))
+                )
+            if not below and (now - last_record >= idle_s or now > deadline):
+                break
+            for msg in consumer.consume(500, 0.2):
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise UpstreamUnavailableError(f"reading {msg.topic()}[{msg.partition()}]: {err}")
+                name, partition, offset = msg.topic(), msg.partition(), msg.offset()
+                if name is None or partition is None or offset is None:
+                    continue  # only error events lack them
+                key = (name, partition)
+                if key not in tails:
+                    continue  # paused after its end, fetched before the pause
+                if offset >= highs[key]:
+                    ts_type, ts = msg.timestamp()
+                    if ts_type != TIMESTAMP_NOT_AVAILABLE and ts > cutoff_ms:
+                        # Written after the call: this partition is done.
+                        tails.discard(key)
+                        consumer.pause([TopicPartition(name, partition)])
+                        continue
+                    beyond += 1
+                handlers[name](msg)
+                last_record = time.monotonic()
+                if offset + 1 >= highs[key]:
+                    below.discard(key)
+        if beyond:
+            log.info("read %d record(s) past the reported high watermarks (broker reports them short)", beyond)
+        return beyond
+    finally:
+        consumer.close()
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def format_quality(report: dict[str, Any]) -> str:
+    """The report as text: a header of what was read, then one row per model version and threshold."""
+    rng = report.get("range", {})
+    lines = [
+        f"decisions with event time in [{rng.get('from') or '-inf'}, {rng.get('to') or '+inf'})",
+        f"decisions: {report['decisions']}  labels: {report['labels']}  joined: {report['joined']}"
+        f"  skipped: {report['skipped']['decisions']} decision(s), {report['skipped']['labels']} label(s)",
+    ]
+    by_version = report["by_model_version"]
+    if not by_version:
+        lines.append("no decisions in range")
+        return "\n".join(lines)
+    header = ("model version", "threshold", "decisions", "labelled", "fraud", "flagged", "TP", "precision", "recall")
+    rows = []
+    for mv, s in by_version.items():
+        for name, t in s["thresholds"].items():
+            rows.append(
+                (
+                    mv,
+                    name,
+                    str(s["decisions"]),
+                    str(s["labelled"]),
+                    str(s["labelled_fraud"]),
+                    str(t["flagged_labelled"]),
+                    str(t["true_positives"]),
+                    _ratio(t["precision"]),
+                    _ratio(t["recall"]),
+                )
+            )
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def fmt(row: tuple[str, ...]) -> str:
+        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+
+    lines += ["", fmt(header), "  ".join("-" * w for w in widths), *map(fmt, rows)]
+    lines.append(
+        "flagged = labelled decisions at or above the threshold (review: review+block, block: block); "
+        "TP = flagged and fraud; precision and recall are over labelled decisions only"
+    )
+    return "\n".join(lines)
