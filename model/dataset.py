@@ -1,7 +1,9 @@
 """Reading labelled transaction CSVs for training and evaluation.
 
 Contract: required columns ``transaction_id, timestamp, card_id, merchant_id, amount, is_fraud``;
-optional ``currency, merchant_category, channel, country``; anything else is ignored. Every row
+optional ``currency, merchant_category, channel, country`` and ``labelled_at`` (when the row's
+label became known, ISO-8601 with a zone, not before ``timestamp``; empty if unknown); anything
+else is ignored. Every row
 that breaks the wire contract is excluded and counted by reason with its line numbers, so the
 caller can report it (or refuse the file with ``strict``); nothing is dropped silently.
 """
@@ -18,7 +20,7 @@ from model.features import CANONICAL_COLUMNS, parse_offsets_minutes
 from model.schemas import CHANNELS, ID_PATTERN, MAX_AMOUNT
 
 REQUIRED_COLUMNS = ("transaction_id", "timestamp", "card_id", "merchant_id", "amount", "is_fraud")
-OPTIONAL_COLUMNS = ("currency", "merchant_category", "channel", "country")
+OPTIONAL_COLUMNS = ("currency", "merchant_category", "channel", "country", "labelled_at")
 _EXAMPLES_PER_REASON = 5
 _EPOCH = pd.Timestamp(0, tz="UTC")
 
@@ -116,6 +118,14 @@ def validate_frame(raw: pd.DataFrame, *, first_line: int = 2) -> Dataset:
         reject("bad_amount", ~np.isfinite(amount) | ~(amount > 0) | (amount > MAX_AMOUNT))
     label = raw["is_fraud"].str.lower().map({"0": 0, "1": 1, "true": 1, "false": 0, "0.0": 0, "1.0": 1})
     reject("bad_is_fraud", label.isna().to_numpy())
+    labelled = pd.to_datetime(raw["labelled_at"].replace("", None), utc=True, errors="coerce", format="ISO8601")
+    given = (raw["labelled_at"] != "").to_numpy()
+    labelled_zone = raw["labelled_at"].str.contains(r"(?:[Zz]|[+-]\d{2}:?\d{2})$", regex=True).to_numpy()
+    with np.errstate(invalid="ignore"):
+        reject(
+            "bad_labelled_at",
+            given & (labelled.isna().to_numpy() | ~labelled_zone | (labelled < ts).to_numpy(dtype=bool)),
+        )
     channel = raw["channel"].str.lower()
     reject("bad_channel", ~(channel.isin(CHANNELS) | (channel == "")).to_numpy())
     # Duplicates are judged among the rows still valid: a row whose only earlier twin was itself
@@ -141,6 +151,10 @@ def validate_frame(raw: pd.DataFrame, *, first_line: int = 2) -> Dataset:
             "country": good["country"].str.upper().to_numpy(),
             "timestamp": ts[ok].reset_index(drop=True),
             "is_fraud": label[ok].astype(np.int64).to_numpy(),
+            # When the label became known (ms since the epoch), -1 when the CSV does not say.
+            "labelled_ms": ((labelled[ok] - _EPOCH) // pd.Timedelta(milliseconds=1))
+            .fillna(-1)
+            .to_numpy(dtype=np.int64),
         }
     )
     # Stable sort keeps file order among equal timestamps, the order a replay would publish.

@@ -10,11 +10,21 @@ batch path.
 
 History aggregates are computed on integer cents so that sums are exact and independent of the
 order in which the two paths happened to add them up.
+
+Merchant risk and known-fraud features come from a :class:`RiskContext`: per-merchant daily
+transaction counts and the fraud labels known so far. A merchant window of W days is made of
+whole UTC days and ends :data:`MERCHANT_DELAY_DAYS` days before the scored transaction's day
+(with D that delay, a transaction on day d sees days d-D-W .. d-D-1): the other partitions'
+counts then have a day to arrive, and the model gets no half-finished day. A label counts only
+from the UTC day after it became known. Training builds the context from the
+whole CSV (each fraud label available at its ``labelled_at``, else at the transaction time plus
+an assumed reporting delay); the stream keeps the same counts and labels in its state.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -30,6 +40,16 @@ WINDOWS_MS: dict[str, int] = {"1h": HOUR_MS, "1d": DAY_MS, "7d": 7 * DAY_MS, "30
 HISTORY_SPAN_MS = max(WINDOWS_MS.values())
 #: Columns a history frame carries (what the worker stores per card).
 HISTORY_COLUMNS = ("transaction_id", "card_id", "merchant_id", "ts_ms", "amount")
+
+#: Merchant windows end this many whole UTC days before the scored transaction's day.
+MERCHANT_DELAY_DAYS = 1
+#: Merchant windows, in whole UTC days.
+MERCHANT_WINDOWS_DAYS: dict[str, int] = {"1d": 1, "7d": 7, "30d": 30}
+#: Whole days before its own day a transaction's merchant windows reach (the stream keeps these).
+MERCHANT_SPAN_DAYS = MERCHANT_DELAY_DAYS + max(MERCHANT_WINDOWS_DAYS.values())
+#: Columns of a risk context's frames.
+ACTIVITY_COLUMNS = ("merchant_id", "day", "count")
+FRAUD_LABEL_COLUMNS = ("transaction_id", "card_id", "merchant_id", "tx_day", "available_ms")
 
 CATEGORY_LEVELS = (*MERCHANT_CATEGORIES, "other")
 
@@ -47,7 +67,12 @@ FEATURE_NAMES: tuple[str, ...] = (
     "amount_to_card_mean_30d",
     "seconds_since_prev_card_tx",
     "card_merchant_count_30d",
+    *(f"merchant_tx_count_{w}" for w in MERCHANT_WINDOWS_DAYS),
+    *(f"merchant_fraud_rate_{w}" for w in MERCHANT_WINDOWS_DAYS),
+    "card_known_fraud",
 )
+#: The features that need labels or other cards' transactions (dropped by ``--without-merchant-risk``).
+MERCHANT_RISK_FEATURES: tuple[str, ...] = tuple(f for f in FEATURE_NAMES if f.startswith(("merchant_", "card_known_")))
 
 #: Stable reason codes, one per feature group; a decision's reasons are drawn from these.
 REASON_GROUPS: dict[str, tuple[str, ...]] = {
@@ -63,6 +88,9 @@ REASON_GROUPS: dict[str, tuple[str, ...]] = {
     "amount_unusual_for_card": ("amount_to_card_mean_30d",),
     "rapid_succession": ("seconds_since_prev_card_tx",),
     "new_merchant_for_card": ("card_merchant_count_30d",),
+    "merchant_activity_unusual": tuple(f"merchant_tx_count_{w}" for w in MERCHANT_WINDOWS_DAYS),
+    "merchant_recent_fraud_rate_high": tuple(f"merchant_fraud_rate_{w}" for w in MERCHANT_WINDOWS_DAYS),
+    "card_known_compromised": ("card_known_fraud",),
 }
 
 #: Columns of a canonical transaction frame, the input of :func:`compute_features`.
@@ -152,11 +180,73 @@ def _codes(queries: pd.Series | np.ndarray, history: pd.Series | np.ndarray) -> 
     return codes[: len(queries)], codes[len(queries) :], len(uniques)
 
 
-def compute_features(queries: pd.DataFrame, history: pd.DataFrame) -> np.ndarray:
+@dataclass(frozen=True)
+class RiskContext:
+    """What the merchant and label features read.
+
+    ``activity``: transactions per merchant and UTC day (:data:`ACTIVITY_COLUMNS`, one row per
+    merchant and day). ``fraud_labels``: one row per transaction confirmed as fraud
+    (:data:`FRAUD_LABEL_COLUMNS`; ``tx_day`` is the transaction's UTC day, ``available_ms`` when
+    the label became known).
+    """
+
+    activity: pd.DataFrame
+    fraud_labels: pd.DataFrame
+
+    @classmethod
+    def empty(cls) -> RiskContext:
+        return cls(
+            activity=pd.DataFrame({"merchant_id": [], "day": np.zeros(0, np.int64), "count": np.zeros(0, np.int64)}),
+            fraud_labels=pd.DataFrame(
+                {
+                    "transaction_id": [],
+                    "card_id": [],
+                    "merchant_id": [],
+                    "tx_day": np.zeros(0, np.int64),
+                    "available_ms": np.zeros(0, np.int64),
+                }
+            ),
+        )
+
+
+def risk_context_from_frame(frame: pd.DataFrame, assumed_delay_ms: int) -> RiskContext:
+    """The context of a labelled canonical frame (training, evaluation): every row counts as
+    merchant activity; fraud rows are labels, known at ``labelled_ms`` when the frame has it
+    (>= 0), else ``assumed_delay_ms`` after the transaction."""
+    day = frame["ts_ms"].to_numpy(dtype=np.int64) // DAY_MS
+    activity = (
+        pd.DataFrame({"merchant_id": frame["merchant_id"].to_numpy(), "day": day})
+        .groupby(["merchant_id", "day"], sort=False)
+        .size()
+        .rename("count")
+        .reset_index()
+    )
+    fraud = frame["is_fraud"].to_numpy() == 1
+    ts = frame["ts_ms"].to_numpy(dtype=np.int64)[fraud]
+    known = (
+        frame["labelled_ms"].to_numpy(dtype=np.int64)[fraud]
+        if "labelled_ms" in frame
+        else np.full(len(ts), -1, dtype=np.int64)
+    )
+    labels = pd.DataFrame(
+        {
+            "transaction_id": frame["transaction_id"].to_numpy()[fraud],
+            "card_id": frame["card_id"].to_numpy()[fraud],
+            "merchant_id": frame["merchant_id"].to_numpy()[fraud],
+            "tx_day": day[fraud],
+            "available_ms": np.where(known >= 0, known, ts + assumed_delay_ms),
+        }
+    )
+    return RiskContext(activity=activity, fraud_labels=labels)
+
+
+def compute_features(queries: pd.DataFrame, history: pd.DataFrame, risk: RiskContext | None = None) -> np.ndarray:
     """Feature matrix (rows of ``queries``, columns :data:`FEATURE_NAMES`) as float64.
 
     ``queries`` is a canonical frame; ``history`` has :data:`HISTORY_COLUMNS`. History rows must
     not repeat a transaction id; rows at or after a query's timestamp are ignored for it.
+    Without ``risk`` the merchant and label features are those of a merchant and card with no
+    known history (zero).
     """
     n = len(queries)
     out = np.zeros((n, len(FEATURE_NAMES)), dtype=np.float64)
@@ -186,7 +276,53 @@ def compute_features(queries: pd.DataFrame, history: pd.DataFrame) -> np.ndarray
     out[:, col["category_other"]] = ~known
 
     _history_features(queries, history, ts, amount, out, col)
+    if risk is not None:
+        _risk_features(queries, risk, ts, out, col)
     return out
+
+
+def _risk_features(
+    queries: pd.DataFrame, risk: RiskContext, ts: np.ndarray, out: np.ndarray, col: dict[str, int]
+) -> None:
+    # Per (merchant, day) of the queries: every query on that day sees the same windows.
+    q = pd.DataFrame({"merchant_id": queries["merchant_id"].to_numpy(), "day": ts // DAY_MS})
+    keys = q.drop_duplicates(ignore_index=True)
+    inverse = pd.MultiIndex.from_frame(keys).get_indexer(pd.MultiIndex.from_frame(q))
+
+    # Daily counts as running sums over (merchant, day) packed into one sorted int64 key.
+    act = risk.activity
+    q_m, a_m, _ = _codes(keys["merchant_id"], act["merchant_id"])
+    q_day = keys["day"].to_numpy(dtype=np.int64)
+    a_day = act["day"].to_numpy(dtype=np.int64)
+    origin = min(int(q_day.min()), int(a_day.min()) if len(a_day) else int(q_day.min())) - MERCHANT_SPAN_DAYS - 1
+    span = max(int(q_day.max()), int(a_day.max()) if len(a_day) else 0) - origin + 1
+    a_key = a_m.astype(np.int64) * span + (a_day - origin)
+    order = np.argsort(a_key, kind="stable")
+    a_key = a_key[order]
+    a_csum = np.concatenate(([0], np.cumsum(act["count"].to_numpy(dtype=np.int64)[order])))
+    q_end = q_m.astype(np.int64) * span + (q_day - MERCHANT_DELAY_DAYS - origin)  # exclusive
+    labels = risk.fraud_labels.drop_duplicates("transaction_id")
+    lab = keys.reset_index(names="key").merge(
+        labels.loc[labels["merchant_id"].isin(keys["merchant_id"])], on="merchant_id"
+    )
+    lab_age = lab["day"].to_numpy() - lab["tx_day"].to_numpy()
+    lab_known = lab["available_ms"].to_numpy() // DAY_MS < lab["day"].to_numpy()
+    for w, width in MERCHANT_WINDOWS_DAYS.items():
+        hi = np.searchsorted(a_key, q_end, side="left")
+        lo = np.searchsorted(a_key, q_end - width, side="left")
+        counts = (a_csum[hi] - a_csum[lo]).astype(np.float64)
+        lab_inside = lab_known & (lab_age > MERCHANT_DELAY_DAYS) & (lab_age <= MERCHANT_DELAY_DAYS + width)
+        frauds = np.bincount(lab["key"].to_numpy()[lab_inside], minlength=len(keys)).astype(np.float64)
+        # A label for a transaction the counts never saw (feedback on an unknown id) must not
+        # push the rate past 1.
+        rate = np.minimum(np.divide(frauds, counts, out=np.zeros(len(keys)), where=counts > 0), 1.0)
+        out[:, col[f"merchant_tx_count_{w}"]] = counts[inverse]
+        out[:, col[f"merchant_fraud_rate_{w}"]] = rate[inverse]
+
+    # The card's earliest fraud label known strictly before the transaction.
+    first_known = labels.groupby("card_id", sort=False)["available_ms"].min()
+    card_first = queries["card_id"].map(first_known).to_numpy(dtype=np.float64, na_value=np.inf)
+    out[:, col["card_known_fraud"]] = card_first < ts
 
 
 def _history_features(

@@ -17,7 +17,7 @@ from threadpoolctl import threadpool_limits
 
 from model.artifact import METADATA_FILE, MODEL_FILE, ModelArtifact, load_artifact
 from model.errors import ModelLoadError, ModelNotReadyError
-from model.features import FEATURE_NAMES, REASON_GROUPS, compute_features
+from model.features import DAY_MS, FEATURE_NAMES, REASON_GROUPS, RiskContext, compute_features
 from model.metrics import decide
 from model.schemas import Decision, Transaction
 
@@ -46,6 +46,12 @@ class Scorer:
         self.version = artifact.version
         self.thresholds = artifact.thresholds
         self._reference = artifact.reference
+        # Features a baseline model was trained without: always zero for it, as in training.
+        self._disabled = np.array(
+            [FEATURE_NAMES.index(n) for n in artifact.metadata.get("disabled_features", [])], dtype=np.int64
+        )
+        #: Reporting delay assumed for fraud rows of a CSV without ``labelled_at`` (evaluation).
+        self.label_delay_ms = round(float(artifact.metadata.get("label_delay_days", 7.0)) * DAY_MS)
 
     def self_check(self) -> None:
         """Refuse a model that loads but cannot score (say, built by an incompatible scikit-learn)."""
@@ -78,9 +84,11 @@ class Scorer:
             out.append([codes[j] for j in top if row[j] >= MIN_REASON_EFFECT])
         return out
 
-    def score_frame(self, queries: pd.DataFrame, history: pd.DataFrame) -> ScoredBatch:
-        """Score canonical ``queries`` against ``history``; reasons for review/block rows only."""
-        features = compute_features(queries, history)
+    def score_frame(self, queries: pd.DataFrame, history: pd.DataFrame, risk: RiskContext | None = None) -> ScoredBatch:
+        """Score canonical ``queries`` against ``history`` and ``risk``; reasons for review/block
+        rows only."""
+        features = compute_features(queries, history, risk)
+        features[:, self._disabled] = 0.0
         scores = self.predict(features) if len(features) else np.zeros(0)
         decisions = decide(scores, self.thresholds)
         flagged = np.flatnonzero(decisions != "allow")

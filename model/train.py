@@ -18,7 +18,14 @@ from sklearn.preprocessing import StandardScaler
 from model.artifact import save_artifact, sha256_file
 from model.dataset import DatasetError, load_csv, select_window
 from model.drift import build_reference
-from model.features import compute_features, history_from_frame
+from model.features import (
+    DAY_MS,
+    FEATURE_NAMES,
+    MERCHANT_RISK_FEATURES,
+    compute_features,
+    history_from_frame,
+    risk_context_from_frame,
+)
 from model.metrics import evaluation_report, pick_thresholds
 from model.plots import plot_confusion, plot_pr_curve
 
@@ -37,6 +44,11 @@ class TrainOptions:
     review_precision: float = 0.3
     seed: int = 7
     strict: bool = False
+    #: Reporting delay assumed for fraud rows whose CSV has no ``labelled_at``.
+    label_delay_days: float = 7.0
+    #: False trains without the merchant risk and known-fraud features (they are zeroed), the
+    #: baseline that shows what those features add.
+    merchant_risk: bool = True
 
 
 def build_estimator(model_type: ModelType, seed: int) -> HistGradientBoostingClassifier | Pipeline:
@@ -66,9 +78,15 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat()
 
 
-def features_for(frame: pd.DataFrame) -> np.ndarray:
-    """Point-in-time features for every row, each row's history being every earlier row."""
-    return compute_features(frame, history_from_frame(frame))
+def features_for(frame: pd.DataFrame, label_delay_days: float = 7.0) -> np.ndarray:
+    """Point-in-time features for every row: each row's history is every earlier row, and only
+    the fraud labels known before it count."""
+    risk = risk_context_from_frame(frame, round(label_delay_days * DAY_MS))
+    return compute_features(frame, history_from_frame(frame), risk)
+
+
+def disabled_columns(names: list[str] | tuple[str, ...]) -> np.ndarray:
+    return np.array([FEATURE_NAMES.index(n) for n in names], dtype=np.int64)
 
 
 def train(data: Path, out: Path, options: TrainOptions) -> dict[str, Any]:
@@ -78,7 +96,9 @@ def train(data: Path, out: Path, options: TrainOptions) -> dict[str, Any]:
         log.warning("%s: %s", data, dataset.invalid.summary())
     frame = dataset.frame
     # Rows before --train-from still count as history for the windows; they are not trained on.
-    features = features_for(frame)
+    features = features_for(frame, options.label_delay_days)
+    disabled = [] if options.merchant_risk else list(MERCHANT_RISK_FEATURES)
+    features[:, disabled_columns(disabled)] = 0.0
     ts = frame["ts_ms"].to_numpy()
     # Without --train-from every row trains, early ones with partial windows included: serving
     # sees such rows too (new cards, a worker whose state starts empty), and a model that never
@@ -143,6 +163,8 @@ def train(data: Path, out: Path, options: TrainOptions) -> dict[str, Any]:
         "reference_features": np.median(features[fit_mask], axis=0).tolist(),
         "drift_reference": build_reference(features[fit_mask], val_scores),
         "seed": options.seed,
+        "label_delay_days": options.label_delay_days,
+        "disabled_features": disabled,
     }
     meta = save_artifact(out, estimator, metadata)
     plot_pr_curve(y[val_mask], val_scores, thresholds, out / "pr_curve.png")

@@ -40,15 +40,24 @@ def consumer(settings: KafkaSettings, group_id: str, **overrides: Any) -> Consum
     return Consumer(conf)
 
 
-def ensure_topics(settings: KafkaSettings, names: Iterable[str], timeout: float = 30.0) -> list[str]:
-    """Create missing topics with the configured partitions; returns the names created."""
+def ensure_topics(
+    settings: KafkaSettings,
+    names: Iterable[str],
+    timeout: float = 30.0,
+    partitions: int | None = None,
+    config: dict[str, str] | None = None,
+) -> list[str]:
+    """Create missing topics (the configured partitions unless given); returns the names created."""
     admin = AdminClient(settings.confluent_config())
     existing = set(admin.list_topics(timeout=timeout).topics)
     wanted = [n for n in dict.fromkeys(names) if n not in existing]
     if not wanted:
         return []
     futures = admin.create_topics(
-        [NewTopic(n, settings.topic_partitions, settings.topic_replication_factor) for n in wanted],
+        [
+            NewTopic(n, partitions or settings.topic_partitions, settings.topic_replication_factor, config=config or {})
+            for n in wanted
+        ],
         operation_timeout=timeout,
     )
     created = []
@@ -56,7 +65,7 @@ def ensure_topics(settings: KafkaSettings, names: Iterable[str], timeout: float 
         try:
             fut.result(timeout=timeout)
             created.append(name)
-            log.info("created topic %s (%d partitions)", name, settings.topic_partitions)
+            log.info("created topic %s (%d partitions)", name, partitions or settings.topic_partitions)
         except KafkaException as exc:
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise

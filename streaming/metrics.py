@@ -91,8 +91,18 @@ class WorkerMetrics(ModelMetrics):
         self.drift_window = Gauge(
             "fraud_drift_window_transactions", "Transactions in the window the drift is computed over", registry=r
         )
+        self.labels = Counter("fraud_labels_total", "Valid label events applied, by verdict", ["is_fraud"], registry=r)
+        self.label_dead_letters = Counter(
+            "fraud_label_dead_letters_total",
+            "Label events sent to the labels dead-letter topic, by reason",
+            ["reason"],
+            registry=r,
+        )
         for reason in DLQ_REASONS:
             self.dead_letters.labels(reason=reason)
+            self.label_dead_letters.labels(reason=reason)
+        for verdict in ("true", "false"):
+            self.labels.labels(is_fraud=verdict)
         for outcome in ("allow", "review", "block"):
             self.decisions.labels(decision=outcome)
 

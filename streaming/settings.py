@@ -44,6 +44,8 @@ class KafkaSettings(BaseSettings):
     """Topic of label events (chargebacks, investigator verdicts), keyed by card_id."""
     labels_dlq_topic: str = "fraud-labels.dlq"
     """Dead-letter topic for label events that fail validation."""
+    merchant_risk_topic: str = "fraud-merchant-risk"
+    """Internal compacted topic: merchant daily counts and fraud labels, read by every worker and API."""
     topic_partitions: int = Field(default=4, ge=1)
     """Partitions for topics this project creates; the worker's table shards match it."""
     topic_replication_factor: int = Field(default=1, ge=1)

@@ -1,8 +1,10 @@
-"""Per-card history as the worker stores it: the last 30 days (plus grace) of transactions.
+"""Per-card state as the worker stores it: the last 30 days (plus grace) of transactions, and
+the card's confirmed fraud labels.
 
-A card's value in the table is a JSON object of parallel lists, sorted by time. Merging is
-idempotent by transaction id, so a transaction redelivered after a rebalance or a crash is
-never counted twice.
+A card's value in the table is a JSON object of parallel lists, sorted by time, plus ``lab``:
+``[transaction_id, merchant_id, tx_day, available_ms]`` per fraud label. Merging is idempotent
+by transaction id, so a transaction or label redelivered after a rebalance or a crash is never
+counted twice.
 """
 
 from __future__ import annotations
@@ -13,14 +15,34 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from model.features import HISTORY_COLUMNS, HISTORY_SPAN_MS
+from model.features import FRAUD_LABEL_COLUMNS, HISTORY_COLUMNS, HISTORY_SPAN_MS
 
 CardState = dict[str, list[Any]]
 _FIELDS = ("ids", "ts", "amt", "mer")
 
 
 def empty_state() -> CardState:
-    return {f: [] for f in _FIELDS}
+    return {**{f: [] for f in _FIELDS}, "lab": []}
+
+
+def with_fraud_label(
+    state: CardState | None, transaction_id: str, merchant_id: str, tx_day: int, available_ms: int
+) -> CardState:
+    """The state with this fraud label (an earlier availability wins for a repeated label)."""
+    state = dict(state or empty_state())
+    labels = {lab[0]: lab for lab in state.get("lab", [])}
+    old = labels.get(transaction_id)
+    if old is None or available_ms < old[3]:
+        labels[transaction_id] = [transaction_id, merchant_id, int(tx_day), int(available_ms)]
+    state["lab"] = sorted(labels.values(), key=lambda lab: (lab[3], lab[0]))
+    return state
+
+
+def labels_frame(states: Mapping[str, CardState | None]) -> pd.DataFrame:
+    """The cards' fraud labels as rows of ``model.features.FRAUD_LABEL_COLUMNS``."""
+    rows = [(lab[0], card, lab[1], lab[2], lab[3]) for card, st in states.items() if st for lab in st.get("lab", [])]
+    frame = pd.DataFrame(rows, columns=list(FRAUD_LABEL_COLUMNS))
+    return frame.astype({"tx_day": np.int64, "available_ms": np.int64})
 
 
 def history_frame(states: Mapping[str, CardState | None]) -> pd.DataFrame:
@@ -70,8 +92,9 @@ def merge(
         if row[0] not in known:
             known.add(row[0])
             entries.append(row)
+    labels = list((state or {}).get("lab", []))
     if not entries:
-        return empty_state()
+        return {**empty_state(), "lab": labels}
     entries.sort(key=lambda e: e[1])  # stable: equal timestamps keep arrival order
     horizon = entries[-1][1] - HISTORY_SPAN_MS - grace_ms
     kept = [e for e in entries if e[1] >= horizon]
@@ -82,4 +105,5 @@ def merge(
         "ts": [int(e[1]) for e in kept],
         "amt": [float(e[2]) for e in kept],
         "mer": [e[3] for e in kept],
+        "lab": labels,
     }

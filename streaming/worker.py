@@ -33,14 +33,21 @@ import pandas as pd
 from prometheus_client import start_http_server
 
 from model.drift import DriftMonitor
-from model.features import epoch_ms, frame_from_transactions
-from model.schemas import Decision, Transaction
+from model.features import DAY_MS, epoch_ms, frame_from_transactions
+from model.schemas import Decision, Label, Transaction
 from model.scoring import ModelHolder, scoring_executor, utcnow
 from streaming import faust_transport, kafka
+from streaming.merchant_risk import MerchantRisk, Replica, label_key
 from streaming.metrics import WorkerMetrics
 from streaming.settings import WorkerSettings
-from streaming.state import CardState, empty_state, history_frame, merge
-from streaming.validation import Rejected, check_record, parse_transaction
+from streaming.state import CardState, empty_state, history_frame, labels_frame, merge, with_fraud_label
+from streaming.validation import (
+    Rejected,
+    check_label_record,
+    check_record,
+    parse_label,
+    parse_transaction,
+)
 
 log = logging.getLogger("fraudstream.worker")
 
@@ -67,6 +74,8 @@ class Record:
 class ScoredTransactions:
     decisions: list[Decision]
     states: dict[str, CardState]
+    #: Merchant-risk records to publish (new absolute daily counts).
+    risk_records: list[tuple[bytes, bytes]]
 
 
 class BatchProcessor:
@@ -79,7 +88,9 @@ class BatchProcessor:
         grace_ms: int,
         include_features: bool = False,
         max_history: int = 5000,
+        risk: MerchantRisk | None = None,
     ) -> None:
+        self.risk = risk or MerchantRisk()
         self.include_features = include_features
         self.holder = holder
         self.metrics = metrics
@@ -101,7 +112,7 @@ class BatchProcessor:
         )
         queries = frame_from_transactions([tx])
         history = history_frame({tx.card_id: merge(None, [("w0", epoch_ms(tx.timestamp) - 1, 1.0, "m")], 0)})
-        batch = self.holder.scorer.score_frame(queries, history)
+        batch = self.holder.scorer.score_frame(queries, history, MerchantRisk().context(["warm-up"]))
         self.holder.scorer.decisions([tx], batch, ["used"], utcnow(), self.include_features)
 
     def drift_values(self) -> dict[str, float]:
@@ -123,18 +134,46 @@ class BatchProcessor:
                 valid.append((rec, parsed))
         return valid, rejected
 
-    def score(self, txs: Sequence[Transaction], states: dict[str, CardState | None]) -> ScoredTransactions:
+    def split_labels(
+        self, records: Sequence[Record]
+    ) -> tuple[list[tuple[Record, Label]], list[tuple[Record, Rejected]]]:
+        valid, rejected = [], []
+        for rec in records:
+            parsed = parse_label(rec.value)
+            if not isinstance(parsed, Rejected):
+                parsed = check_label_record(parsed, rec.key) or parsed
+            if isinstance(parsed, Rejected):
+                log.warning("dead-lettering label %s: %s: %s", rec.where, parsed.reason, parsed.detail)
+                rejected.append((rec, parsed))
+            else:
+                valid.append((rec, parsed))
+        return valid, rejected
+
+    def score(
+        self, txs: Sequence[Transaction], partitions: Sequence[int], states: dict[str, CardState | None]
+    ) -> ScoredTransactions:
         """CPU-bound part, run off the event loop: one feature pass and one model call per batch."""
         scorer = self.holder.scorer
         with self.metrics.batch_duration.time():
             queries = frame_from_transactions(txs)
+            # Merchant activity first: the merchant windows end days before each transaction's
+            # own day, so counting the whole batch up front is what the batch path sees too.
+            seen: set[str] = set()
+            first_time = []
+            for tx, p, ts in zip(txs, partitions, queries["ts_ms"].to_numpy(), strict=True):
+                known = (states.get(tx.card_id) or {}).get("ids", ())
+                if tx.transaction_id not in seen and tx.transaction_id not in known:
+                    first_time.append((tx.merchant_id, int(ts) // DAY_MS, p))
+                seen.add(tx.transaction_id)
+            risk_records = self.risk.increment(first_time)
+            risk = self.risk.context(queries["merchant_id"], labels_frame(states))
             stored = history_frame(states)
             # The batch is history for itself: a card's second transaction in the batch sees its
             # first; each row's own timestamp bounds what it sees, so no row sees itself.
             fresh = queries.loc[~queries["transaction_id"].isin(stored["transaction_id"])]
             fresh = fresh.drop_duplicates("transaction_id")
             history = pd.concat([stored, fresh[list(stored.columns)]], ignore_index=True)
-            batch = scorer.score_frame(queries, history)
+            batch = scorer.score_frame(queries, history, risk)
             if self.drift is None or self.drift.version != scorer.version:
                 self.drift = DriftMonitor(scorer.artifact.metadata.get("drift_reference"), version=scorer.version)
             self.drift.observe(batch.features, batch.scores)
@@ -147,7 +186,7 @@ class BatchProcessor:
             for card, card_rows in rows.items():
                 new_states[card] = merge(states.get(card), card_rows, self.grace_ms, self.max_history)
         self.metrics.batch_size.observe(len(txs))
-        return ScoredTransactions(decisions=decisions, states=new_states)
+        return ScoredTransactions(decisions=decisions, states=new_states, risk_records=risk_records)
 
 
 def encode_decision(decision: Decision) -> bytes:
@@ -165,7 +204,9 @@ def dlq_headers(rec: Record, rejected: Rejected) -> list[tuple[str, bytes]]:
     ]
 
 
-def create_app(settings: WorkerSettings, holder: ModelHolder, metrics: WorkerMetrics) -> faust.App:
+def create_app(
+    settings: WorkerSettings, holder: ModelHolder, metrics: WorkerMetrics, risk: MerchantRisk | None = None
+) -> faust.App:
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{h.strip()}" for h in settings.kafka_bootstrap_servers.split(",")],
@@ -191,9 +232,20 @@ def create_app(settings: WorkerSettings, holder: ModelHolder, metrics: WorkerMet
     def raw_topic(name: str) -> faust.TopicT:
         return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
 
-    transactions = raw_topic(settings.transactions_topic)
+    # One stream of both inputs: labels and transactions of a card share a partition number (and
+    # so a worker and its card state), and one agent applies both in order, without locks.
+    inputs = app.topic(
+        settings.transactions_topic,
+        settings.labels_topic,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
     decisions_topic = raw_topic(settings.decisions_topic)
     dlq_topic = raw_topic(settings.dlq_topic)
+    labels_dlq_topic = raw_topic(settings.labels_dlq_topic)
+    risk_topic = raw_topic(settings.merchant_risk_topic)
     # Raw keys: the changelog and the state-view routing hash the same bytes as the producers.
     card_schema: faust.Schema = faust.Schema(key_type=str, key_serializer="raw", value_serializer="json")
     cards = app.Table(CARD_TABLE, default=None, schema=card_schema)
@@ -204,6 +256,7 @@ def create_app(settings: WorkerSettings, holder: ModelHolder, metrics: WorkerMet
         settings.history_grace_seconds * 1000,
         settings.include_features,
         settings.max_history_per_card,
+        risk,
     )
 
     executor.submit(processor.warm_up)
@@ -226,9 +279,16 @@ def create_app(settings: WorkerSettings, holder: ModelHolder, metrics: WorkerMet
             )
             for e in events
         ]
-        metrics.consumed.inc(len(records))
         pending: list[Awaitable[Any]] = []
         loop = asyncio.get_running_loop()
+        label_records = [r for r in records if r.topic == settings.labels_topic]
+        if label_records:
+            await apply_labels(label_records, pending)
+            records = [r for r in records if r.topic != settings.labels_topic]
+            if not records:
+                await asyncio.gather(*pending)
+                return
+        metrics.consumed.inc(len(records))
         # Parsing and validating a batch is CPU work too (~10 µs a message): off the loop.
         valid, rejected = await loop.run_in_executor(executor, processor.split, records)
         for rec, rej in rejected:
@@ -237,7 +297,10 @@ def create_app(settings: WorkerSettings, holder: ModelHolder, metrics: WorkerMet
         if valid:
             txs = [tx for _, tx in valid]
             states = {tx.card_id: cards.get(tx.card_id) for tx in txs}
-            result = await loop.run_in_executor(executor, processor.score, txs, states)
+            partitions = [rec.partition for rec, _ in valid]
+            result = await loop.run_in_executor(executor, processor.score, txs, partitions, states)
+            for key, value in result.risk_records:
+                pending.append(await risk_topic.send(key=key, value=value))
             partition_of = {tx.card_id: rec.partition for rec, tx in valid}
             for card, state in result.states.items():
                 # Changelog to the partition the card's transactions arrive on (keys are checked
@@ -259,6 +322,28 @@ def create_app(settings: WorkerSettings, holder: ModelHolder, metrics: WorkerMet
             processed[rec.partition] = max(processed.get(rec.partition, 0), rec.offset + 1)
         metrics.last_event.set(max(r.timestamp_ms for r in records) / 1000)
 
+    async def apply_labels(records: list[Record], pending: list[Awaitable[Any]]) -> None:
+        """Labels before the batch's transactions: a label counts only for transactions after it
+        became known (features filter by time), so applying it early never changes a score."""
+        valid, rejected = await asyncio.get_running_loop().run_in_executor(executor, processor.split_labels, records)
+        for rec, rej in rejected:
+            pending.append(await labels_dlq_topic.send(key=rec.key, value=rec.value, headers=dlq_headers(rec, rej)))
+            metrics.label_dead_letters.labels(reason=rej.reason).inc()
+        for rec, label in valid:
+            metrics.labels.labels(is_fraud=str(label.is_fraud).lower()).inc()
+            if not label.is_fraud:
+                continue
+            tx_day = epoch_ms(label.timestamp) // DAY_MS
+            available = epoch_ms(label.labelled_at)
+            state = with_fraud_label(
+                cards.get(label.card_id), label.transaction_id, label.merchant_id, tx_day, available
+            )
+            pending.append(cards.send_changelog(rec.partition, label.card_id, state))
+            cards.data[label.card_id] = state
+            card_partition[label.card_id] = rec.partition
+            value = processor.risk.add_label(label.transaction_id, label.card_id, label.merchant_id, tx_day, available)
+            pending.append(await risk_topic.send(key=label_key(label.transaction_id), value=value))
+
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # receivers get signal= as a keyword
     async def _forget_revoked(app: faust.App, revoked: set[faust.types.TP], **_: Any) -> None:
         gone = {tp.partition for tp in revoked if tp.topic == settings.transactions_topic}
@@ -267,8 +352,9 @@ def create_app(settings: WorkerSettings, holder: ModelHolder, metrics: WorkerMet
             del card_partition[card]
         for p in gone:
             processed.pop(p, None)
+        processor.risk.release(gone)
 
-    @app.agent(transactions, concurrency=1)
+    @app.agent(inputs, concurrency=1)
     async def score_transactions(stream: faust.StreamT[bytes]) -> None:
         async for events in stream.take_events(  # type: ignore[attr-defined]  # Stream has it; StreamT omits it
             settings.batch_size, within=settings.batch_timeout_seconds
@@ -390,16 +476,26 @@ def run_worker(settings: WorkerSettings) -> None:
         raise SystemExit(f"fraud worker: no usable model in {settings.model_dir}: {holder.last_error}")
     metrics.set_version(holder.scorer.version)
     kafka.ensure_topics(settings, kafka.project_topics(settings))
-    found = kafka.partition_count(settings, settings.transactions_topic)
-    if found != settings.topic_partitions:
-        # Faust's state tables are co-partitioned with the source topic; a mismatch would only
-        # surface at the first state write, as a crash loop.
-        raise SystemExit(
-            f"fraud worker: topic {settings.transactions_topic} has {found} partitions but "
-            f"FRAUD_TOPIC_PARTITIONS is {settings.topic_partitions}; set it to {found}"
-        )
+    kafka.ensure_topics(settings, [settings.merchant_risk_topic], config={"cleanup.policy": "compact"})
+    for topic in (settings.transactions_topic, settings.labels_topic):
+        found = kafka.partition_count(settings, topic)
+        if found != settings.topic_partitions:
+            # Faust's state tables are co-partitioned with the inputs (a card's labels and
+            # transactions must meet on one worker); a mismatch would only surface at the first
+            # state write, as a crash loop.
+            raise SystemExit(
+                f"fraud worker: topic {topic} has {found} partitions but "
+                f"FRAUD_TOPIC_PARTITIONS is {settings.topic_partitions}; they must be equal"
+            )
+    risk = MerchantRisk()
+    replica = Replica(settings, settings.merchant_risk_topic, risk)
+    replica.start()
+    # Merchant counts are continued from the topic: restore them before writing new ones.
+    if not replica.caught_up.wait(timeout=120):
+        raise SystemExit(f"fraud worker: could not read {settings.merchant_risk_topic} within 120 s")
+    log.info("merchant risk restored: %d daily counts, %d fraud labels", *risk.size())
     start_http_server(settings.metrics_port, registry=metrics.registry)
-    app = create_app(settings, holder, metrics)
+    app = create_app(settings, holder, metrics, risk)
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
     log.info("worker %s: model %s, metrics on :%d", settings.app_id, holder.scorer.version, settings.metrics_port)
     worker.execute_from_commandline()

@@ -104,9 +104,13 @@ def make_topics(bootstrap: str, partitions: int = 2) -> Topics:
         transactions_topic=f"tx-{suffix}",
         decisions_topic=f"decisions-{suffix}",
         dlq_topic=f"tx-{suffix}.dlq",
+        labels_topic=f"labels-{suffix}",
+        labels_dlq_topic=f"labels-{suffix}.dlq",
+        merchant_risk_topic=f"risk-{suffix}",
         topic_partitions=partitions,
     )
     kafka.ensure_topics(settings, kafka.project_topics(settings))
+    kafka.ensure_topics(settings, [settings.merchant_risk_topic], config={"cleanup.policy": "compact"})
     return Topics(settings=settings, app_id=f"fraud-test-{suffix}")
 
 
@@ -172,6 +176,9 @@ class Stack:
             "FRAUD_TRANSACTIONS_TOPIC": s.transactions_topic,
             "FRAUD_DECISIONS_TOPIC": s.decisions_topic,
             "FRAUD_DLQ_TOPIC": s.dlq_topic,
+            "FRAUD_LABELS_TOPIC": s.labels_topic,
+            "FRAUD_LABELS_DLQ_TOPIC": s.labels_dlq_topic,
+            "FRAUD_MERCHANT_RISK_TOPIC": s.merchant_risk_topic,
             "FRAUD_TOPIC_PARTITIONS": str(s.topic_partitions),
             "FRAUD_APP_ID": self.topics.app_id,
             "FRAUD_MODEL_DIR": str(self.model_dir),
@@ -212,12 +219,12 @@ def stack(bootstrap_servers: str, model_dir: Path, tmp_path: Path) -> Iterator[S
         s.stop_all()
 
 
-def produce(settings: KafkaSettings, messages: list[tuple[bytes | None, bytes]]) -> None:
+def produce(settings: KafkaSettings, messages: list[tuple[bytes | None, bytes]], topic: str | None = None) -> None:
     producer = kafka.producer(settings)
     errors: list[str] = []
     for key, value in messages:
         producer.produce(
-            settings.transactions_topic,
+            topic or settings.transactions_topic,
             key=key,
             value=value,
             on_delivery=lambda err, _msg: errors.append(str(err)) if err else None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
@@ -12,7 +13,7 @@ import pytest
 
 from model.artifact import load_artifact
 from model.dataset import load_csv
-from model.features import FEATURE_NAMES, history_from_frame
+from model.features import FEATURE_NAMES, history_from_frame, risk_context_from_frame
 from model.schemas import MAX_MESSAGE_BYTES, Decision
 from model.scoring import Scorer
 from producers.publisher import wire_value
@@ -93,15 +94,58 @@ def test_malformed_messages_are_dead_lettered_and_good_ones_still_decided(
     assert 'fraud_dead_letters_total{reason="not_json"} 1.0' in metrics
 
 
+def with_labels(rows: pd.DataFrame, seed: int = 0) -> tuple[pd.DataFrame, list[tuple[bytes, bytes]]]:
+    """``rows`` with a ``labelled_at`` for the fraud rows (2 to 40 hours later), and the label
+    events a live system would have received for them."""
+    rng = np.random.default_rng(seed)
+    fraud = rows["is_fraud"].to_numpy() == 1
+    ts = pd.to_datetime(rows["timestamp"], utc=True, format="ISO8601")
+    known = ts + pd.to_timedelta(rng.uniform(2, 40, len(rows)), unit="h")
+    iso = known.dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    rows = rows.assign(labelled_at=np.where(fraud, iso, ""))
+    events = [
+        (
+            str(r["card_id"]).encode(),
+            orjson.dumps(
+                {
+                    "transaction_id": r["transaction_id"],
+                    "card_id": r["card_id"],
+                    "merchant_id": r["merchant_id"],
+                    "is_fraud": True,
+                    "timestamp": r["timestamp"],
+                    "labelled_at": r["labelled_at"],
+                    "source": "chargeback",
+                }
+            ),
+        )
+        for r in rows.loc[fraud].to_dict("records")
+    ]
+    return rows, events
+
+
+def labels_applied(stack: Stack) -> float:
+    text = httpx.get(f"http://127.0.0.1:{stack.metrics_port}/metrics").text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("fraud_labels_total{"))
+
+
 def test_stream_matches_batch_features_and_scores(stack: Stack, traffic_frame: pd.DataFrame, tmp_path: Path) -> None:
-    """Train/serve parity: replaying a CSV through Kafka gives the batch path's features and scores."""
-    rows = traffic_frame.iloc[:1500]
+    """Train/serve parity: replaying a CSV and its labels through Kafka gives the batch path's
+    features and scores, merchant risk and known-fraud features included."""
+    rows, label_events = with_labels(traffic_frame.iloc[:1500])
     csv = tmp_path / "replay.csv"
     rows.to_csv(csv, index=False)
     frame = load_csv(csv).frame
-    batch = Scorer(load_artifact(stack.model_dir)).score_frame(frame, history_from_frame(frame))
+    scorer = Scorer(load_artifact(stack.model_dir))
+    batch = scorer.score_frame(frame, history_from_frame(frame), risk_context_from_frame(frame, scorer.label_delay_ms))
 
     stack.start_worker()
+    # Labels first, as a replay that must not depend on how the worker interleaves two topics:
+    # a label only counts for transactions after it became known, so early is never too early.
+    produce(stack.topics.settings, label_events, topic=stack.topics.settings.labels_topic)
+    deadline = time.monotonic() + 60
+    while labels_applied(stack) < len(label_events) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert labels_applied(stack) == len(label_events) > 0
     produce(stack.topics.settings, wire_messages(rows))
     got = decisions_by_id(consume(stack.topics.settings, stack.topics.decisions, until=len(rows)))
 
@@ -111,8 +155,11 @@ def test_stream_matches_batch_features_and_scores(stack: Stack, traffic_frame: p
     np.testing.assert_allclose(stream_features, batch.features, rtol=0, atol=1e-9)
     np.testing.assert_allclose(stream_scores, batch.scores, rtol=0, atol=1e-12)
     assert [got[t]["decision"] for t in frame["transaction_id"]] == batch.decisions.tolist()
-    # The history features really were exercised, not all zero.
+    # The history, merchant and label features really were exercised, not all zero.
     assert stream_features[:, FEATURE_NAMES.index("card_tx_count_7d")].max() > 3
+    assert stream_features[:, FEATURE_NAMES.index("merchant_tx_count_7d")].max() > 3
+    assert stream_features[:, FEATURE_NAMES.index("merchant_fraud_rate_7d")].max() > 0
+    assert stream_features[:, FEATURE_NAMES.index("card_known_fraud")].max() == 1
 
 
 def test_predict_over_http_matches_the_stream(stack: Stack, traffic_frame: pd.DataFrame) -> None:
@@ -179,7 +226,8 @@ def test_restarted_worker_resumes_without_losing_transactions(
     csv = tmp_path / "both.csv"
     traffic_frame.iloc[:600].to_csv(csv, index=False)
     frame = load_csv(csv).frame
-    batch = Scorer(load_artifact(stack.model_dir)).score_frame(frame, history_from_frame(frame))
+    scorer = Scorer(load_artifact(stack.model_dir))
+    batch = scorer.score_frame(frame, history_from_frame(frame), risk_context_from_frame(frame.assign(is_fraud=0), 0))
     later = frame["transaction_id"].isin(second["transaction_id"]).to_numpy()
     stream = np.array([[got[t]["features"][f] for f in FEATURE_NAMES] for t in frame.loc[later, "transaction_id"]])
     np.testing.assert_allclose(stream, batch.features[later], rtol=0, atol=1e-9)

@@ -19,9 +19,13 @@ from model.features import (
     FEATURE_NAMES,
     HISTORY_COLUMNS,
     HISTORY_SPAN_MS,
+    MERCHANT_DELAY_DAYS,
+    MERCHANT_WINDOWS_DAYS,
+    RiskContext,
     compute_features,
     frame_from_transactions,
     history_from_frame,
+    risk_context_from_frame,
 )
 from model.schemas import CHANNELS, MERCHANT_CATEGORIES, Transaction
 from streaming.state import history_frame, merge
@@ -77,7 +81,37 @@ class Row:
 # The reference: one loop per query over the whole history, no indexing tricks.
 
 
-def reference_features(queries: list[Row], history: list[Row]) -> np.ndarray:
+@dataclass(frozen=True)
+class FraudLabel:
+    tid: str
+    card: str
+    merchant: str
+    tx_day: int
+    available_ms: int
+
+
+def reference_risk(q: Row, activity: list[Row], labels: list[FraudLabel] | None) -> dict[str, float]:
+    f: dict[str, float] = {}
+    day = q.ts_ms // DAY
+    for w, width in MERCHANT_WINDOWS_DAYS.items():
+        days = range(day - MERCHANT_DELAY_DAYS - width, day - MERCHANT_DELAY_DAYS)
+        count = (
+            sum(1 for h in activity if h.merchant == q.merchant and h.ts_ms // DAY in days) if labels is not None else 0
+        )
+        frauds = len(
+            {
+                lab.tid
+                for lab in labels or []
+                if lab.merchant == q.merchant and lab.tx_day in days and lab.available_ms // DAY < day
+            }
+        )
+        f[f"merchant_tx_count_{w}"] = count
+        f[f"merchant_fraud_rate_{w}"] = min(frauds / count, 1.0) if count else 0.0
+    f["card_known_fraud"] = float(any(lab.card == q.card and lab.available_ms < q.ts_ms for lab in labels or []))
+    return f
+
+
+def reference_features(queries: list[Row], history: list[Row], labels: list[FraudLabel] | None = None) -> np.ndarray:
     out = np.zeros((len(queries), len(FEATURE_NAMES)))
     for i, q in enumerate(queries):
         t = q.ts_ms
@@ -110,6 +144,7 @@ def reference_features(queries: list[Row], history: list[Row]) -> np.ndarray:
             gap_ms = 30 * DAY
         f["seconds_since_prev_card_tx"] = gap_ms / 1000.0
         f["card_merchant_count_30d"] = sum(1 for h in earlier if h.merchant == q.merchant and t - 30 * DAY <= h.ts_ms)
+        f.update(reference_risk(q, history, labels))
         assert set(f) == set(FEATURE_NAMES)
         out[i] = [f[name] for name in FEATURE_NAMES]
     return out
@@ -198,6 +233,70 @@ def test_matches_reference_on_random_rows(seed: int) -> None:
     assert (got[:, COL["card_tx_count_30d"]] > 0).any()
     assert (got[:, COL["seconds_since_prev_card_tx"]] == 30 * 86_400).any()
     assert (got[:, COL["card_merchant_count_30d"]] > 0).any()
+
+
+def random_labels(rows: list[Row], seed: int, share: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+    """is_fraud and labelled_ms (-1: not given) for rows: delays from zero to three weeks."""
+    rng = random.Random(seed)
+    fraud = np.array([rng.random() < share for _ in rows], dtype=np.int64)
+    labelled = np.array(
+        [r.ts_ms + rng.randrange(0, 21 * DAY) if rng.random() < 0.7 else -1 for r in rows], dtype=np.int64
+    )
+    return fraud, labelled
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_merchant_risk_and_known_fraud_match_reference(seed: int) -> None:
+    rows = random_rows(seed, n=400, n_merchants=4, days=80)
+    frame = canonical(rows)
+    fraud, labelled = random_labels(rows, seed)
+    frame["is_fraud"], frame["labelled_ms"] = fraud, labelled
+    delay = 5 * DAY
+    risk = risk_context_from_frame(frame, delay)
+    labels = [
+        FraudLabel(r.tid, r.card, r.merchant, r.ts_ms // DAY, int(lab) if lab >= 0 else r.ts_ms + delay)
+        for r, f, lab in zip(rows, fraud, labelled, strict=True)
+        if f
+    ]
+    got = compute_features(frame, history_from_frame(frame), risk)
+    assert_matches_reference(got, reference_features(rows, rows, labels))
+    for name in ("merchant_tx_count_30d", "merchant_fraud_rate_7d", "merchant_fraud_rate_30d", "card_known_fraud"):
+        assert (got[:, COL[name]] > 0).any(), name
+    # Labels are not yet known for some rows whose merchant window holds them: availability matters.
+    no_wait = compute_features(
+        frame, history_from_frame(frame), risk_context_from_frame(frame.assign(labelled_ms=-1), 0)
+    )
+    assert not np.array_equal(no_wait[:, COL["merchant_fraud_rate_30d"]], got[:, COL["merchant_fraud_rate_30d"]])
+
+
+def test_merchant_windows_end_a_delay_before_the_day_and_labels_count_from_the_next_day() -> None:
+    day0 = datetime(2026, 3, 1, tzinfo=UTC)
+    d = MERCHANT_DELAY_DAYS
+    rows = [
+        Row("old", "X", "M", day0 + timedelta(hours=10), 10.0, "pos", None),  # day 0, fraud
+        Row("edge", "Y", "M", day0 + timedelta(days=1, hours=1), 10.0, "pos", None),  # day 1
+        # Scored on day d+1: sees day 0 (age d+1) in every window but not day 1 (age d).
+        Row("q1", "Z", "M", day0 + timedelta(days=d + 1, hours=5), 10.0, "pos", None),
+        # Day d+2: the 1-day window holds only day 1 (one transaction, not fraud).
+        Row("q2", "X", "M", day0 + timedelta(days=d + 2, hours=5), 10.0, "pos", None),
+    ]
+    frame = canonical(rows)
+    frame["is_fraud"] = [1, 0, 0, 0]
+    # The label of "old" became known on day d+1 at 01:00: not yet for q1 (same day), yes for q2.
+    frame["labelled_ms"] = [rows[0].ts_ms + 0 * DAY + (d + 1) * DAY - 9 * HOUR, -1, -1, -1]
+    x = compute_features(frame, history_from_frame(frame), risk_context_from_frame(frame, 7 * DAY))
+    v = {r.tid: dict(zip(FEATURE_NAMES, x[i], strict=True)) for i, r in enumerate(rows)}
+    assert v["q1"]["merchant_tx_count_1d"] == 1 and v["q1"]["merchant_tx_count_30d"] == 1
+    assert v["q1"]["merchant_fraud_rate_30d"] == 0.0  # label known only later that day
+    assert v["q2"]["merchant_tx_count_1d"] == 1 and v["q2"]["merchant_tx_count_7d"] == 2
+    assert v["q2"]["merchant_fraud_rate_1d"] == 0.0
+    assert v["q2"]["merchant_fraud_rate_7d"] == 0.5
+    # Card X's own fraud label was known before q2: a known-compromised card.
+    assert v["q2"]["card_known_fraud"] == 1 and v["q1"]["card_known_fraud"] == 0
+    # No context: merchant and label features are zero.
+    bare = compute_features(frame, history_from_frame(frame))
+    assert not bare[:, [COL[n] for n in FEATURE_NAMES if n.startswith(("merchant_", "card_known"))]].any()
+    assert RiskContext.empty().activity.empty
 
 
 def test_queries_subset_of_history_and_row_order_do_not_matter() -> None:

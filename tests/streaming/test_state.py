@@ -23,6 +23,7 @@ def test_merge_into_nothing_sorts_by_time_and_keeps_arrival_order_for_ties() -> 
         "ts": [T, T + 1, T + 5, T + 5],
         "amt": [1.0, 4.0, 2.0, 3.0],
         "mer": ["m1", "m1", "m2", "m3"],
+        "lab": [],
     }
 
 

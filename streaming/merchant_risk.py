@@ -1,0 +1,241 @@
+"""Merchant risk state, replicated to every worker and API process through one compacted topic.
+
+Why not a repartition by merchant. Transactions are keyed by card, and a merchant's
+transactions arrive on every partition. The merchant features only read whole UTC days that
+ended at least ``MERCHANT_DELAY_DAYS`` days before the scored transaction (labels come late, so
+the last days are left out on purpose), which makes them insensitive to where and when the
+other partitions' counts arrive, as long as they arrive within days. So instead of routing each
+transaction through a merchant-keyed topic and back (two more hops on the decision path, and a
+card's transactions reordered across merchant partitions), each worker publishes what its own
+partitions saw and every process keeps the sum:
+
+* ``a <merchant> <day> <partition>`` -> transactions at the merchant that UTC day on that source
+  partition (an absolute count; the partition's owner is its only writer, so no two workers
+  ever race on a key, and a redelivered record rewrites the same value);
+* ``l <transaction_id>`` -> a fraud label (card, merchant, transaction day, when it became known).
+
+The topic is compacted: its size is bounded by merchants x days kept x partitions plus the
+labels. Keys of days too old for any window are deleted with tombstones by their writer.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Iterable
+
+import numpy as np
+import orjson
+import pandas as pd
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+
+from model.features import DAY_MS, MERCHANT_SPAN_DAYS, RiskContext
+from streaming import kafka
+from streaming.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+_SEP = " "  # ids are printable ASCII without spaces (model.schemas.ID_PATTERN)
+
+
+def activity_key(merchant: str, day: int, partition: int) -> bytes:
+    return f"a{_SEP}{merchant}{_SEP}{day}{_SEP}{partition}".encode()
+
+
+def label_key(transaction_id: str) -> bytes:
+    return f"l{_SEP}{transaction_id}".encode()
+
+
+def label_value(card: str, merchant: str, tx_day: int, available_ms: int) -> bytes:
+    return orjson.dumps({"card": card, "merchant": merchant, "tx_day": tx_day, "available_ms": available_ms})
+
+
+class MerchantRisk:
+    """The summed view: daily counts per merchant and fraud labels per merchant. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # merchant -> (day, partition) -> count
+        self._activity: dict[str, dict[tuple[int, int], int]] = defaultdict(dict)
+        # merchant -> transaction id -> (card, tx_day, available_ms)
+        self._labels: dict[str, dict[str, tuple[str, int, int]]] = defaultdict(dict)
+        self._label_merchant: dict[str, str] = {}
+        # Counts this process wrote for the partitions it owns: newer than any of its own
+        # records still on their way back through the topic, so they win over the replica.
+        self._own: dict[tuple[str, int, int], int] = {}
+
+    def apply(self, key: bytes, value: bytes | None) -> None:
+        """One record of the topic (``None`` value: a tombstone)."""
+        parts = key.decode().split(_SEP)
+        with self._lock:
+            if parts[0] == "a" and len(parts) == 4:
+                merchant, slot = parts[1], (int(parts[2]), int(parts[3]))
+                own = self._own.get((merchant, *slot))
+                if value is None:
+                    self._activity[merchant].pop(slot, None)
+                    self._own.pop((merchant, *slot), None)
+                elif own is None:
+                    self._activity[merchant][slot] = int(value)
+            elif parts[0] == "l" and len(parts) == 2:
+                tid = parts[1]
+                old = self._label_merchant.pop(tid, None)
+                if old is not None:
+                    self._labels[old].pop(tid, None)
+                if value is not None:
+                    v = orjson.loads(value)
+                    self._labels[v["merchant"]][tid] = (v["card"], int(v["tx_day"]), int(v["available_ms"]))
+                    self._label_merchant[tid] = v["merchant"]
+            else:
+                log.warning("ignoring merchant-risk record with key %r", key[:80])
+
+    def count(self, merchant: str, day: int, partition: int) -> int:
+        with self._lock:
+            return self._count(merchant, day, partition)
+
+    def _count(self, merchant: str, day: int, partition: int) -> int:
+        own = self._own.get((merchant, day, partition))
+        return own if own is not None else self._activity.get(merchant, {}).get((day, partition), 0)
+
+    def increment(self, seen: Iterable[tuple[str, int, int]]) -> list[tuple[bytes, bytes]]:
+        """Count transactions ``(merchant, day, source partition)`` this process just saw for the
+        first time; returns the records to publish (the new absolute counts)."""
+        added: dict[tuple[str, int, int], int] = defaultdict(int)
+        for slot in seen:
+            added[slot] += 1
+        out = []
+        with self._lock:
+            for (m, day, p), n in added.items():
+                value = self._count(m, day, p) + n
+                self._own[(m, day, p)] = value
+                self._activity[m][(day, p)] = value
+                out.append((activity_key(m, day, p), str(value).encode()))
+        return out
+
+    def add_label(self, transaction_id: str, card: str, merchant: str, tx_day: int, available_ms: int) -> bytes:
+        """A fraud label this process received; returns the value to publish under its key."""
+        value = label_value(card, merchant, tx_day, available_ms)
+        self.apply(label_key(transaction_id), value)
+        return value
+
+    def release(self, partitions: Iterable[int]) -> None:
+        """These partitions moved away: their counts are the new owner's to write now."""
+        gone = set(partitions)
+        with self._lock:
+            for slot in [s for s in self._own if s[2] in gone]:
+                del self._own[slot]
+
+    def context(self, merchants: Iterable[str], extra_labels: pd.DataFrame | None = None) -> RiskContext:
+        """The :class:`RiskContext` rows of these merchants (plus ``extra_labels``: the fraud labels
+        stored with the batch's cards, which the card features need whatever the merchant)."""
+        m_act: list[str] = []
+        days: list[int] = []
+        counts: list[int] = []
+        tids: list[str] = []
+        cards: list[str] = []
+        m_lab: list[str] = []
+        tx_days: list[int] = []
+        known: list[int] = []
+        with self._lock:
+            for m in set(merchants):
+                for day, p in self._activity.get(m, {}):
+                    m_act.append(m)
+                    days.append(day)
+                    counts.append(self._count(m, day, p))
+                for tid, (card, tx_day, available) in self._labels.get(m, {}).items():
+                    tids.append(tid)
+                    cards.append(card)
+                    m_lab.append(m)
+                    tx_days.append(tx_day)
+                    known.append(available)
+        activity = pd.DataFrame(
+            {"merchant_id": m_act, "day": np.asarray(days, np.int64), "count": np.asarray(counts, np.int64)}
+        )
+        labels = pd.DataFrame(
+            {
+                "transaction_id": tids,
+                "card_id": cards,
+                "merchant_id": m_lab,
+                "tx_day": np.asarray(tx_days, np.int64),
+                "available_ms": np.asarray(known, np.int64),
+            }
+        )
+        if extra_labels is not None and len(extra_labels):
+            labels = pd.concat([labels, extra_labels], ignore_index=True).drop_duplicates("transaction_id")
+        return RiskContext(activity=activity, fraud_labels=labels)
+
+    def stale_activity(self, partitions: Iterable[int], today: int) -> list[tuple[str, int, int]]:
+        """Keys of these partitions too old for any window of a transaction from ``today`` on."""
+        wanted = set(partitions)
+        oldest = today - MERCHANT_SPAN_DAYS
+        with self._lock:
+            return [
+                (m, day, p) for m, slots in self._activity.items() for (day, p) in slots if p in wanted and day < oldest
+            ]
+
+    def size(self) -> tuple[int, int]:
+        with self._lock:
+            return sum(len(s) for s in self._activity.values()), len(self._label_merchant)
+
+
+class Replica(threading.Thread):
+    """Reads the whole merchant-risk topic into a :class:`MerchantRisk`, then follows it.
+
+    ``caught_up`` is set once everything that was in the topic at start has been applied
+    (state restored); the worker does not score before that.
+    """
+
+    def __init__(self, settings: KafkaSettings, topic: str, risk: MerchantRisk) -> None:
+        super().__init__(name="merchant-risk-replica", daemon=True)
+        self.settings, self.topic, self.risk = settings, topic, risk
+        self.caught_up = threading.Event()
+        self._stop_event = threading.Event()
+        self.applied = 0
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    def run(self) -> None:
+        # Assigned, never subscribed: the group id is only a label, nothing is committed.
+        consumer = kafka.consumer(self.settings, f"{self.topic}-replica")
+        try:
+            meta = consumer.list_topics(self.topic, timeout=30)
+            partitions = sorted(meta.topics[self.topic].partitions)
+            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
+            ends = {p: consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=30)[1] for p in partitions}
+            pending = {p for p, end in ends.items() if end > 0}
+            idle = 0
+            while not self._stop_event.is_set():
+                msgs = consumer.consume(1000, 0.2)
+                if not msgs:
+                    idle += 1
+                    # The embedded broker under-reports high watermarks (see README): a few idle
+                    # polls after the first records also mean "caught up".
+                    if not pending or idle >= 10:
+                        self.caught_up.set()
+                    continue
+                idle = 0
+                for msg in msgs:
+                    error = msg.error()
+                    if error is not None:
+                        if error.code() != KafkaError._PARTITION_EOF:
+                            log.warning("merchant-risk replica: %s", error)
+                        continue
+                    key = msg.key()
+                    if key is not None:
+                        self.risk.apply(key, msg.value())
+                        self.applied += 1
+                    p, offset = msg.partition(), msg.offset()
+                    if p in pending and offset is not None and offset + 1 >= ends[p]:
+                        pending.discard(p)
+                if not pending:
+                    self.caught_up.set()
+        except Exception:  # the process's scoring can't go on without it: make it loud
+            log.critical("merchant-risk replica stopped", exc_info=True)
+            raise
+        finally:
+            consumer.close()
+
+
+def day_of(ts_ms: int) -> int:
+    return ts_ms // DAY_MS

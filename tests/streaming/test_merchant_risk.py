@@ -1,0 +1,128 @@
+"""Merchant risk state (own counts vs the replica) and the worker's batch path against training."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from model.dataset import load_csv
+from model.features import DAY_MS, FEATURE_NAMES, history_from_frame, risk_context_from_frame
+from model.schemas import Transaction
+from model.scoring import ModelHolder, Scorer
+from model.train import TrainOptions, train
+from producers.synthetic import SimConfig, generate
+from streaming.merchant_risk import MerchantRisk, activity_key, label_key, label_value
+from streaming.metrics import WorkerMetrics
+from streaming.state import merge, with_fraud_label
+from streaming.worker import BatchProcessor
+
+DELAY_DAYS = 4.0
+
+
+def test_own_counts_win_over_older_records_of_the_replica() -> None:
+    risk = MerchantRisk()
+    risk.apply(activity_key("m1", 100, 0), b"7")  # written by a previous owner of partition 0
+    out = risk.increment([("m1", 100, 0), ("m1", 100, 0), ("m2", 101, 1)])
+    assert dict(out) == {activity_key("m1", 100, 0): b"9", activity_key("m2", 101, 1): b"1"}
+    # Our own earlier record comes back through the topic after we counted further: ignored.
+    risk.apply(activity_key("m1", 100, 0), b"8")
+    assert risk.count("m1", 100, 0) == 9
+    # Another partition's writer is summed, not overwritten.
+    risk.apply(activity_key("m1", 100, 3), b"5")
+    ctx = risk.context(["m1"])
+    assert ctx.activity["count"].sum() == 14
+    # Once partition 0 moves away, the topic's value is the truth again.
+    risk.release([0])
+    risk.apply(activity_key("m1", 100, 0), b"12")
+    assert risk.count("m1", 100, 0) == 12
+
+
+def test_labels_are_keyed_by_transaction_and_tombstones_remove_them() -> None:
+    risk = MerchantRisk()
+    risk.apply(label_key("t1"), label_value("c1", "m1", 100, 123))
+    risk.apply(label_key("t1"), label_value("c1", "m1", 100, 99))  # a relabel replaces
+    ctx = risk.context(["m1", "m9"])
+    assert ctx.fraud_labels[["transaction_id", "available_ms"]].values.tolist() == [["t1", 99]]
+    risk.apply(label_key("t1"), None)
+    assert risk.context(["m1"]).fraud_labels.empty
+    risk.apply(b"garbage", b"1")  # logged and ignored, never raises
+    assert risk.size() == (0, 0)
+
+
+def test_card_state_keeps_its_fraud_labels_through_merges() -> None:
+    state = with_fraud_label(None, "t1", "m1", 100, 5_000)
+    state = with_fraud_label(state, "t1", "m1", 100, 9_000)  # a later copy of the same label
+    state = merge(state, [("t2", 200 * DAY_MS, 10.0, "m2")], grace_ms=0)
+    assert state["lab"] == [["t1", "m1", 100, 5_000]]
+    assert state["ids"] == ["t2"]
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("risk-parity")
+    frame = generate(
+        SimConfig(
+            seed=5,
+            n_cards=150,
+            n_merchants=25,
+            days=30,
+            start=datetime(2026, 2, 1, tzinfo=UTC),
+            compromised_merchant_share=0.1,
+        )
+    )
+    frame.to_csv(root / "data.csv", index=False)
+    train(root / "data.csv", root / "model", TrainOptions(model_type="logreg", label_delay_days=DELAY_DAYS))
+    return root / "data.csv", root / "model"
+
+
+def test_worker_batches_with_labels_give_the_training_features_and_scores(labelled: tuple[Path, Path]) -> None:
+    """The worker's path (card state, merchant counts, labels received up front) over batches of
+    uneven sizes and two partitions computes exactly what training computes over the CSV."""
+    data, model_dir = labelled
+    frame = load_csv(data).frame
+    holder = ModelHolder(model_dir)
+    assert holder.load()
+    processor = BatchProcessor(holder, WorkerMetrics(), grace_ms=3_600_000, include_features=True)
+
+    states: dict[str, dict | None] = {}
+    # Every label is delivered before the transactions (a label counts only from when it was
+    # known, so receiving it early must not change any feature).
+    for row in frame.loc[frame["is_fraud"] == 1].itertuples():
+        available = row.ts_ms + round(DELAY_DAYS * DAY_MS)
+        states[row.card_id] = with_fraud_label(
+            states.get(row.card_id), row.transaction_id, row.merchant_id, row.ts_ms // DAY_MS, available
+        )
+        processor.risk.add_label(row.transaction_id, row.card_id, row.merchant_id, row.ts_ms // DAY_MS, available)
+
+    raw = pd.read_csv(data, dtype=str, keep_default_na=False)
+    by_id = raw.set_index("transaction_id")
+    order = frame["transaction_id"].tolist()
+    features, scores = [], []
+    rng = np.random.default_rng(1)
+    start = 0
+    while start < len(order):
+        size = int(rng.choice([1, 7, 60, 400]))
+        ids = order[start : start + size]
+        start += size
+        txs = [
+            Transaction.model_validate({**by_id.loc[i].to_dict(), "transaction_id": i, "amount": float(by_id.loc[i, "amount"])})
+            for i in ids
+        ]
+        partitions = [hash(tx.card_id) % 2 for tx in txs]
+        result = processor.score(txs, partitions, {tx.card_id: states.get(tx.card_id) for tx in txs})
+        states.update(result.states)
+        for d in result.decisions:
+            assert d.features is not None
+            features.append([d.features[f] for f in FEATURE_NAMES])
+            scores.append(d.score)
+
+    scorer = Scorer(holder.scorer.artifact)
+    batch = scorer.score_frame(frame, history_from_frame(frame), risk_context_from_frame(frame, scorer.label_delay_ms))
+    np.testing.assert_allclose(np.array(features), batch.features, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(np.array(scores), batch.scores, rtol=0, atol=1e-12)
+    risky = [FEATURE_NAMES.index(f) for f in ("merchant_fraud_rate_30d", "card_known_fraud", "merchant_tx_count_7d")]
+    assert (batch.features[:, risky] > 0).any(axis=0).all(), "the data must exercise the risk features"
