@@ -109,7 +109,9 @@ def test_worker_batches_with_labels_give_the_training_features_and_scores(labell
         ids = order[start : start + size]
         start += size
         txs = [
-            Transaction.model_validate({**by_id.loc[i].to_dict(), "transaction_id": i, "amount": float(by_id.loc[i, "amount"])})
+            Transaction.model_validate(
+                {**by_id.loc[i].to_dict(), "transaction_id": i, "amount": float(by_id.loc[i, "amount"])}
+            )
             for i in ids
         ]
         partitions = [hash(tx.card_id) % 2 for tx in txs]
