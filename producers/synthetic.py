@@ -89,6 +89,7 @@ __all__ = [
     "SimConfig",
     "config_for_rows",
     "generate",
+    "iter_records",
     "iter_transactions",
     "labels_for",
     "with_label_columns",
@@ -995,8 +996,11 @@ def iter_transactions(config: SimConfig) -> Iterator[dict]:
     (a producer strips them; the scorer ignores unknown fields). Values are plain Python types.
     The whole simulation runs up front (rows must be sorted), then rows are yielded in chunks.
     """
-    frame = generate(config)
-    chunk = 10_000
+    yield from iter_records(generate(config))
+
+
+def iter_records(frame: pd.DataFrame, chunk: int = 10_000) -> Iterator[dict]:
+    """``frame``'s rows as dicts of plain Python values, converted a chunk at a time."""
     for begin in range(0, len(frame), chunk):
         yield from frame.iloc[begin : begin + chunk].to_dict("records")
 
