@@ -80,6 +80,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         review_precision=args.review_precision,
         seed=args.seed,
         strict=args.strict,
+        label_delay_days=args.label_delay_days,
+        merchant_risk=not args.without_merchant_risk,
     )
     meta = train(args.data, args.out, options)
     m = meta["validation_metrics"]
@@ -99,24 +101,27 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from model.evaluate import evaluate
 
-    report = evaluate(args.model, args.data, args.start, args.end, args.report, args.scores)
-    print(
-        json.dumps(
-            {
-                k: report[k]
-                for k in (
-                    "model_version",
-                    "n_transactions",
-                    "n_fraud",
-                    "auc_roc",
-                    "average_precision",
-                    "card_precision_at_100",
-                    "decision_counts",
-                )
-            },
-            indent=2,
-        )
-    )
+    report = evaluate(args.model, args.data, args.start, args.end, args.report, args.scores, args.baseline)
+    keys = ("model_version", "n_transactions", "n_fraud", "auc_roc", "average_precision", "card_precision_at_100")
+    summary = {k: report[k] for k in (*keys, "decision_counts")}
+    if "baseline" in report:
+        summary["baseline"] = {k: report["baseline"][k] for k in (*keys, "disabled_features")}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_quality(args: argparse.Namespace) -> int:
+    from streaming.quality import format_quality, read_quality
+    from streaming.settings import KafkaSettings
+
+    start_ms = None if args.start is None else args.start.value // 1_000_000
+    end_ms = None if args.end is None else args.end.value // 1_000_000
+    report = read_quality(KafkaSettings(), start_ms, end_ms, timeout_s=args.timeout)
+    print(format_quality(report))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"report written to {args.json}")
     return 0
 
 
@@ -313,6 +318,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=7, help="random seed of the estimator (default %(default)s)")
     p.add_argument("--strict", action="store_true", help="refuse the CSV if any row is invalid")
+    p.add_argument(
+        "--label-delay-days",
+        type=float,
+        default=7.0,
+        help="when a fraud row without labelled_at became known, in days after it (default %(default)s)",
+    )
+    p.add_argument(
+        "--without-merchant-risk",
+        action="store_true",
+        help="train without the merchant risk and known-fraud features (a baseline for `evaluate --baseline`)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="score a labelled CSV over a time range and report metrics")
@@ -322,7 +338,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", dest="end", type=_timestamp, help="end of the range (exclusive)")
     p.add_argument("--report", type=Path, help="write the metrics JSON here")
     p.add_argument("--scores", type=Path, help="write transaction_id,score,decision CSV here")
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        help="a second artifact (e.g. trained --without-merchant-risk) reported on the same rows under 'baseline'",
+    )
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "quality", help="precision/recall per model version and threshold: decisions joined to labels from the topics"
+    )
+    p.add_argument("--from", dest="start", type=_timestamp, help="first decision event time included (inclusive)")
+    p.add_argument("--to", dest="end", type=_timestamp, help="end of the decisions' event-time range (exclusive)")
+    p.add_argument("--json", type=Path, help="also write the report as JSON here")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to reach the topics' ends (default %(default)s)")
+    p.set_defaults(func=cmd_quality)
 
     from streaming.settings import ApiSettings, ProducerSettings, WorkerSettings, env_help
 

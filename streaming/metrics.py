@@ -98,6 +98,25 @@ class WorkerMetrics(ModelMetrics):
             ["reason"],
             registry=r,
         )
+        self.labelled_decisions = Gauge(
+            "fraud_labelled_decisions",
+            "Decisions of this worker joined to a label, by model version, decision and verdict "
+            "(a relabelled transaction moves between series)",
+            ["model_version", "decision", "is_fraud"],
+            registry=r,
+        )
+        self.live_precision = Gauge(
+            "fraud_live_precision",
+            "Labelled fraud among labelled decisions flagged at the threshold (review: review or block)",
+            ["model_version", "threshold"],
+            registry=r,
+        )
+        self.live_recall = Gauge(
+            "fraud_live_recall",
+            "Labelled fraud flagged at the threshold among all labelled fraud",
+            ["model_version", "threshold"],
+            registry=r,
+        )
         for reason in DLQ_REASONS:
             self.dead_letters.labels(reason=reason)
             self.label_dead_letters.labels(reason=reason)

@@ -131,6 +131,8 @@ class WorkerSettings(KafkaSettings):
     reports a partition's high watermark as the last batch's base offset + 1, which makes state
     recovery stop short of the changelog's tail; 1 (one record per batch) avoids that there.
     Keep the default on Apache Kafka."""
+    quality_max_decisions: int = Field(default=200_000, ge=1)
+    """Recent decisions kept to join with labels for the live precision/recall (memory ~200 B each)."""
     max_history_per_card: int = Field(default=5000, ge=10)
     """Most transactions kept per card (the newest); a card busier than this over 30 days gets
     capped counts. Each card's state is one changelog record of about 60 bytes per entry."""
@@ -153,6 +155,9 @@ class ApiSettings(KafkaSettings):
     """Base URL of a worker's state view; requests are routed to the worker owning the card."""
     state_timeout_seconds: float = Field(default=0.5, gt=0)
     """How long /predict waits for card state before answering with the stateless score."""
+    feedback_timeout_seconds: float = Field(default=5.0, gt=0)
+    """How long POST /feedback waits for the broker to acknowledge a label before answering 503
+    (the producer gives up on the message at the same time)."""
     model_reload_seconds: float = Field(default=10.0, gt=0)
     """How often the model directory is checked for a new artifact."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -39,6 +39,7 @@ from model.scoring import ModelHolder, scoring_executor, utcnow
 from streaming import faust_transport, kafka
 from streaming.merchant_risk import MerchantRisk, Replica, label_key
 from streaming.metrics import WorkerMetrics
+from streaming.quality import QualityTracker
 from streaming.settings import WorkerSettings
 from streaming.state import CardState, empty_state, history_frame, labels_frame, merge, with_fraud_label
 from streaming.validation import (
@@ -260,6 +261,8 @@ def create_app(
     )
 
     executor.submit(processor.warm_up)
+    # Decisions joined to the labels that come later (by transaction id) for live quality.
+    quality = QualityTracker(max_decisions=settings.quality_max_decisions)
 
     # Which partition each stored card arrived on, to drop its state when the partition moves to
     # another worker (the memory store only tracks keys it restored from the changelog).
@@ -315,6 +318,13 @@ def create_app(
                 metrics.decisions.labels(decision=decision.decision).inc()
                 metrics.score.observe(decision.score)
                 metrics.latency.observe(max(0.0, (now_ms - rec.timestamp_ms) / 1000))
+                quality.add_decision(
+                    decision.transaction_id,
+                    decision.model_version,
+                    decision.decision,
+                    decision.score,
+                    epoch_ms(decision.event_timestamp),
+                )
         # Faust only logs a failed send; awaiting every delivery makes a failure raise here, so
         # the batch is never acknowledged (and its offsets never committed) without its outputs.
         await asyncio.gather(*pending)
@@ -331,6 +341,7 @@ def create_app(
             metrics.label_dead_letters.labels(reason=rej.reason).inc()
         for rec, label in valid:
             metrics.labels.labels(is_fraud=str(label.is_fraud).lower()).inc()
+            quality.add_label(label.transaction_id, label.is_fraud)
             if not label.is_fraud:
                 continue
             tx_day = epoch_ms(label.timestamp) // DAY_MS
@@ -433,6 +444,16 @@ def create_app(
             offset = committed.get(tp)
             if offset is not None:
                 metrics.committed.labels(partition=label).set(offset)
+        for (version, outcome, is_fraud), n in quality.changed_counts().items():
+            metrics.labelled_decisions.labels(
+                model_version=version, decision=outcome, is_fraud=str(is_fraud).lower()
+            ).set(n)
+        for version, summary in quality.summary().items():
+            for threshold, q in summary["thresholds"].items():
+                if q["precision"] is not None:
+                    metrics.live_precision.labels(model_version=version, threshold=threshold).set(q["precision"])
+                if q["recall"] is not None:
+                    metrics.live_recall.labels(model_version=version, threshold=threshold).set(q["recall"])
         drift = await asyncio.get_running_loop().run_in_executor(executor, processor.drift_values)
         for signal, value in drift.items():
             metrics.drift.labels(signal=signal).set(value)

@@ -42,7 +42,7 @@ def kafka_env(topics) -> dict[str, str]:  # type: ignore[no-untyped-def]
 def test_help_lists_every_command() -> None:
     out = fraud("--help")
     assert out.returncode == 0
-    for command in ("broker", "train", "evaluate", "worker", "api", "produce", "demo"):
+    for command in ("broker", "train", "evaluate", "quality", "worker", "api", "produce", "demo"):
         assert command in out.stdout
         assert fraud(command, "--help").returncode == 0
 
@@ -92,6 +92,20 @@ def test_train_and_evaluate_commands(tmp_path: Path, train_frame: pd.DataFrame) 
     table = pd.read_csv(scores)
     assert list(table.columns) == ["transaction_id", "score", "decision"]
     assert len(table) == body["n_transactions"] > 0
+
+    # A baseline without the merchant risk features, reported beside the model on the same rows.
+    out = fraud("train", "--data", str(csv), "--out", str(tmp_path / "base"), "--without-merchant-risk")
+    assert out.returncode == 0, out.stderr
+    out = fraud(
+        "evaluate", "--model", str(tmp_path / "m"), "--data", str(csv), "--from", "2026-01-15",
+        "--baseline", str(tmp_path / "base"), "--report", str(report),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    body = json.loads(report.read_text())
+    assert body["disabled_features"] == []
+    assert "merchant_fraud_rate_7d" in body["baseline"]["disabled_features"]
+    assert body["baseline"]["n_transactions"] == body["n_transactions"]
+    assert body["baseline"]["model_version"] != body["model_version"]
 
     missing = tmp_path / "missing.csv"
     train_frame.drop(columns=["amount"]).to_csv(missing, index=False)
