@@ -351,7 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="start", type=_timestamp, help="first decision event time included (inclusive)")
     p.add_argument("--to", dest="end", type=_timestamp, help="end of the decisions' event-time range (exclusive)")
     p.add_argument("--json", type=Path, help="also write the report as JSON here")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to reach the topics' ends (default %(default)s)")
+    p.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to reach the topics' ends (default %(default)s)"
+    )
     p.set_defaults(func=cmd_quality)
 
     from streaming.settings import ApiSettings, ProducerSettings, WorkerSettings, env_help
