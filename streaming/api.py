@@ -1,9 +1,13 @@
-"""The FastAPI adapter: synchronous scoring on the same path as the stream.
+"""The FastAPI adapter: synchronous scoring on the same path as the stream, and label feedback.
 
 ``POST /predict`` reads the card's history from the worker that owns it (the worker's state
 view routes by key), never changes it, and scores with the same features and model as the
 stream. If the state cannot be reached in time, it answers with the stateless score and says
 so with ``card_state: "unavailable"``.
+
+``POST /feedback`` takes a label event (what was learned about a transaction after the fact)
+and publishes it to the labels topic, keyed by card id, answering 202 once the broker has
+acknowledged it (503 if it does not within ``FRAUD_FEEDBACK_TIMEOUT_SECONDS``).
 """
 
 from __future__ import annotations
@@ -11,21 +15,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
+from confluent_kafka import KafkaError, KafkaException, Producer
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 
-from model.errors import FraudStreamError
+from model.errors import FraudStreamError, UpstreamUnavailableError
 from model.features import frame_from_transactions
-from model.schemas import Decision, Transaction
+from model.schemas import Decision, Label, Transaction
 from model.scoring import ModelHolder, Scorer, scoring_executor, utcnow
+from producers.publisher import label_value
+from streaming import kafka
 from streaming.metrics import ApiMetrics
 from streaming.settings import ApiSettings
 from streaming.state import CardState, history_frame
@@ -34,6 +43,97 @@ log = logging.getLogger("fraudstream.api")
 
 #: Routes left out of request metrics: probes and scrapes would drown the real traffic.
 UNMETERED = {"/health", "/ready", "/metrics"}
+
+
+class FeedbackAccepted(BaseModel):
+    """Where the broker stored an accepted label."""
+
+    transaction_id: str
+    topic: str
+    partition: int
+    offset: int
+
+
+class LabelPublisher:
+    """Publishes label events and awaits the broker's acknowledgement without blocking the event loop.
+
+    The confluent-kafka producer is created on first use (a process that never receives feedback
+    never connects for it). A daemon thread polls it; each delivery callback hands its result to
+    the waiting request's future through ``loop.call_soon_threadsafe``. The producer gives up on a
+    message after the feedback timeout, so a 503 means it will not be written later either
+    (barring a broker that wrote it without its ack arriving: a retried label may then be stored
+    twice, which the label consumers absorb since they key labels by transaction id).
+    """
+
+    def __init__(self, settings: ApiSettings) -> None:
+        self.settings = settings
+        self.timeout = settings.feedback_timeout_seconds
+        self._producer: Producer | None = None
+        self._poller: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def _ensure_producer(self) -> Producer:
+        if self._producer is None:
+            self._stop = threading.Event()
+            timeout_ms = max(1, round(self.timeout * 1000))
+            self._producer = kafka.producer(self.settings, **{"message.timeout.ms": timeout_ms, "linger.ms": 0})
+            self._poller = threading.Thread(target=self._poll, name="feedback-producer-poll", daemon=True)
+            self._poller.start()
+        return self._producer
+
+    def _poll(self) -> None:
+        producer = self._producer
+        while producer is not None and not self._stop.is_set():
+            producer.poll(0.1)
+
+    async def publish(self, label: Label) -> FeedbackAccepted:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Any] = loop.create_future()
+
+        def resolve(err: Any, msg: Any) -> None:  # on the event loop
+            if done.done():  # the request gave up (timeout) or went away
+                return
+            if err is None:
+                done.set_result(msg)
+            elif err.code() == KafkaError._MSG_TIMED_OUT:
+                done.set_exception(UpstreamUnavailableError(self._late(f" ({err.str()})")))
+            else:
+                done.set_exception(UpstreamUnavailableError(f"the broker refused the label: {err.str()}"))
+
+        def on_delivery(err: Any, msg: Any) -> None:  # on the poll thread
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(resolve, err, msg)
+
+        topic = self.settings.labels_topic
+        try:
+            self._ensure_producer().produce(
+                topic, key=label.card_id.encode(), value=label_value(label), on_delivery=on_delivery
+            )
+        except (BufferError, KafkaException) as exc:
+            raise UpstreamUnavailableError(f"cannot queue the label for {topic}: {exc}") from exc
+        try:
+            # The producer reports its own timeout first; the margin only guards against a lost callback.
+            msg = await asyncio.wait_for(done, self.timeout + 1.0)
+        except TimeoutError as exc:
+            raise UpstreamUnavailableError(self._late("")) from exc
+        return FeedbackAccepted(
+            transaction_id=label.transaction_id, topic=msg.topic(), partition=msg.partition(), offset=msg.offset()
+        )
+
+    def _late(self, why: str) -> str:
+        return f"the broker did not acknowledge the label within {self.timeout:g} s{why}; retry later"
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Deliver what is queued (up to ``timeout`` seconds), then stop polling."""
+        if self._producer is None:
+            return
+        left = self._producer.flush(timeout)
+        if left:
+            log.warning("%d label(s) not delivered at shutdown", left)
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join(timeout=2.0)
+        self._producer = self._poller = None  # dropping the last reference destroys the client
 
 
 class Services:
@@ -45,6 +145,7 @@ class Services:
         self.metrics = ApiMetrics()
         self.executor = scoring_executor()
         self.http = httpx.AsyncClient(base_url=settings.worker_url, timeout=settings.state_timeout_seconds)
+        self.labels = LabelPublisher(settings)
 
     def refresh_model(self) -> None:
         before = self.holder.reload_failures
@@ -79,6 +180,13 @@ def get_scorer(services: ServicesDep) -> Scorer:
 ScorerDep = Annotated[Scorer, Depends(get_scorer)]
 
 
+def get_label_publisher(services: ServicesDep) -> LabelPublisher:
+    return services.labels
+
+
+LabelPublisherDep = Annotated[LabelPublisher, Depends(get_label_publisher)]
+
+
 def create_api(settings: ApiSettings | None = None) -> FastAPI:
     settings = settings or ApiSettings()
     services = Services(settings)
@@ -101,6 +209,7 @@ def create_api(settings: ApiSettings | None = None) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             await services.http.aclose()
+            await loop.run_in_executor(None, services.labels.close)
             services.executor.shutdown(wait=False)
 
     app = FastAPI(
@@ -149,6 +258,16 @@ def create_api(settings: ApiSettings | None = None) -> FastAPI:
         decision = scorer.decisions([tx], batch, [card_state], utcnow())[0]
         services.metrics.decisions.labels(decision=decision.decision, card_state=card_state).inc()
         return decision
+
+    @app.post(
+        "/feedback",
+        status_code=202,
+        response_model=FeedbackAccepted,
+        summary="Publish a label (chargeback, investigation verdict, ...) to the labels topic",
+        responses={503: {"description": "The broker did not acknowledge the label in time"}},
+    )
+    async def feedback(label: Label, labels: LabelPublisherDep) -> FeedbackAccepted:
+        return await labels.publish(label)
 
     @app.get("/health", summary="Liveness: the process is up")
     async def health() -> dict[str, str]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -92,3 +94,69 @@ def test_not_ready_without_a_model(tmp_path: Path) -> None:
         assert c.get("/ready").status_code == 503
         resp = c.post("/predict", json=GOOD)
         assert resp.status_code == 503 and resp.json()["error"] == "ModelNotReadyError"
+
+
+LABEL = {
+    "transaction_id": "t-1",
+    "card_id": "card-1",
+    "merchant_id": "m-1",
+    "is_fraud": True,
+    "timestamp": "2026-01-10T12:00:00+01:00",
+    "labelled_at": "2026-01-17T09:30:00Z",
+    "source": "chargeback",
+}
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({**LABEL, "is_fraud": 1}, "is_fraud"),  # a JSON boolean, not 0/1
+        ({**LABEL, "is_fraud": "yes"}, "is_fraud"),
+        ({**LABEL, "source": "rumour"}, "source"),
+        ({**LABEL, "labelled_at": "2026-01-17T09:30:00"}, "labelled_at"),  # no zone
+        ({**LABEL, "timestamp": 1768042800}, "timestamp"),
+        ({**LABEL, "card_id": "has space"}, "card_id"),
+        ({k: v for k, v in LABEL.items() if k != "merchant_id"}, "merchant_id"),
+    ],
+)
+def test_feedback_invalid_labels_get_422_naming_the_field(client: TestClient, body: dict, field: str) -> None:
+    resp = client.post("/feedback", json=body)
+    assert resp.status_code == 422, resp.text
+    assert field in {err["loc"][-1] for err in resp.json()["detail"]}
+
+
+def test_feedback_label_known_before_its_transaction_is_a_422(client: TestClient) -> None:
+    resp = client.post("/feedback", json={**LABEL, "labelled_at": "2026-01-10T10:59:59Z"})  # 1 s before
+    assert resp.status_code == 422
+    assert "labelled_at is before" in resp.text
+    metrics = client.get("/metrics").text
+    assert 'fraud_api_requests_total{method="POST",route="/feedback",status="422"} 1.0' in metrics
+    assert "/feedback" in client.get("/openapi.json").json()["paths"]
+
+
+def test_feedback_without_a_broker_is_a_503_after_the_timeout(model_dir: Path) -> None:
+    settings = ApiSettings(
+        model_dir=model_dir,
+        worker_url="http://127.0.0.1:9",
+        kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",  # nothing listens there
+        feedback_timeout_seconds=0.5,
+    )
+    start = time.monotonic()
+    with TestClient(create_api(settings)) as c, ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(c.post, "/feedback", json=LABEL)
+        time.sleep(0.15)
+        # The event loop keeps serving while the label waits for its ack.
+        probe = time.monotonic()
+        assert c.get("/health").status_code == 200
+        assert time.monotonic() - probe < 0.2
+        assert not pending.done()
+        resp = pending.result(timeout=10)
+        took = time.monotonic() - start
+        assert resp.status_code == 503, resp.text
+        body = resp.json()
+        assert body["error"] == "UpstreamUnavailableError"
+        assert body["detail"].startswith("the broker did not acknowledge the label within 0.5 s")
+        assert 0.4 < took < 3.0
+        metrics = c.get("/metrics").text
+        assert 'fraud_api_requests_total{method="POST",route="/feedback",status="503"} 1.0' in metrics
+    assert time.monotonic() - start < 10.0  # shutdown flushes and stops the producer promptly
