@@ -410,6 +410,77 @@ def test_compose_file_is_valid() -> None:
             assert re.search(rf"^  {service}:$", result.stdout, re.MULTILINE), f"no {service} service"
 
 
+def _compose() -> dict[str, Any]:
+    import yaml
+
+    compose: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))  # resolves << merges
+    return compose
+
+
+def _setting_topics() -> dict[str, str]:
+    """FRAUD_*_TOPIC -> its default, for every topic field of KafkaSettings."""
+    from streaming.settings import KafkaSettings
+
+    return {
+        f"FRAUD_{name.upper()}": field.default
+        for name, field in KafkaSettings.model_fields.items()
+        if name.endswith("_topic")
+    }
+
+
+def test_compose_services_share_every_topic_name() -> None:
+    """The shared kafka environment names every topic of KafkaSettings, and every service sees it."""
+    compose = _compose()
+    topics = _setting_topics()
+    assert {"FRAUD_LABELS_TOPIC", "FRAUD_LABELS_DLQ_TOPIC", "FRAUD_MERCHANT_RISK_TOPIC"} <= topics.keys()
+    shared = compose["x-kafka-env"]
+    assert {name: shared.get(name) for name in topics} == topics, "x-kafka-env must name every topic"
+    for service in ("topics", "train", "worker", "api", "producer"):
+        env = compose["services"][service]["environment"]
+        assert {name: env.get(name) for name in topics} == topics, f"{service} does not see every topic name"
+
+
+def test_compose_topics_service_creates_every_topic(tmp_path: Path) -> None:
+    """Run the `topics` one-shot's script with a stand-in kafka-topics.sh that records its calls."""
+    sh = shutil.which("sh")
+    if sh is None:
+        pytest.skip("no sh")
+    compose = _compose()
+    service = compose["services"]["topics"]
+    assert service["entrypoint"] == ["/bin/sh", "-c"]
+    (script,) = service["command"]
+    real = "/opt/kafka/bin/kafka-topics.sh"
+    assert real in script
+    calls = tmp_path / "calls"
+    stub = tmp_path / "kafka-topics.sh"
+    stub.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> "{calls}"\n', encoding="utf-8")
+    stub.chmod(0o755)
+    # Compose writes a literal $ as $$.
+    script = script.replace("$$", "$").replace(real, str(stub))
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **{k: str(v) for k, v in service["environment"].items()}}
+    result = subprocess.run([sh, "-c", script], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+
+    created: dict[str, list[str]] = {}
+    for line in calls.read_text(encoding="utf-8").splitlines():
+        args = line.split()
+        assert args[args.index("--bootstrap-server") + 1] == env["FRAUD_KAFKA_BOOTSTRAP_SERVERS"]
+        if "--create" in args:
+            created[args[args.index("--topic") + 1]] = args
+    topics = _setting_topics()
+    assert set(created) == set(topics.values()), f"created {sorted(created)}, settings name {sorted(topics.values())}"
+    for name, args in created.items():
+        assert "--if-not-exists" in args, name
+        # The labels topic must match the transactions topic's partitions; all share the setting.
+        assert args[args.index("--partitions") + 1] == env["FRAUD_TOPIC_PARTITIONS"], name
+        assert args[args.index("--replication-factor") + 1] == env["FRAUD_TOPIC_REPLICATION_FACTOR"], name
+        configs = [args[i + 1] for i, arg in enumerate(args) if arg == "--config"]
+        if name == topics["FRAUD_MERCHANT_RISK_TOPIC"]:
+            assert configs == ["cleanup.policy=compact"], f"{name} must be log-compacted"
+        else:
+            assert configs == [], f"{name} has configs {configs}"
+
+
 def test_compose_mounts_what_grafana_provisioning_reads() -> None:
     compose = COMPOSE_FILE.read_text(encoding="utf-8")
     provider = DASHBOARD_PROVIDER.read_text(encoding="utf-8")

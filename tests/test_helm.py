@@ -308,6 +308,9 @@ def test_worker_deployment(render: Render) -> None:
     assert env["FRAUD_TRANSACTIONS_TOPIC"] == kafka["topics"]["transactions"]
     assert env["FRAUD_DECISIONS_TOPIC"] == kafka["topics"]["decisions"]
     assert env["FRAUD_DLQ_TOPIC"] == kafka["topics"]["dlq"]
+    assert env["FRAUD_LABELS_TOPIC"] == kafka["topics"]["labels"]
+    assert env["FRAUD_LABELS_DLQ_TOPIC"] == kafka["topics"]["labelsDlq"]
+    assert env["FRAUD_MERCHANT_RISK_TOPIC"] == kafka["topics"]["merchantRisk"]
     assert env["FRAUD_TOPIC_PARTITIONS"] == str(kafka["partitions"])
     assert env["FRAUD_APP_ID"] == worker["appId"]
     assert env["FRAUD_MODEL_DIR"] == f"{model['mountPath']}/{model['subPath']}"
@@ -348,6 +351,47 @@ def test_api_deployment_and_its_way_to_the_worker(render: Render) -> None:
     api_service = _only(docs, "Service", "api")
     assert api_service["spec"]["ports"] == [{"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"}]
     assert _matches(api_service["spec"]["selector"], api["spec"]["template"]["metadata"]["labels"])
+
+
+#: kafka.topics key -> the variable it sets (a topic field of streaming/settings.py KafkaSettings).
+TOPIC_VARIABLES = {
+    "transactions": "FRAUD_TRANSACTIONS_TOPIC",
+    "decisions": "FRAUD_DECISIONS_TOPIC",
+    "dlq": "FRAUD_DLQ_TOPIC",
+    "labels": "FRAUD_LABELS_TOPIC",
+    "labelsDlq": "FRAUD_LABELS_DLQ_TOPIC",
+    "merchantRisk": "FRAUD_MERCHANT_RISK_TOPIC",
+}
+
+
+def _setting_topics() -> dict[str, str]:
+    """FRAUD_*_TOPIC -> its default, for every topic field of KafkaSettings."""
+    from streaming.settings import KafkaSettings
+
+    return {
+        f"FRAUD_{name.upper()}": field.default
+        for name, field in KafkaSettings.model_fields.items()
+        if name.endswith("_topic")
+    }
+
+
+def test_every_topic_setting_is_a_value_with_its_default() -> None:
+    """A topic added to KafkaSettings needs a kafka.topics value (and the same default name)."""
+    defaults = _setting_topics()
+    assert set(TOPIC_VARIABLES.values()) == set(defaults), "kafka.topics and KafkaSettings' topics differ"
+    topics = _values()["kafka"]["topics"]
+    assert set(topics) == set(TOPIC_VARIABLES)
+    assert {TOPIC_VARIABLES[key]: name for key, name in topics.items()} == defaults
+
+
+def test_worker_and_api_get_every_topic(render: Render) -> None:
+    """The API reads the merchant-risk topic too: both processes must see the same names."""
+    topics = render.values["kafka"]["topics"]
+    expected = {TOPIC_VARIABLES[key]: name for key, name in topics.items()}
+    assert len(set(expected.values())) == len(expected), f"two topics share a name: {expected}"
+    for component in ("worker", "api"):
+        env = _env(_container(_only(render.docs, "Deployment", component)))
+        assert {name: env.get(name) for name in expected} == expected, component
 
 
 def test_every_fraud_variable_is_a_setting(render: Render) -> None:
@@ -576,6 +620,8 @@ def test_values_match_the_schema(name: str) -> None:
         ({"containerSecurityContext": {"readOnlyRootFilesystem": False}}, "readOnlyRootFilesystem"),
         ({"kafka": {"securityProtocol": "TLS"}}, "securityProtocol"),
         ({"keda": {"lagThreshold": "1000"}}, "lagThreshold"),
+        ({"kafka": {"topics": {"transactions": "t", "decisions": "d", "dlq": "t.dlq"}}}, "'labels' is a required"),
+        ({"kafka": {"topics": {"transactions": "t", "labelsDLQ": "l.dlq"}}}, "'labelsDLQ' was unexpected"),
     ],
 )
 def test_the_schema_refuses_bad_values(change: dict[str, Any], error: str) -> None:
@@ -595,6 +641,7 @@ def test_the_schema_refuses_bad_values(change: dict[str, Any], error: str) -> No
         (["--set", "kafka.securityProtocol=SASL_SSL"], "kafka.sasl.existingSecret is required"),
         (["--set", "model.persistence.enabled=false"], "model.existingClaim"),
         (["--set", "worker.bogus=1"], "bogus"),
+        (["--set", "kafka.topics.merchantRisk="], "merchantRisk"),
     ],
 )
 def test_helm_refuses_bad_values(helm: str, args: list[str], error: str) -> None:
@@ -638,6 +685,9 @@ def test_notes_render(helm: str) -> None:
         notes = result.stdout.split("\nNOTES:\n", 1)[1]
         assert f"Deployment {RELEASE}-fraudstream-worker" in notes, notes
         assert f"service/{RELEASE}-fraudstream-api" in notes, notes
+        values = _values(*([ALL_FEATURES] if args else []))
+        assert f'Labels from "{values["kafka"]["topics"]["labels"]}"' in notes, notes
+        assert f'"{values["kafka"]["topics"]["merchantRisk"]}" (compacted' in notes, notes
         assert "<no value>" not in notes, notes
 
 

@@ -110,6 +110,12 @@ no partition and does no work.
   value: {{ $kafka.topics.decisions | quote }}
 - name: FRAUD_DLQ_TOPIC
   value: {{ $kafka.topics.dlq | quote }}
+- name: FRAUD_LABELS_TOPIC
+  value: {{ $kafka.topics.labels | quote }}
+- name: FRAUD_LABELS_DLQ_TOPIC
+  value: {{ $kafka.topics.labelsDlq | quote }}
+- name: FRAUD_MERCHANT_RISK_TOPIC
+  value: {{ $kafka.topics.merchantRisk | quote }}
 - name: FRAUD_TOPIC_PARTITIONS
   value: {{ $kafka.partitions | quote }}
 - name: FRAUD_TOPIC_REPLICATION_FACTOR
