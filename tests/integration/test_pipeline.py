@@ -160,6 +160,23 @@ def test_stream_matches_batch_features_and_scores(stack: Stack, traffic_frame: p
     assert stream_features[:, FEATURE_NAMES.index("merchant_tx_count_7d")].max() > 3
     assert stream_features[:, FEATURE_NAMES.index("merchant_fraud_rate_7d")].max() > 0
     assert stream_features[:, FEATURE_NAMES.index("card_known_fraud")].max() == 1
+    # Live quality: every label joined its decision (labels came first and waited).
+    version = scorer.version
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        text = httpx.get(f"http://127.0.0.1:{stack.metrics_port}/metrics").text
+        joined = sum(
+            float(line.split()[-1])
+            for line in text.splitlines()
+            if line.startswith("fraud_labelled_decisions{") and f'model_version="{version}"' in line
+        )
+        if joined == len(label_events):
+            break
+        time.sleep(0.5)
+    assert joined == len(label_events)
+    flagged = [got[t]["decision"] != "allow" for t in rows.loc[rows["is_fraud"] == 1, "transaction_id"]]
+    recall = f'fraud_live_recall{{model_version="{version}",threshold="review"}} {sum(flagged) / len(flagged)}'
+    assert recall in text
 
 
 def test_predict_over_http_matches_the_stream(stack: Stack, traffic_frame: pd.DataFrame) -> None:
