@@ -35,9 +35,10 @@ from model.schemas import Decision, Label, Transaction
 from model.scoring import ModelHolder, Scorer, scoring_executor, utcnow
 from producers.publisher import label_value
 from streaming import kafka
+from streaming.merchant_risk import MerchantRisk, Replica
 from streaming.metrics import ApiMetrics
 from streaming.settings import ApiSettings
-from streaming.state import CardState, history_frame
+from streaming.state import CardState, history_frame, labels_frame
 
 log = logging.getLogger("fraudstream.api")
 
@@ -146,6 +147,9 @@ class Services:
         self.executor = scoring_executor()
         self.http = httpx.AsyncClient(base_url=settings.worker_url, timeout=settings.state_timeout_seconds)
         self.labels = LabelPublisher(settings)
+        # Merchant risk (daily counts, fraud labels) from the workers' compacted topic.
+        self.risk = MerchantRisk()
+        self.replica = Replica(settings, settings.merchant_risk_topic, self.risk)
 
     def refresh_model(self) -> None:
         before = self.holder.reload_failures
@@ -195,6 +199,7 @@ def create_api(settings: ApiSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(services.executor, services.refresh_model)
+        services.replica.start()
 
         async def reload_loop() -> None:
             while True:
@@ -210,6 +215,7 @@ def create_api(settings: ApiSettings | None = None) -> FastAPI:
                 await task
             await services.http.aclose()
             await loop.run_in_executor(None, services.labels.close)
+            services.replica.stop()
             services.executor.shutdown(wait=False)
 
     app = FastAPI(
@@ -252,8 +258,9 @@ def create_api(settings: ApiSettings | None = None) -> FastAPI:
         # The transaction itself may already be in the state (the stream scored it): drop it so
         # the answer is the score the stream gave, not one that counts the transaction twice.
         history = history.loc[history["transaction_id"] != tx.transaction_id]
+        risk = services.risk.context([tx.merchant_id], labels_frame(states))
         batch = await asyncio.get_running_loop().run_in_executor(
-            services.executor, scorer.score_frame, queries, history
+            services.executor, scorer.score_frame, queries, history, risk
         )
         decision = scorer.decisions([tx], batch, [card_state], utcnow())[0]
         services.metrics.decisions.labels(decision=decision.decision, card_state=card_state).inc()
@@ -280,6 +287,8 @@ def create_api(settings: ApiSettings | None = None) -> FastAPI:
             "ready": holder.ready,
             "model_version": holder.scorer.version if holder.ready else None,
             "model_error": holder.last_error,
+            # Informational: without it /predict still answers, with merchant features of zero.
+            "merchant_risk_restored": services.replica.caught_up.is_set(),
         }
         return JSONResponse(status_code=200 if holder.ready else 503, content=body)
 

@@ -196,13 +196,25 @@ class Replica(threading.Thread):
         self._stop_event.set()
 
     def run(self) -> None:
+        # A broker that is down or a topic not created yet is waited for: the view is rebuilt
+        # from the beginning each time (records are absolute values, so re-applying is safe).
+        while not self._stop_event.is_set():
+            try:
+                self._follow()
+            except Exception as exc:  # noqa: BLE001 - logged, retried; this thread must not die
+                log.warning("merchant-risk replica: %s; retrying in 5 s", exc)
+                self._stop_event.wait(5.0)
+
+    def _follow(self) -> None:
         # Assigned, never subscribed: the group id is only a label, nothing is committed.
         consumer = kafka.consumer(self.settings, f"{self.topic}-replica")
         try:
-            meta = consumer.list_topics(self.topic, timeout=30)
+            meta = consumer.list_topics(self.topic, timeout=10)
             partitions = sorted(meta.topics[self.topic].partitions)
+            if not partitions:
+                raise LookupError(f"topic {self.topic} does not exist (yet)")
             consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
-            ends = {p: consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=30)[1] for p in partitions}
+            ends = {p: consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)[1] for p in partitions}
             pending = {p for p, end in ends.items() if end > 0}
             idle = 0
             while not self._stop_event.is_set():
@@ -230,9 +242,6 @@ class Replica(threading.Thread):
                         pending.discard(p)
                 if not pending:
                     self.caught_up.set()
-        except Exception:  # the process's scoring can't go on without it: make it loud
-            log.critical("merchant-risk replica stopped", exc_info=True)
-            raise
         finally:
             consumer.close()
 
