@@ -188,10 +188,11 @@ class SimConfig:
 
     # --- fraud: compromised merchants -----------------------------------------------------
     # Share of merchants compromised at some point (at least one when > 0).
-    compromised_merchant_share: float = 0.01
-    # Compromise window length in days (uniform in [min, max], clipped to the simulation).
-    compromise_min_days: float = 3.0
-    compromise_max_days: float = 21.0
+    compromised_merchant_share: float = 0.02
+    # Compromise window length in days (uniform in [min, max], clipped to the simulation): a
+    # skimmer or a breached terminal goes unnoticed for weeks.
+    compromise_min_days: float = 7.0
+    compromise_max_days: float = 45.0
     # Share of a compromised merchant's transactions in the window that are fraudulent.
     compromised_merchant_fraud_share: float = 0.2
     # Most fraudulent transactions a compromised merchant sees per day on average (a fraud ring

@@ -156,28 +156,36 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
-    from producers.synthetic import SimConfig, generate, iter_transactions
+    from producers.synthetic import (
+        SimConfig,
+        generate,
+        iter_records,
+        iter_transactions,
+        labels_for,
+        with_label_columns,
+    )
 
     base = dict(seed=args.seed, n_cards=args.cards, n_merchants=args.merchants, days=args.days)
     if args.start is not None:
         base["start"] = args.start.to_pydatetime()
-    config = SimConfig(**base)
+    config = SimConfig(**base, label_delay_days=args.label_delay_days)
     if args.csv is not None:
         frame = generate(config)
         args.csv.parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(args.csv, index=False)
+        with_label_columns(frame, labels_for(frame, config)).to_csv(args.csv, index=False)
         print(f"wrote {len(frame)} transactions ({int(frame['is_fraud'].sum())} fraud) to {args.csv}")
         return 0
 
     from prometheus_client import start_http_server
 
     from model.dataset import load_csv
-    from producers.publisher import Progress, Publisher, rows_from_frame
+    from producers.publisher import Progress, Publisher, csv_labels, label_events, rows_from_frame
     from streaming import kafka
     from streaming.settings import ProducerSettings
 
     settings = ProducerSettings()
-    kafka.ensure_topics(settings, [settings.transactions_topic])
+    labels = None
+    kafka.ensure_topics(settings, [settings.transactions_topic, *([settings.labels_topic] if args.labels else [])])
     publisher = Publisher(settings)
     if settings.metrics_port:
         start_http_server(settings.metrics_port, registry=publisher.metrics.registry)
@@ -187,13 +195,28 @@ def cmd_produce(args: argparse.Namespace) -> int:
             print(f"{args.from_csv}: {dataset.invalid.summary()}", file=sys.stderr)
         rows = rows_from_frame(dataset.frame)
         total = len(dataset.frame) if args.count is None else min(args.count, len(dataset.frame))
+        if args.labels:
+            found = csv_labels(args.from_csv, dataset.frame, label_delay_days=args.label_delay_days)
+            print(f"{args.from_csv}: {found.summary()}", file=sys.stderr)
+            labels = found.labels
+    elif args.labels:
+        frame = generate(config)
+        rows = iter_records(frame)
+        labels = label_events(labels_for(frame, config))
+        total = args.count
     else:
         rows = iter_transactions(config)
         total = args.count
     progress = Progress(total, enabled=not args.quiet)
     try:
         stats = publisher.publish(
-            rows, rate=args.rate, count=args.count, duration=args.duration, speedup=args.speedup, progress=progress
+            rows,
+            labels=labels,
+            rate=args.rate,
+            count=args.count,
+            duration=args.duration,
+            speedup=args.speedup,
+            progress=progress,
         )
     except KeyboardInterrupt:
         publisher.producer.flush(30)
@@ -206,6 +229,9 @@ def cmd_produce(args: argparse.Namespace) -> int:
                 "acked": stats.acked,
                 "failed": stats.failed,
                 "fraud": stats.fraud,
+                "labels": stats.labels,
+                "labels_acked": stats.labels_acked,
+                "labels_failed": stats.labels_failed,
                 "seconds": round(stats.seconds, 3),
                 "rate_per_s": round(stats.acked / stats.seconds, 1) if stats.seconds else None,
             }
@@ -213,7 +239,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
     )
     for err in stats.errors:
         print(f"delivery error: {err}", file=sys.stderr)
-    return 1 if stats.failed else 0
+    return 1 if stats.failed or stats.labels_failed else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -399,6 +425,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=float, default=30.0, help="simulated days of event time (default %(default)s)")
     p.add_argument("--start", type=_timestamp, help="event time of the simulation start (default 2026-01-01)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--labels",
+        action="store_true",
+        help="also publish label events to the labels topic, each when it became known among the transactions "
+        "(synthetic: simulated chargebacks/investigations; --from-csv: the CSV's labelled_at and label_source)",
+    )
+    p.add_argument(
+        "--label-delay-days",
+        type=_positive_float,
+        default=7.0,
+        help="median delay of simulated fraud labels, and the delay of a replayed fraud row's label when its "
+        "labelled_at is empty (default %(default)s)",
+    )
     p.set_defaults(func=cmd_produce)
 
     p = sub.add_parser("demo", help="embedded broker + model + worker + API + traffic, then a summary")

@@ -207,7 +207,8 @@ class Replica(threading.Thread):
 
     def _follow(self) -> None:
         # Assigned, never subscribed: the group id is only a label, nothing is committed.
-        consumer = kafka.consumer(self.settings, f"{self.topic}-replica")
+        # librdkafka's own log lines (a broker not up yet: one per reconnect) go to logging.
+        consumer = kafka.consumer(self.settings, f"{self.topic}-replica", logger=log)
         try:
             meta = consumer.list_topics(self.topic, timeout=10)
             partitions = sorted(meta.topics[self.topic].partitions)

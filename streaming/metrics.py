@@ -159,4 +159,5 @@ class ProducerMetrics:
         self.sent = Counter("fraud_producer_messages_total", "Messages acknowledged by the broker", registry=r)
         self.failed = Counter("fraud_producer_errors_total", "Messages the broker did not acknowledge", registry=r)
         self.fraud = Counter("fraud_producer_fraud_messages_total", "Sent messages labelled fraud", registry=r)
+        self.labels = Counter("fraud_producer_labels_total", "Label events acknowledged by the broker", registry=r)
         self.bytes = Counter("fraud_producer_bytes_total", "Value bytes acknowledged", registry=r)
