@@ -25,8 +25,9 @@ import numpy as np
 import orjson
 from confluent_kafka import TopicPartition
 
-from producers.publisher import Progress, Publisher
-from producers.synthetic import SimConfig, generate, iter_transactions
+from model.features import epoch_ms
+from producers.publisher import Progress, Publisher, label_events
+from producers.synthetic import SimConfig, generate, iter_records, labels_for, with_label_columns
 from streaming import kafka
 from streaming.broker import WORKER_ENV, EmbeddedBroker, free_port
 from streaming.settings import ProducerSettings
@@ -42,7 +43,9 @@ BAD_MESSAGES = (
     b"[1, 2, 3]",
 )
 TRAIN_CONFIG = SimConfig(seed=7, days=45.0, start=datetime(2026, 1, 1, tzinfo=UTC))
-TRAFFIC_CONFIG = SimConfig(seed=11, days=30.0, start=datetime(2026, 2, 15, tzinfo=UTC))
+# Labels in the demo come after a day rather than a week: its minutes of traffic cover a few days
+# of event time, and the feedback loop should visibly close within them.
+TRAFFIC_CONFIG = SimConfig(seed=11, days=30.0, start=datetime(2026, 2, 15, tzinfo=UTC), label_delay_days=1.0)
 
 
 @dataclass
@@ -145,15 +148,21 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], name: str, log: Path, ti
 
 
 def _ensure_model(options: DemoOptions) -> None:
+    from model.artifact import load_artifact
+    from model.errors import ModelLoadError
     from model.train import TrainOptions, train
 
     if (options.model_dir / "metadata.json").exists():
-        print(f"using model in {options.model_dir}")
-        return
+        try:
+            load_artifact(options.model_dir)
+            print(f"using model in {options.model_dir}")
+            return
+        except ModelLoadError as exc:  # say, written by an older version with other features
+            print(f"retraining: the model in {options.model_dir} cannot be used: {exc}")
     data = options.workdir / "train.csv"
     print(f"no model in {options.model_dir}: generating {TRAIN_CONFIG.days:.0f} days of synthetic traffic ...")
     frame = generate(TRAIN_CONFIG)
-    frame.to_csv(data, index=False)
+    with_label_columns(frame, labels_for(frame, TRAIN_CONFIG)).to_csv(data, index=False)
     print(f"training on {len(frame)} transactions ({int(frame['is_fraud'].sum())} fraud) from {data} ...")
     meta = train(data, options.model_dir, TrainOptions())
     m = meta["validation_metrics"]
@@ -175,13 +184,13 @@ def run_demo(options: DemoOptions) -> int:
         print(f"embedded broker on {broker.bootstrap_servers}")
         settings = ProducerSettings(kafka_bootstrap_servers=broker.bootstrap_servers, metrics_port=0)
         kafka.ensure_topics(settings, kafka.project_topics(settings))
-        web_port, api_port = free_port(), free_port()
+        web_port, api_port, metrics_port = free_port(), free_port(), free_port()
         env = {
             **os.environ,
             "FRAUD_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
             "FRAUD_MODEL_DIR": str(options.model_dir),
             "FRAUD_WEB_PORT": str(web_port),
-            "FRAUD_METRICS_PORT": str(free_port()),
+            "FRAUD_METRICS_PORT": str(metrics_port),
             "FRAUD_DATA_DIR": str(options.workdir / "worker-data"),
             "FRAUD_PORT": str(api_port),
             "FRAUD_WORKER_URL": f"http://127.0.0.1:{web_port}",
@@ -199,14 +208,23 @@ def run_demo(options: DemoOptions) -> int:
         count = options.count or None
         progress = Progress(count, enabled=True)
         print(f"streaming {count or 'unbounded'} transactions at {options.rate:.0f}/s (Ctrl-C to stop) ...")
+        traffic = generate(TRAFFIC_CONFIG)
+        # The feedback loop: each label goes out when it became known in event time (customer
+        # confirmations within hours, investigations within days, chargebacks later).
+        labels = label_events(labels_for(traffic, TRAFFIC_CONFIG))
+        next_label = 0
         start = time.monotonic()
         try:
-            for i, row in enumerate(iter_transactions(TRAFFIC_CONFIG)):
+            for i, row in enumerate(iter_records(traffic)):
                 if count is not None and i >= count:
                     break
                 wait = i / options.rate - (time.monotonic() - start)
                 if wait > 0:
                     publisher.producer.poll(wait)
+                now = epoch_ms(datetime.fromisoformat(row["timestamp"]))
+                while next_label < len(labels) and epoch_ms(labels[next_label].labelled_at) <= now:
+                    publisher.send_label(labels[next_label])
+                    next_label += 1
                 publisher.send(row)
                 sent[row["transaction_id"]] = row
                 sent_valid += 1
@@ -235,13 +253,14 @@ def run_demo(options: DemoOptions) -> int:
         progress.update(sent_valid, f"decided {len(observed.decisions)}", force=True)
         progress.close()
         parity = _predict_check(api_port, observed, sent)
+        quality = _live_quality(metrics_port, next_label)
     finally:
         stop.set()
         if follower is not None:
             follower.join(timeout=5)
         procs.stop()
         broker.stop()
-    return _summary(observed, sent_valid, sent_bad, sent, parity)
+    return _summary(observed, sent_valid, sent_bad, sent, parity, quality)
 
 
 def _predict_check(api_port: int, observed: Observed, sent: dict[str, dict[str, Any]]) -> str:
@@ -265,7 +284,37 @@ def _predict_check(api_port: int, observed: Observed, sent: dict[str, dict[str, 
     )
 
 
-def _summary(observed: Observed, sent_valid: int, sent_bad: int, sent: dict[str, dict[str, Any]], parity: str) -> int:
+def _live_quality(metrics_port: int, labels_sent: int) -> dict[str, Any]:
+    """The worker's own view of the labels: how many it applied and joined, live precision/recall."""
+    deadline = time.monotonic() + 10  # the worker refreshes these gauges every 5 s
+    out: dict[str, Any] = {"labels_sent": labels_sent}
+    while time.monotonic() < deadline:
+        text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+        values: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith(("fraud_labels_total{", "fraud_labelled_decisions{", "fraud_live_")):
+                name, value = line.rsplit(" ", 1)
+                values[name] = float(value)
+        out["labels_applied"] = int(sum(v for k, v in values.items() if k.startswith("fraud_labels_total")))
+        out["labels_joined"] = int(sum(v for k, v in values.items() if k.startswith("fraud_labelled_decisions")))
+        for k, v in values.items():
+            if k.startswith("fraud_live_") and 'threshold="review"' in k:
+                out["live_" + k.split("{")[0].removeprefix("fraud_live_") + "_review"] = round(v, 3)
+        # Every label of the demo is for a transaction the worker decided before: all join.
+        if out["labels_applied"] >= labels_sent and out["labels_joined"] >= out["labels_applied"]:
+            break
+        time.sleep(1)
+    return out
+
+
+def _summary(
+    observed: Observed,
+    sent_valid: int,
+    sent_bad: int,
+    sent: dict[str, dict[str, Any]],
+    parity: str,
+    quality: dict[str, Any],
+) -> int:
     labels = {t: int(row.get("is_fraud", 0)) for t, row in sent.items()}
     lat = observed.latencies_ms()
     decided = len(observed.decisions)
@@ -281,6 +330,11 @@ def _summary(observed: Observed, sent_valid: int, sent_bad: int, sent: dict[str,
         f"labelled fraud in traffic: {len(frauds)}; flagged (review or block): {len(flagged)}, of which fraud: {caught}"
     )
     print(parity)
+    print(
+        f"labels sent while streaming: {quality['labels_sent']}; applied by the worker: "
+        f"{quality.get('labels_applied')}; joined to its decisions: {quality.get('labels_joined')}; live "
+        f"precision/recall at review: {quality.get('live_precision_review')} / {quality.get('live_recall_review')}"
+    )
     summary = {
         "transactions": sent_valid + sent_bad,
         "decisions": decided,
@@ -288,6 +342,8 @@ def _summary(observed: Observed, sent_valid: int, sent_bad: int, sent: dict[str,
         "fraud_rate": round(blocked / decided, 6) if decided else 0.0,
         "p50_latency_ms": round(float(np.percentile(lat, 50)), 2) if len(lat) else None,
         "p99_latency_ms": round(float(np.percentile(lat, 99)), 2) if len(lat) else None,
+        "labels": quality["labels_sent"],
+        "labels_joined": quality.get("labels_joined"),
     }
     print(json.dumps(summary), flush=True)
     return 0 if decided >= sent_valid and observed.dead_letters >= sent_bad else 1
