@@ -17,6 +17,7 @@ from threadpoolctl import threadpool_limits
 
 from model.artifact import METADATA_FILE, MODEL_FILE, ModelArtifact, load_artifact
 from model.errors import ModelLoadError, ModelNotReadyError
+from model.fast_predict import FAST_MAX_ROWS, fast_path
 from model.features import DAY_MS, FEATURE_NAMES, REASON_GROUPS, RiskContext, compute_features
 from model.metrics import decide
 from model.schemas import Decision, Transaction
@@ -46,6 +47,7 @@ class Scorer:
         self.version = artifact.version
         self.thresholds = artifact.thresholds
         self._reference = artifact.reference
+        self._fast = fast_path(artifact.estimator)
         # Features a baseline model was trained without: always zero for it, as in training.
         self._disabled = np.array(
             [FEATURE_NAMES.index(n) for n in artifact.metadata.get("disabled_features", [])], dtype=np.int64
@@ -61,8 +63,19 @@ class Scorer:
             raise ModelLoadError(f"{self.artifact.path}: model fails to score: {exc}") from exc
         if score.shape != (1,) or not np.isfinite(score).all() or not 0.0 <= float(score[0]) <= 1.0:
             raise ModelLoadError(f"{self.artifact.path}: model scored the reference row as {score!r}")
+        if self._fast is not None:
+            rows = self._reference[None, :] * np.array([[1.0], [0.0], [2.0], [0.5]])
+            if not np.array_equal(self._fast.predict(rows), self._predict_sklearn(rows)):
+                log.warning("%s: fast path disagrees with scikit-learn; using scikit-learn only", self.artifact.path)
+                self._fast = None
 
     def predict(self, features: np.ndarray) -> np.ndarray:
+        """Fraud scores; a few rows take the fast path (bit-identical, see model/fast_predict.py)."""
+        if self._fast is not None and len(features) <= FAST_MAX_ROWS:
+            return self._fast.predict(features)
+        return self._predict_sklearn(features)
+
+    def _predict_sklearn(self, features: np.ndarray) -> np.ndarray:
         return np.asarray(self.artifact.estimator.predict_proba(features)[:, 1], dtype=np.float64)
 
     def reasons(self, features: np.ndarray, scores: np.ndarray) -> list[list[str]]:
