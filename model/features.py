@@ -268,11 +268,16 @@ def compute_features(queries: pd.DataFrame, history: pd.DataFrame, risk: RiskCon
     channel = queries["channel"].astype(object).to_numpy()
     for c in CHANNELS:
         out[:, col[f"channel_{c}"]] = channel == c
-    category = queries["merchant_category"].astype(object).where(queries["merchant_category"].notna(), "")
-    category = category.astype(str).str.lower()
-    known = category.isin(MERCHANT_CATEGORIES).to_numpy()
+    # Factorised once, then one integer comparison per level (fast for one row and for millions).
+    codes, levels = pd.factorize(queries["merchant_category"].to_numpy(), use_na_sentinel=True)
+    level_of = np.array([str(v).lower() for v in levels] + [""], dtype=object)[codes]  # -1 (missing) -> ""
+    level_codes, level_names = pd.factorize(level_of)
+    known = np.zeros(n, dtype=bool)
     for c in MERCHANT_CATEGORIES:
-        out[:, col[f"category_{c}"]] = (category == c).to_numpy()
+        hit = np.flatnonzero(level_names == c)
+        is_c = level_codes == hit[0] if len(hit) else np.zeros(n, dtype=bool)
+        out[:, col[f"category_{c}"]] = is_c
+        known |= is_c
     out[:, col["category_other"]] = ~known
 
     _history_features(queries, history, ts, amount, out, col)
@@ -284,45 +289,60 @@ def compute_features(queries: pd.DataFrame, history: pd.DataFrame, risk: RiskCon
 def _risk_features(
     queries: pd.DataFrame, risk: RiskContext, ts: np.ndarray, out: np.ndarray, col: dict[str, int]
 ) -> None:
-    # Per (merchant, day) of the queries: every query on that day sees the same windows.
-    q = pd.DataFrame({"merchant_id": queries["merchant_id"].to_numpy(), "day": ts // DAY_MS})
-    keys = q.drop_duplicates(ignore_index=True)
-    inverse = pd.MultiIndex.from_frame(keys).get_indexer(pd.MultiIndex.from_frame(q))
+    act, labels = risk.activity, risk.fraud_labels
+    q_day = ts // DAY_MS
+    a_day = act["day"].to_numpy(dtype=np.int64)
+    # One integer code per merchant across queries, activity and labels.
+    codes, _ = pd.factorize(
+        np.concatenate(
+            [queries["merchant_id"].to_numpy(), act["merchant_id"].to_numpy(), labels["merchant_id"].to_numpy()]
+        )
+    )
+    q_m, a_m, l_m = np.split(codes.astype(np.int64), [len(queries), len(queries) + len(act)])
+    l_day = labels["tx_day"].to_numpy(dtype=np.int64)
+    lo_day = min([int(q_day.min()), *(int(d.min()) for d in (a_day, l_day) if len(d))])
+    origin = lo_day - MERCHANT_SPAN_DAYS - 1
+    span = max([int(q_day.max()), *(int(d.max()) for d in (a_day, l_day) if len(d))]) - origin + 1
 
     # Daily counts as running sums over (merchant, day) packed into one sorted int64 key.
-    act = risk.activity
-    q_m, a_m, _ = _codes(keys["merchant_id"], act["merchant_id"])
-    q_day = keys["day"].to_numpy(dtype=np.int64)
-    a_day = act["day"].to_numpy(dtype=np.int64)
-    origin = min(int(q_day.min()), int(a_day.min()) if len(a_day) else int(q_day.min())) - MERCHANT_SPAN_DAYS - 1
-    span = max(int(q_day.max()), int(a_day.max()) if len(a_day) else 0) - origin + 1
-    a_key = a_m.astype(np.int64) * span + (a_day - origin)
+    a_key = a_m * span + (a_day - origin)
     order = np.argsort(a_key, kind="stable")
     a_key = a_key[order]
     a_csum = np.concatenate(([0], np.cumsum(act["count"].to_numpy(dtype=np.int64)[order])))
-    q_end = q_m.astype(np.int64) * span + (q_day - MERCHANT_DELAY_DAYS - origin)  # exclusive
-    labels = risk.fraud_labels.drop_duplicates("transaction_id")
-    lab = keys.reset_index(names="key").merge(
-        labels.loc[labels["merchant_id"].isin(keys["merchant_id"])], on="merchant_id"
-    )
-    lab_age = lab["day"].to_numpy() - lab["tx_day"].to_numpy()
-    lab_known = lab["available_ms"].to_numpy() // DAY_MS < lab["day"].to_numpy()
+    q_end = q_m * span + (q_day - MERCHANT_DELAY_DAYS - origin)  # exclusive: days before d - D
+
+    # Fraud labels (each transaction once) sorted the same way; a query's window is a contiguous
+    # run of them, of which those known before the query's day count.
+    _, first = np.unique(labels["transaction_id"].to_numpy().astype(str), return_index=True)
+    l_key = l_m[first] * span + (l_day[first] - origin)
+    l_order = np.argsort(l_key, kind="stable")
+    l_key = l_key[l_order]
+    l_known_day = (labels["available_ms"].to_numpy(dtype=np.int64)[first] // DAY_MS)[l_order]
+
     for w, width in MERCHANT_WINDOWS_DAYS.items():
-        hi = np.searchsorted(a_key, q_end, side="left")
-        lo = np.searchsorted(a_key, q_end - width, side="left")
-        counts = (a_csum[hi] - a_csum[lo]).astype(np.float64)
-        lab_inside = lab_known & (lab_age > MERCHANT_DELAY_DAYS) & (lab_age <= MERCHANT_DELAY_DAYS + width)
-        frauds = np.bincount(lab["key"].to_numpy()[lab_inside], minlength=len(keys)).astype(np.float64)
+        counts = (
+            a_csum[np.searchsorted(a_key, q_end, side="left")]
+            - a_csum[np.searchsorted(a_key, q_end - width, side="left")]
+        ).astype(np.float64)
+        hi = np.searchsorted(l_key, q_end, side="left")
+        lo = np.searchsorted(l_key, q_end - width, side="left")
+        run = hi - lo
+        owner = np.repeat(np.arange(len(ts)), run)
+        idx = np.repeat(lo - np.concatenate(([0], np.cumsum(run)[:-1])), run) + np.arange(int(run.sum()))
+        known = l_known_day[idx] < q_day[owner]
+        frauds = np.bincount(owner[known], minlength=len(ts)).astype(np.float64)
         # A label for a transaction the counts never saw (feedback on an unknown id) must not
         # push the rate past 1.
-        rate = np.minimum(np.divide(frauds, counts, out=np.zeros(len(keys)), where=counts > 0), 1.0)
-        out[:, col[f"merchant_tx_count_{w}"]] = counts[inverse]
-        out[:, col[f"merchant_fraud_rate_{w}"]] = rate[inverse]
+        out[:, col[f"merchant_tx_count_{w}"]] = counts
+        out[:, col[f"merchant_fraud_rate_{w}"]] = np.minimum(
+            np.divide(frauds, counts, out=np.zeros(len(ts)), where=counts > 0), 1.0
+        )
 
     # The card's earliest fraud label known strictly before the transaction.
-    first_known = labels.groupby("card_id", sort=False)["available_ms"].min()
-    card_first = queries["card_id"].map(first_known).to_numpy(dtype=np.float64, na_value=np.inf)
-    out[:, col["card_known_fraud"]] = card_first < ts
+    q_card, l_card, n_cards = _codes(queries["card_id"], labels["card_id"].to_numpy()[first])
+    first_known = np.full(n_cards, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first_known, l_card, labels["available_ms"].to_numpy(dtype=np.int64)[first])
+    out[:, col["card_known_fraud"]] = first_known[q_card] < ts
 
 
 def _history_features(

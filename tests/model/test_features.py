@@ -296,7 +296,8 @@ def test_merchant_windows_end_a_delay_before_the_day_and_labels_count_from_the_n
     # No context: merchant and label features are zero.
     bare = compute_features(frame, history_from_frame(frame))
     assert not bare[:, [COL[n] for n in FEATURE_NAMES if n.startswith(("merchant_", "card_known"))]].any()
-    assert RiskContext.empty().activity.empty
+    empty = compute_features(frame, history_from_frame(frame), RiskContext.empty())
+    assert np.array_equal(empty, bare)  # an empty context is no context (the worker's warm-up)
 
 
 def test_queries_subset_of_history_and_row_order_do_not_matter() -> None:
