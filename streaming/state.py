@@ -41,8 +41,17 @@ def with_fraud_label(
 def labels_frame(states: Mapping[str, CardState | None]) -> pd.DataFrame:
     """The cards' fraud labels as rows of ``model.features.FRAUD_LABEL_COLUMNS``."""
     rows = [(lab[0], card, lab[1], lab[2], lab[3]) for card, st in states.items() if st for lab in st.get("lab", [])]
-    frame = pd.DataFrame(rows, columns=list(FRAUD_LABEL_COLUMNS))
-    return frame.astype({"tx_day": np.int64, "available_ms": np.int64})
+    tids, cards, merchants, days, known = zip(*rows, strict=True) if rows else ((), (), (), (), ())
+    return pd.DataFrame(
+        {
+            "transaction_id": list(tids),
+            "card_id": list(cards),
+            "merchant_id": list(merchants),
+            "tx_day": np.asarray(days, dtype=np.int64),
+            "available_ms": np.asarray(known, dtype=np.int64),
+        },
+        columns=list(FRAUD_LABEL_COLUMNS),
+    )
 
 
 def history_frame(states: Mapping[str, CardState | None]) -> pd.DataFrame:
