@@ -60,6 +60,8 @@ RI = "$__rate_interval"
 RANGE_FUNCTIONS = ("rate", "irate", "increase", "deriv", "delta", "idelta", "changes", "resets")
 #: The PSI level the drift panels mark (FraudDriftHigh fires above 0.25).
 PSI_LINE = 0.2
+#: The block precision floor of FraudLiveBlockPrecisionLow, which the live precision panels mark.
+PRECISION_FLOOR = 0.5
 #: Labels Prometheus adds to every scraped series.
 TARGET_LABELS = {"job", "instance"}
 #: Series Prometheus itself makes, allowed in alert rules.
@@ -650,6 +652,31 @@ def test_model_dashboard_covers_scores_decisions_and_drift(dashboards: dict[str,
     for panel in drift:
         defaults = panel["fieldConfig"]["defaults"]
         assert PSI_LINE in [s["value"] for s in defaults["thresholds"]["steps"]], f"{panel['title']!r}: no 0.2 step"
+        assert defaults["custom"]["thresholdsStyle"]["mode"] != "off", f"{panel['title']!r}: thresholds not drawn"
+
+
+def test_model_dashboard_covers_labels_and_live_quality(dashboards: dict[str, dict[str, Any]]) -> None:
+    dashboard = dashboards["fraudstream-model"]
+    rows = [p["title"] for p in _panels(dashboard["panels"]) if p.get("type") == "row"]
+    assert "Labels and live quality" in rows
+    exprs = _exprs(dashboard)
+    for needle in (
+        "sum by (is_fraud) (rate(fraud_labels_total",
+        "sum by (reason) (rate(fraud_label_dead_letters_total",
+        "sum by (model_version, decision, is_fraud) (fraud_labelled_decisions)",
+        "(instance, model_version, threshold) (fraud_live_precision)",
+        "(instance, model_version, threshold) (fraud_live_recall)",
+    ):
+        assert needle in exprs, f"no model dashboard query contains {needle!r}"
+    rule = _alert_rules()["FraudLiveBlockPrecisionLow"]
+    assert f'fraud_live_precision{{threshold="block"}} < {PRECISION_FLOOR}' in rule["expr"]
+    precision = [p for p in dashboard_panels(dashboard) if "fraud_live_precision" in _exprs({"panels": [p]})]
+    assert precision, "no live precision panel"
+    for panel in precision:
+        defaults = panel["fieldConfig"]["defaults"]
+        assert defaults["unit"] == "percentunit", f"{panel['title']!r}: precision is a ratio"
+        steps = [s["value"] for s in defaults["thresholds"]["steps"]]
+        assert PRECISION_FLOOR in steps, f"{panel['title']!r}: the alert's floor is not marked"
         assert defaults["custom"]["thresholdsStyle"]["mode"] != "off", f"{panel['title']!r}: thresholds not drawn"
 
 

@@ -6,7 +6,10 @@ scrapes them every second with the project's own prometheus.yml, its targets rew
 loopback ports, and loads the project's alerts.yml. Then:
 
 - every query of every panel of every dashboard returns data (one pass in which all of them
-  answer non-empty), with Grafana's variables substituted;
+  answer non-empty), with Grafana's variables substituted. The live-quality panels need labels
+  joined to decisions, among them a flagged one: the test also publishes transactions of cards
+  with days of history (the producer's cold-start traffic is hardly ever flagged) and label
+  events for them;
 - every alert rule evaluates without error (health "ok" after at least two evaluations) and none
   fires on a healthy stack;
 - each process's /metrics text passes ``promtool check metrics``.
@@ -20,18 +23,24 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pandas as pd
 import pytest
 import yaml
+from confluent_kafka import TopicPartition
 
 from producers.publisher import wire_value
+from streaming import kafka
 from streaming.broker import free_port
-from tests.integration.conftest import Stack
+from streaming.settings import KafkaSettings
+from tests.integration.conftest import Stack, produce
 from tests.test_deploy import (
     ALERTS,
     PROMETHEUS_CONFIG,
@@ -167,6 +176,83 @@ def drive_predict(api_port: int, frame: pd.DataFrame, count: int = 20) -> None:
     assert bad.status_code == 422, bad.text
 
 
+#: Prefix of the card and merchant ids of the traffic published for live quality, so that its
+#: cards and merchants share no history with the producer's.
+QUALITY_PREFIX = "lq-"
+
+
+def publish_quality_traffic(stack: Stack, frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame``'s transactions (days of traffic of a few cards) under their own card and merchant ids.
+
+    The producer's traffic starts from empty card histories and is almost never flagged in the
+    seconds the test runs; these cards have days of history, and some of their transactions go to
+    review or block, which live precision needs. Returns the rows as published.
+    """
+    rows = frame.assign(
+        card_id=QUALITY_PREFIX + frame["card_id"].astype(str),
+        merchant_id=QUALITY_PREFIX + frame["merchant_id"].astype(str),
+    )
+    records = rows.to_dict("records")
+    produce(stack.topics.settings, [(str(r["card_id"]).encode(), wire_value(r)) for r in records])
+    return rows
+
+
+def read_decisions(settings: KafkaSettings, ids: set[str], timeout: float) -> dict[str, str]:
+    """transaction id -> decision outcome, read from the decisions topic until every id of ``ids``
+    has one or ``timeout`` seconds."""
+    consumer = kafka.consumer(settings, f"reader-{uuid.uuid4().hex[:8]}")
+    topic = settings.decisions_topic
+    meta = consumer.list_topics(topic, timeout=10)
+    consumer.assign([TopicPartition(topic, p, 0) for p in meta.topics[topic].partitions])
+    out: dict[str, str] = {}
+    deadline = time.monotonic() + timeout
+    try:
+        while not ids <= out.keys() and time.monotonic() < deadline:
+            for msg in consumer.consume(500, 0.5):
+                if msg.error() is None:
+                    d = orjson.loads(msg.value() or b"{}")
+                    if d.get("transaction_id") in ids:
+                        out.setdefault(d["transaction_id"], d["decision"])
+    finally:
+        consumer.close()
+    return out
+
+
+def publish_labels(stack: Stack, rows: pd.DataFrame, timeout: float = 60.0) -> None:
+    """Label events, with the simulation's verdict, for ``rows`` (published by
+    :func:`publish_quality_traffic`) as a label feed would send them: every fraud, every
+    transaction that went to review or block, and a few genuine allowed ones.
+
+    Keyed by card id, with the transaction's own timestamp and a ``labelled_at`` a day later.
+    The worker joins them to its retained decisions, which gives fraud_labelled_decisions, live
+    recall (a fraud is labelled) and live precision (a flagged decision is labelled).
+    """
+    settings = stack.topics.settings
+    decided = read_decisions(settings, set(rows["transaction_id"]), timeout)
+    assert len(decided) == len(rows), f"{len(rows) - len(decided)} transactions without a decision in {timeout}s"
+    flagged = {tx for tx, outcome in decided.items() if outcome in ("review", "block")}
+    assert flagged, f"none of {len(rows)} transactions with card history went to review or block"
+    allowed_genuine = rows.loc[~rows["is_fraud"].astype(bool) & ~rows["transaction_id"].isin(flagged)]
+    chosen = rows.loc[
+        rows["is_fraud"].astype(bool)
+        | rows["transaction_id"].isin(flagged)
+        | rows["transaction_id"].isin(allowed_genuine["transaction_id"].iloc[:5])
+    ]
+    messages: list[tuple[bytes | None, bytes]] = []
+    for tx in chosen.to_dict("records"):
+        label = {
+            "transaction_id": tx["transaction_id"],
+            "card_id": tx["card_id"],
+            "merchant_id": tx["merchant_id"],
+            "is_fraud": bool(tx["is_fraud"]),
+            "timestamp": tx["timestamp"],
+            "labelled_at": (datetime.fromisoformat(tx["timestamp"]) + timedelta(days=1)).isoformat(),
+            "source": "chargeback",
+        }
+        messages.append((str(tx["card_id"]).encode(), orjson.dumps(label)))
+    produce(settings, messages, topic=settings.labels_topic)
+
+
 def wait_targets_up(prom: Prometheus, jobs: set[str], timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     health: dict[str, str] = {}
@@ -250,6 +336,9 @@ def test_dashboards_and_alert_rules_work_on_a_live_stack(
     processes: list[Any],
 ) -> None:
     stack.start_worker()
+    # Cards with history, published now so that the worker has decided them by the time the
+    # labels are sent (see publish_labels).
+    quality_rows = publish_quality_traffic(stack, traffic_frame)
     stack.start_api()
     producer_port, prom_port = free_port(), free_port()
 
@@ -283,6 +372,11 @@ def test_dashboards_and_alert_rules_work_on_a_live_stack(
             [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30, check=False
         )
         assert result.returncode == 0, f"promtool check metrics on the {name}: {result.stdout}{result.stderr}"
+
+    # Labels for decided transactions: the worker joins them to its retained decisions and exports
+    # fraud_labelled_decisions and live precision/recall (on its 5 s timer), which the live-quality
+    # panels need. fraud_labels_total and fraud_label_dead_letters_total exist from the start.
+    publish_labels(stack, quality_rows)
 
     # Every panel query answers, in one pass, while the producer still sends.
     # (The producer's series go stale when it exits: a pass that answers all of them ran while it sent.)
