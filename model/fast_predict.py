@@ -79,8 +79,8 @@ class FastLogistic:
         scaler, model = estimator.steps[0][1], estimator.steps[-1][1]
         self.mean = scaler.mean_
         self.scale = scaler.scale_
-        self.coef = model.coef_.T
-        self.intercept = model.intercept_
+        self.coef = model.coef_.ravel()
+        self.intercept = float(model.intercept_[0])
 
     @classmethod
     def supports(cls, estimator: Any) -> bool:
@@ -96,7 +96,10 @@ class FastLogistic:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         z = (x - self.mean) / self.scale
-        return np.asarray(expit((z @ self.coef + self.intercept).ravel()), dtype=np.float64)
+        # One dot product per row: a row's sum then does not depend on how many rows come with
+        # it (a matrix product's blocking would), so a request scores the same alone or batched.
+        dots = np.array([np.dot(row, self.coef) for row in z], dtype=np.float64)
+        return np.asarray(expit(dots + self.intercept), dtype=np.float64)
 
 
 def fast_path(estimator: Any) -> FastTrees | FastLogistic | None:

@@ -65,7 +65,8 @@ class Scorer:
             raise ModelLoadError(f"{self.artifact.path}: model scored the reference row as {score!r}")
         if self._fast is not None:
             rows = self._reference[None, :] * np.array([[1.0], [0.0], [2.0], [0.5]])
-            if not np.array_equal(self._fast.predict(rows), self._predict_sklearn(rows)):
+            # Trees match to the bit; a logistic regression's dot products may round differently.
+            if not np.allclose(self._fast.predict(rows), self._predict_sklearn(rows), rtol=0, atol=1e-12):
                 log.warning("%s: fast path disagrees with scikit-learn; using scikit-learn only", self.artifact.path)
                 self._fast = None
 

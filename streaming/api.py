@@ -31,15 +31,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from model.errors import FraudStreamError, UpstreamUnavailableError
-from model.features import frame_from_transactions
 from model.schemas import Decision, Label, Transaction
-from model.scoring import ModelHolder, Scorer, scoring_executor, utcnow
+from model.scoring import ModelHolder, Scorer, scoring_executor
 from producers.publisher import label_value
 from streaming import kafka
 from streaming.merchant_risk import MerchantRisk, Replica
 from streaming.metrics import ApiMetrics
+from streaming.micro_batch import MicroBatcher
 from streaming.settings import ApiSettings
-from streaming.state import CardState, history_frame, labels_frame
+from streaming.state import CardState
 
 log = logging.getLogger("fraudstream.api")
 
@@ -152,6 +152,7 @@ class Services:
         # Merchant risk (daily counts, fraud labels) from the workers' compacted topic.
         self.risk = MerchantRisk()
         self.replica = Replica(settings, settings.merchant_risk_topic, self.risk)
+        self.batcher = MicroBatcher(self.holder, self.risk, self.executor)
 
     def refresh_model(self) -> None:
         before = self.holder.reload_failures
@@ -259,19 +260,8 @@ def create_api(settings: ApiSettings | None = None) -> FastAPI:
     @app.post("/predict", response_model=Decision, summary="Score one transaction against its card's current state")
     async def predict(tx: Transaction, services: ServicesDep, scorer: ScorerDep) -> Decision:
         state = await services.card_state(tx.card_id)
-        states = {tx.card_id: state} if state else {}
-        card_state = "unavailable" if state is None else ("used" if state["ids"] else "empty")
-        queries = frame_from_transactions([tx])
-        history = history_frame(states)
-        # The transaction itself may already be in the state (the stream scored it): drop it so
-        # the answer is the score the stream gave, not one that counts the transaction twice.
-        history = history.loc[history["transaction_id"] != tx.transaction_id]
-        risk = services.risk.context([tx.merchant_id], labels_frame(states))
-        batch = await asyncio.get_running_loop().run_in_executor(
-            services.executor, scorer.score_frame, queries, history, risk
-        )
-        decision = scorer.decisions([tx], batch, [card_state], utcnow())[0]
-        services.metrics.decisions.labels(decision=decision.decision, card_state=card_state).inc()
+        decision = await services.batcher.score(tx, state)
+        services.metrics.decisions.labels(decision=decision.decision, card_state=decision.card_state).inc()
         return decision
 
     @app.post(

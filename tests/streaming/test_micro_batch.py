@@ -1,0 +1,76 @@
+"""Concurrent /predict requests share scoring calls and still get their own, alone-equal answers."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from model.errors import ModelNotReadyError
+from model.features import epoch_ms
+from model.schemas import Transaction
+from model.scoring import ModelHolder
+from model.train import TrainOptions, train
+from producers.synthetic import SimConfig, generate
+from streaming.merchant_risk import MerchantRisk
+from streaming.micro_batch import MicroBatcher
+from streaming.state import merge
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelHolder, list[Transaction], dict]:
+    root = tmp_path_factory.mktemp("micro")
+    frame = generate(SimConfig(seed=4, n_cards=60, n_merchants=20, days=10, start=datetime(2026, 1, 1, tzinfo=UTC)))
+    frame.to_csv(root / "d.csv", index=False)
+    train(root / "d.csv", root / "m", TrainOptions(model_type="logreg"))
+    holder = ModelHolder(root / "m")
+    assert holder.load()
+    txs = [Transaction.model_validate(r) for r in frame.iloc[-40:].to_dict("records")]
+    past = frame.iloc[:-40]
+    states = {
+        card: merge(None, [(t, epoch_ms(datetime.fromisoformat(ts)), a, m) for t, ts, a, m in rows], 3_600_000)
+        for card, rows in past.groupby("card_id")[["transaction_id", "timestamp", "amount", "merchant_id"]]
+        .apply(lambda g: list(g.itertuples(index=False)))
+        .items()
+    }
+    return holder, txs, states
+
+
+def test_concurrent_requests_share_calls_and_equal_lone_answers(setup: tuple) -> None:
+    holder, txs, states = setup
+    executor = ThreadPoolExecutor(max_workers=1)
+    risk = MerchantRisk()
+
+    async def alone() -> list:
+        batcher = MicroBatcher(holder, risk, executor)
+        return [await batcher.score(tx, states.get(tx.card_id)) for tx in txs]
+
+    async def together() -> tuple[list, int]:
+        batcher = MicroBatcher(holder, risk, executor, max_rows=16)
+        got = await asyncio.gather(*(batcher.score(tx, states.get(tx.card_id)) for tx in txs))
+        return list(got), batcher.calls
+
+    single = asyncio.run(alone())
+    shared, calls = asyncio.run(together())
+    assert len({tx.card_id for tx in txs}) < len(txs), "the traffic must repeat a card"
+    assert calls < len(txs) / 3  # batched, and split where a card repeats or the cap is reached
+    assert [d.score for d in shared] == [d.score for d in single]
+    assert [d.card_state for d in shared] == [d.card_state for d in single]
+    assert {d.card_state for d in shared} >= {"used"}
+
+
+def test_a_failure_reaches_every_waiting_request(tmp_path: Path) -> None:
+    holder = ModelHolder(tmp_path)  # nothing loaded: every call fails with 503's error
+    batcher = MicroBatcher(holder, MerchantRisk(), ThreadPoolExecutor(max_workers=1))
+    tx = Transaction(
+        transaction_id="t", timestamp=datetime(2026, 1, 1, tzinfo=UTC), card_id="c", merchant_id="m", amount=1.0,
+        currency="USD",
+    )  # fmt: skip
+
+    async def run() -> list:
+        return await asyncio.gather(batcher.score(tx, None), batcher.score(tx, None), return_exceptions=True)
+
+    assert all(isinstance(r, ModelNotReadyError) for r in asyncio.run(run()))
