@@ -39,6 +39,7 @@ from model.scoring import ModelHolder, scoring_executor, utcnow
 from streaming import faust_transport, kafka
 from streaming.merchant_risk import MerchantRisk, Replica, label_key
 from streaming.metrics import WorkerMetrics
+from streaming.outputs import OutputBatch, Outputs
 from streaming.quality import QualityTracker
 from streaming.settings import WorkerSettings
 from streaming.state import CardState, empty_state, history_frame, labels_frame, merge, with_fraud_label
@@ -74,6 +75,8 @@ class Record:
 @dataclass
 class ScoredTransactions:
     decisions: list[Decision]
+    #: The decisions as their wire bytes (encoded on the scoring thread, off the event loop).
+    encoded: list[bytes]
     states: dict[str, CardState]
     #: Merchant-risk records to publish (new absolute daily counts).
     risk_records: list[tuple[bytes, bytes]]
@@ -187,7 +190,8 @@ class BatchProcessor:
             for card, card_rows in rows.items():
                 new_states[card] = merge(states.get(card), card_rows, self.grace_ms, self.max_history)
         self.metrics.batch_size.observe(len(txs))
-        return ScoredTransactions(decisions=decisions, states=new_states, risk_records=risk_records)
+        encoded = [encode_decision(d) for d in decisions]
+        return ScoredTransactions(decisions=decisions, encoded=encoded, states=new_states, risk_records=risk_records)
 
 
 def encode_decision(decision: Decision) -> bytes:
@@ -206,7 +210,11 @@ def dlq_headers(rec: Record, rejected: Rejected) -> list[tuple[str, bytes]]:
 
 
 def create_app(
-    settings: WorkerSettings, holder: ModelHolder, metrics: WorkerMetrics, risk: MerchantRisk | None = None
+    settings: WorkerSettings,
+    holder: ModelHolder,
+    metrics: WorkerMetrics,
+    risk: MerchantRisk | None = None,
+    outputs: Outputs | None = None,
 ) -> faust.App:
     app = faust.App(
         settings.app_id,
@@ -230,9 +238,6 @@ def create_app(
 
     faust_transport.install(app, settings.fetch_max_wait_ms)
 
-    def raw_topic(name: str) -> faust.TopicT:
-        return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
-
     # One stream of both inputs: labels and transactions of a card share a partition number (and
     # so a worker and its card state), and one agent applies both in order, without locks.
     inputs = app.topic(
@@ -243,10 +248,9 @@ def create_app(
         key_serializer="raw",
         value_serializer="raw",
     )
-    decisions_topic = raw_topic(settings.decisions_topic)
-    dlq_topic = raw_topic(settings.dlq_topic)
-    labels_dlq_topic = raw_topic(settings.labels_dlq_topic)
-    risk_topic = raw_topic(settings.merchant_risk_topic)
+    # Decisions, dead letters and merchant risk go through librdkafka (streaming/outputs.py);
+    # Faust's producer keeps only the state changelog.
+    out = outputs or Outputs(settings)
     # Raw keys: the changelog and the state-view routing hash the same bytes as the producers.
     card_schema: faust.Schema = faust.Schema(key_type=str, key_serializer="raw", value_serializer="json")
     cards = app.Table(CARD_TABLE, default=None, schema=card_schema)
@@ -283,19 +287,20 @@ def create_app(
             for e in events
         ]
         pending: list[Awaitable[Any]] = []
+        batch = out.batch()
         loop = asyncio.get_running_loop()
         label_records = [r for r in records if r.topic == settings.labels_topic]
         if label_records:
-            await apply_labels(label_records, pending)
+            await apply_labels(label_records, pending, batch)
             records = [r for r in records if r.topic != settings.labels_topic]
             if not records:
-                await asyncio.gather(*pending)
+                await asyncio.gather(*pending, batch.wait())
                 return
         metrics.consumed.inc(len(records))
         # Parsing and validating a batch is CPU work too (~10 µs a message): off the loop.
         valid, rejected = await loop.run_in_executor(executor, processor.split, records)
         for rec, rej in rejected:
-            pending.append(await dlq_topic.send(key=rec.key, value=rec.value, headers=dlq_headers(rec, rej)))
+            batch.add(settings.dlq_topic, rec.key, rec.value or b"", dlq_headers(rec, rej))
             metrics.dead_letters.labels(reason=rej.reason).inc()
         if valid:
             txs = [tx for _, tx in valid]
@@ -303,7 +308,7 @@ def create_app(
             partitions = [rec.partition for rec, _ in valid]
             result = await loop.run_in_executor(executor, processor.score, txs, partitions, states)
             for key, value in result.risk_records:
-                pending.append(await risk_topic.send(key=key, value=value))
+                batch.add(settings.merchant_risk_topic, key, value)
             partition_of = {tx.card_id: rec.partition for rec, tx in valid}
             for card, state in result.states.items():
                 # Changelog to the partition the card's transactions arrive on (keys are checked
@@ -312,9 +317,8 @@ def create_app(
                 cards.data[card] = state
                 card_partition[card] = partition_of[card]
             now_ms = utcnow().timestamp() * 1000
-            for (rec, _), decision in zip(valid, result.decisions, strict=True):
-                value = encode_decision(decision)
-                pending.append(await decisions_topic.send(key=decision.card_id.encode(), value=value))
+            for (rec, _), decision, value in zip(valid, result.decisions, result.encoded, strict=True):
+                batch.add(settings.decisions_topic, decision.card_id.encode(), value)
                 metrics.decisions.labels(decision=decision.decision).inc()
                 metrics.score.observe(decision.score)
                 metrics.latency.observe(max(0.0, (now_ms - rec.timestamp_ms) / 1000))
@@ -325,19 +329,20 @@ def create_app(
                     decision.score,
                     epoch_ms(decision.event_timestamp),
                 )
-        # Faust only logs a failed send; awaiting every delivery makes a failure raise here, so
-        # the batch is never acknowledged (and its offsets never committed) without its outputs.
-        await asyncio.gather(*pending)
+        # Faust only logs a failed send; awaiting every delivery (Faust's changelog and ours) makes
+        # a failure raise here, so the batch is never acknowledged (and its offsets never
+        # committed) without its outputs.
+        await asyncio.gather(*pending, batch.wait())
         for rec in records:
             processed[rec.partition] = max(processed.get(rec.partition, 0), rec.offset + 1)
         metrics.last_event.set(max(r.timestamp_ms for r in records) / 1000)
 
-    async def apply_labels(records: list[Record], pending: list[Awaitable[Any]]) -> None:
+    async def apply_labels(records: list[Record], pending: list[Awaitable[Any]], batch: OutputBatch) -> None:
         """Labels before the batch's transactions: a label counts only for transactions after it
         became known (features filter by time), so applying it early never changes a score."""
         valid, rejected = await asyncio.get_running_loop().run_in_executor(executor, processor.split_labels, records)
         for rec, rej in rejected:
-            pending.append(await labels_dlq_topic.send(key=rec.key, value=rec.value, headers=dlq_headers(rec, rej)))
+            batch.add(settings.labels_dlq_topic, rec.key, rec.value or b"", dlq_headers(rec, rej))
             metrics.label_dead_letters.labels(reason=rej.reason).inc()
         for rec, label in valid:
             metrics.labels.labels(is_fraud=str(label.is_fraud).lower()).inc()
@@ -353,7 +358,7 @@ def create_app(
             cards.data[label.card_id] = state
             card_partition[label.card_id] = rec.partition
             value = processor.risk.add_label(label.transaction_id, label.card_id, label.merchant_id, tx_day, available)
-            pending.append(await risk_topic.send(key=label_key(label.transaction_id), value=value))
+            batch.add(settings.merchant_risk_topic, label_key(label.transaction_id), value)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # receivers get signal= as a keyword
     async def _forget_revoked(app: faust.App, revoked: set[faust.types.TP], **_: Any) -> None:
