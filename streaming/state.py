@@ -9,6 +9,7 @@ counted twice.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -95,24 +96,23 @@ def merge(
     record, which must stay well under the broker's message size limit).
     """
     state = state or empty_state()
-    known = set(state["ids"])
-    entries = list(zip(state["ids"], state["ts"], state["amt"], state["mer"], strict=True))
-    for row in rows:
-        if row[0] not in known:
-            known.add(row[0])
-            entries.append(row)
-    labels = list((state or {}).get("lab", []))
-    if not entries:
+    labels = list(state.get("lab", []))
+    # The stored lists are sorted by time; new rows are inserted after any equal timestamp, which
+    # is where a stable sort of (stored, then new in arrival order) would put them.
+    ids, ts, amt, mer = list(state["ids"]), list(state["ts"]), list(state["amt"]), list(state["mer"])
+    known = set(ids)
+    for tid, t, amount, merchant in rows:
+        if tid in known:
+            continue
+        known.add(tid)
+        at = bisect_right(ts, t)
+        ids.insert(at, tid)
+        ts.insert(at, int(t))
+        amt.insert(at, float(amount))
+        mer.insert(at, merchant)
+    if not ids:
         return {**empty_state(), "lab": labels}
-    entries.sort(key=lambda e: e[1])  # stable: equal timestamps keep arrival order
-    horizon = entries[-1][1] - HISTORY_SPAN_MS - grace_ms
-    kept = [e for e in entries if e[1] >= horizon]
-    if max_entries is not None and len(kept) > max_entries:
-        kept = kept[-max_entries:]
-    return {
-        "ids": [e[0] for e in kept],
-        "ts": [int(e[1]) for e in kept],
-        "amt": [float(e[2]) for e in kept],
-        "mer": [e[3] for e in kept],
-        "lab": labels,
-    }
+    start = bisect_left(ts, ts[-1] - HISTORY_SPAN_MS - grace_ms)
+    if max_entries is not None:
+        start = max(start, len(ids) - max_entries)
+    return {"ids": ids[start:], "ts": ts[start:], "amt": amt[start:], "mer": mer[start:], "lab": labels}
