@@ -30,7 +30,7 @@ import orjson
 import pandas as pd
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
-from model.features import DAY_MS, MERCHANT_SPAN_DAYS, RiskContext
+from model.features import DAY_MS, RiskContext
 from streaming import kafka
 from streaming.settings import KafkaSettings
 
@@ -47,8 +47,11 @@ def label_key(transaction_id: str) -> bytes:
     return f"l{_SEP}{transaction_id}".encode()
 
 
-def label_value(card: str, merchant: str, tx_day: int, available_ms: int) -> bytes:
-    return orjson.dumps({"card": card, "merchant": merchant, "tx_day": tx_day, "available_ms": available_ms})
+def label_value(card: str, merchant: str, tx_day: int, available_ms: int, partition: int = -1) -> bytes:
+    """``partition``: the labels partition it came from; its owner deletes it when it gets old."""
+    return orjson.dumps(
+        {"card": card, "merchant": merchant, "tx_day": tx_day, "available_ms": available_ms, "partition": partition}
+    )
 
 
 class MerchantRisk:
@@ -58,8 +61,8 @@ class MerchantRisk:
         self._lock = threading.Lock()
         # merchant -> (day, partition) -> count
         self._activity: dict[str, dict[tuple[int, int], int]] = defaultdict(dict)
-        # merchant -> transaction id -> (card, tx_day, available_ms)
-        self._labels: dict[str, dict[str, tuple[str, int, int]]] = defaultdict(dict)
+        # merchant -> transaction id -> (card, tx_day, available_ms, source partition)
+        self._labels: dict[str, dict[str, tuple[str, int, int, int]]] = defaultdict(dict)
         self._label_merchant: dict[str, str] = {}
         # Counts this process wrote for the partitions it owns: newer than any of its own
         # records still on their way back through the topic, so they win over the replica.
@@ -84,7 +87,12 @@ class MerchantRisk:
                     self._labels[old].pop(tid, None)
                 if value is not None:
                     v = orjson.loads(value)
-                    self._labels[v["merchant"]][tid] = (v["card"], int(v["tx_day"]), int(v["available_ms"]))
+                    self._labels[v["merchant"]][tid] = (
+                        v["card"],
+                        int(v["tx_day"]),
+                        int(v["available_ms"]),
+                        int(v.get("partition", -1)),
+                    )
                     self._label_merchant[tid] = v["merchant"]
             else:
                 log.warning("ignoring merchant-risk record with key %r", key[:80])
@@ -112,9 +120,11 @@ class MerchantRisk:
                 out.append((activity_key(m, day, p), str(value).encode()))
         return out
 
-    def add_label(self, transaction_id: str, card: str, merchant: str, tx_day: int, available_ms: int) -> bytes:
+    def add_label(
+        self, transaction_id: str, card: str, merchant: str, tx_day: int, available_ms: int, partition: int = -1
+    ) -> bytes:
         """A fraud label this process received; returns the value to publish under its key."""
-        value = label_value(card, merchant, tx_day, available_ms)
+        value = label_value(card, merchant, tx_day, available_ms, partition)
         self.apply(label_key(transaction_id), value)
         return value
 
@@ -142,7 +152,7 @@ class MerchantRisk:
                     m_act.append(m)
                     days.append(day)
                     counts.append(self._count(m, day, p))
-                for tid, (card, tx_day, available) in self._labels.get(m, {}).items():
+                for tid, (card, tx_day, available, _) in self._labels.get(m, {}).items():
                     tids.append(tid)
                     cards.append(card)
                     m_lab.append(m)
@@ -164,14 +174,29 @@ class MerchantRisk:
             labels = pd.concat([labels, extra_labels], ignore_index=True).drop_duplicates("transaction_id")
         return RiskContext(activity=activity, fraud_labels=labels)
 
-    def stale_activity(self, partitions: Iterable[int], today: int) -> list[tuple[str, int, int]]:
-        """Keys of these partitions too old for any window of a transaction from ``today`` on."""
-        wanted = set(partitions)
-        oldest = today - MERCHANT_SPAN_DAYS
+    def prune(self, before_day: int, owned: Iterable[int]) -> list[bytes]:
+        """Forget daily counts and labels of days before ``before_day`` (no window reaches them
+        any more); returns the keys this process wrote for its ``owned`` partitions, for the
+        tombstones that let compaction delete them from the topic."""
+        mine = set(owned)
+        tombstones: list[bytes] = []
         with self._lock:
-            return [
-                (m, day, p) for m, slots in self._activity.items() for (day, p) in slots if p in wanted and day < oldest
-            ]
+            for m, slots in self._activity.items():
+                for day, p in [slot for slot in slots if slot[0] < before_day]:
+                    del slots[(day, p)]
+                    self._own.pop((m, day, p), None)
+                    if p in mine:
+                        tombstones.append(activity_key(m, day, p))
+            for labels in self._labels.values():
+                for tid in [t for t, v in labels.items() if v[1] < before_day]:
+                    if labels.pop(tid)[3] in mine:
+                        tombstones.append(label_key(tid))
+                    self._label_merchant.pop(tid, None)
+            for m in [m for m, slots in self._activity.items() if not slots]:
+                del self._activity[m]
+            for m in [m for m, labels in self._labels.items() if not labels]:
+                del self._labels[m]
+        return tombstones
 
     def size(self) -> tuple[int, int]:
         with self._lock:

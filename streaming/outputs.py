@@ -59,8 +59,9 @@ class OutputBatch:
         self._error: KafkaError | None = None
 
     def add(
-        self, topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]] | None = None
+        self, topic: str, key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]] | None = None
     ) -> None:
+        """Queue one record (``value`` None: a tombstone)."""
         with self._lock:
             self._sent += 1
         while True:

@@ -33,7 +33,7 @@ import pandas as pd
 from prometheus_client import start_http_server
 
 from model.drift import DriftMonitor
-from model.features import DAY_MS, epoch_ms, frame_from_transactions
+from model.features import DAY_MS, MERCHANT_SPAN_DAYS, epoch_ms, frame_from_transactions
 from model.schemas import Decision, Label, Transaction
 from model.scoring import ModelHolder, scoring_executor, utcnow
 from streaming import faust_transport, kafka
@@ -54,6 +54,8 @@ from streaming.validation import (
 log = logging.getLogger("fraudstream.worker")
 
 CARD_TABLE = "card-history"
+#: Days kept past the longest merchant window before merchant risk is pruned (late events).
+RISK_MARGIN_DAYS = 2
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,8 @@ class BatchProcessor:
         risk: MerchantRisk | None = None,
     ) -> None:
         self.risk = risk or MerchantRisk()
+        #: Newest transaction time scored (event time), for pruning merchant risk.
+        self.newest_ms: int | None = None
         self.include_features = include_features
         self.holder = holder
         self.metrics = metrics
@@ -170,6 +174,8 @@ class BatchProcessor:
                     first_time.append((tx.merchant_id, int(ts) // DAY_MS, p))
                 seen.add(tx.transaction_id)
             risk_records = self.risk.increment(first_time)
+            newest = int(queries["ts_ms"].max())
+            self.newest_ms = newest if self.newest_ms is None else max(self.newest_ms, newest)
             risk = self.risk.context(queries["merchant_id"], labels_frame(states))
             stored = history_frame(states)
             # The batch is history for itself: a card's second transaction in the batch sees its
@@ -357,7 +363,9 @@ def create_app(
             pending.append(cards.send_changelog(rec.partition, label.card_id, state))
             cards.data[label.card_id] = state
             card_partition[label.card_id] = rec.partition
-            value = processor.risk.add_label(label.transaction_id, label.card_id, label.merchant_id, tx_day, available)
+            value = processor.risk.add_label(
+                label.transaction_id, label.card_id, label.merchant_id, tx_day, available, rec.partition
+            )
             batch.add(settings.merchant_risk_topic, label_key(label.transaction_id), value)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # receivers get signal= as a keyword
@@ -465,6 +473,27 @@ def create_app(
         metrics.drift_window.set(processor.drift.size if processor.drift else 0)
 
     app.sensors.add(_MetricsSensor(metrics))
+
+    @app.timer(interval=60.0)
+    async def prune_merchant_risk() -> None:
+        try:
+            await _prune_merchant_risk()
+        except Exception:  # best effort; an exception in a Faust timer stops the app
+            log.warning("could not prune merchant risk", exc_info=True)
+
+    async def _prune_merchant_risk() -> None:
+        if processor.newest_ms is None:
+            return
+        # Days no window reaches any more, with a margin for late events (event time).
+        before = processor.newest_ms // DAY_MS - MERCHANT_SPAN_DAYS - RISK_MARGIN_DAYS
+        owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == settings.transactions_topic}
+        keys = await asyncio.get_running_loop().run_in_executor(executor, processor.risk.prune, before, owned)
+        if keys:
+            batch = out.batch()
+            for key in keys:
+                batch.add(settings.merchant_risk_topic, key, None)
+            await batch.wait()
+            log.info("merchant risk: deleted %d records of days before %d", len(keys), before)
 
     @app.timer(interval=settings.model_reload_seconds)
     async def reload_model() -> None:

@@ -128,3 +128,21 @@ def test_worker_batches_with_labels_give_the_training_features_and_scores(labell
     np.testing.assert_allclose(np.array(scores), batch.scores, rtol=0, atol=1e-12)
     risky = [FEATURE_NAMES.index(f) for f in ("merchant_fraud_rate_30d", "card_known_fraud", "merchant_tx_count_7d")]
     assert (batch.features[:, risky] > 0).any(axis=0).all(), "the data must exercise the risk features"
+
+
+def test_prune_forgets_old_days_and_tombstones_only_what_this_worker_wrote() -> None:
+    risk = MerchantRisk()
+    risk.increment([("m1", 10, 0), ("m1", 50, 0), ("m2", 11, 1)])
+    risk.apply(activity_key("m1", 9, 3), b"4")  # another worker's partition
+    risk.add_label("t-old", "c1", "m1", 10, 11 * DAY_MS, partition=0)
+    risk.add_label("t-new", "c2", "m1", 49, 50 * DAY_MS, partition=0)
+    risk.add_label("t-theirs", "c3", "m2", 8, 9 * DAY_MS, partition=3)
+    gone = risk.prune(before_day=40, owned=[0, 1])
+    assert sorted(gone) == sorted([activity_key("m1", 10, 0), activity_key("m2", 11, 1), label_key("t-old")])
+    ctx = risk.context(["m1", "m2"])
+    assert ctx.activity[["merchant_id", "day"]].values.tolist() == [["m1", 50]]
+    assert ctx.fraud_labels["transaction_id"].tolist() == ["t-new"]
+    assert risk.size() == (1, 1)
+    # A tombstone from the topic for a key already pruned is harmless.
+    risk.apply(activity_key("m1", 10, 0), None)
+    assert risk.count("m1", 50, 0) == 1
