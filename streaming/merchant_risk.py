@@ -232,8 +232,9 @@ class Replica(threading.Thread):
 
     def _follow(self) -> None:
         # Assigned, never subscribed: the group id is only a label, nothing is committed.
-        # librdkafka's own log lines (a broker not up yet: one per reconnect) go to logging.
-        consumer = kafka.consumer(self.settings, f"{self.topic}-replica", logger=log)
+        # A broker that is not up yet makes librdkafka log an error per reconnect attempt; this
+        # thread says so itself once per retry, so only librdkafka's critical lines are kept.
+        consumer = kafka.consumer(self.settings, f"{self.topic}-replica", logger=log, log_level=2)
         try:
             meta = consumer.list_topics(self.topic, timeout=10)
             partitions = sorted(meta.topics[self.topic].partitions)
