@@ -22,12 +22,17 @@ copy taken on the event loop, so records of paused partitions stay in aiokafka's
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+
+log = logging.getLogger("fraudstream.transport")
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -71,11 +76,30 @@ class _Consumer(faust_aiokafka.Consumer):
         return await super()._getmany(snapshot, timeout)
 
     async def perform_seek(self) -> None:
-        await super().perform_seek()
-        self._seek_pending = False
-        held, self._held = self._held, set()
-        if held:
+        try:
+            await super().perform_seek()
+        except asyncio.CancelledError:
+            # Recovery cancels the seek when a new rebalance starts (the next assignment resets
+            # the hold) or when it times out: then the held partitions would never resume, and a
+            # worker that consumes nothing while looking alive is worse than a restart.
+            if not self.app.tables.recovery.signal_recovery_start.is_set():  # type: ignore[attr-defined]  # TableManager has .recovery
+                _give_up("the seek to committed offsets timed out")
+            raise
+        except Exception as exc:  # the same: partitions held forever otherwise
+            _give_up(f"the seek to committed offsets failed: {exc!r}")
+        # Faust also seeks when a fetch returns while flow is stopped, which can come between
+        # the assignment and recovery's resume: that seek must not end the hold.
+        if self._held:
+            self._seek_pending = False
+            held, self._held = self._held, set()
             super().resume_partitions(held & set(self.assignment()))
+
+
+def _give_up(why: str) -> None:
+    """Exit without committing anything more: the restart resumes from the committed offsets."""
+    log.critical("stream partitions cannot be resumed safely: %s; exiting", why)
+    logging.shutdown()
+    os._exit(70)
 
 
 class Transport(faust_aiokafka.Transport):

@@ -3,11 +3,11 @@
 Scoring one transaction costs about as much as scoring sixteen (most of it is per call, not per
 row), and the scoring thread does one call at a time. So requests do not queue for the thread
 one by one: those that arrive while a call runs wait together and go in the next call, up to
-``max_rows``. At low load a request is scored alone, at once; under load the calls grow and the
-throughput with them. Each request still gets exactly the answer it would get alone: rows are
-scored against their own card's state, a card appears at most once per call (a second request
-for it waits for the next call), and the transactions being scored are never history for each
-other.
+``max_rows`` (the model's fast-path size, where a row's score does not depend on its batch). At
+low load a request is scored alone, at once; under load the calls grow and the throughput with
+them. Each request gets the answer it would get alone: rows are scored against their own card's
+state, a card appears at most once per call (a second request for it waits for the next call),
+and the transactions being scored are never history for each other.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import asyncio
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
+from model.fast_predict import FAST_MAX_ROWS
 from model.features import frame_from_transactions
 from model.schemas import Decision, Transaction
 from model.scoring import ModelHolder, utcnow
@@ -32,7 +33,9 @@ class _Request:
 
 
 class MicroBatcher:
-    def __init__(self, holder: ModelHolder, risk: MerchantRisk, executor: Executor, max_rows: int = 32) -> None:
+    def __init__(
+        self, holder: ModelHolder, risk: MerchantRisk, executor: Executor, max_rows: int = FAST_MAX_ROWS
+    ) -> None:
         self.holder, self.risk, self.executor, self.max_rows = holder, risk, executor, max_rows
         self._pending: list[_Request] = []
         self._running: asyncio.Task[None] | None = None

@@ -13,6 +13,7 @@ outputs were not all written.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -22,19 +23,30 @@ from confluent_kafka import KafkaError, KafkaException
 from streaming import kafka
 from streaming.settings import KafkaSettings
 
+log = logging.getLogger(__name__)
+
+#: librdkafka's queue holds this many records; a batch is far smaller (it never fills up unless
+#: the broker stops taking records, and then produce() raises and the worker stops uncommitted).
+QUEUE_MAX_MESSAGES = 1_000_000
+
 
 class Outputs:
     """One idempotent producer per worker, polled by a daemon thread for delivery reports."""
 
     def __init__(self, settings: KafkaSettings) -> None:
-        self.producer = kafka.producer(settings, **{"acks": "all", "linger.ms": 2})
+        self.producer = kafka.producer(
+            settings, **{"acks": "all", "linger.ms": 2, "queue.buffering.max.messages": QUEUE_MAX_MESSAGES}
+        )
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="outputs-poll", daemon=True)
         self._poller.start()
 
     def _poll(self) -> None:
         while not self._stop.is_set():
-            self.producer.poll(0.05)
+            try:
+                self.producer.poll(0.05)
+            except Exception:  # a callback's error: keep serving deliveries, or every wait() hangs
+                log.exception("delivery report handling failed")
 
     def batch(self) -> OutputBatch:
         return OutputBatch(self.producer, asyncio.get_running_loop())
@@ -64,12 +76,7 @@ class OutputBatch:
         """Queue one record (``value`` None: a tombstone)."""
         with self._lock:
             self._sent += 1
-        while True:
-            try:
-                self._producer.produce(topic, key=key, value=value, headers=headers, on_delivery=self._delivered)
-                return
-            except BufferError:  # librdkafka's queue is full: let deliveries drain it
-                self._producer.poll(0.05)
+        self._producer.produce(topic, key=key, value=value, headers=headers, on_delivery=self._delivered)
 
     def _delivered(self, err: KafkaError | None, _msg: Any) -> None:  # on the poll thread
         with self._lock:

@@ -39,6 +39,13 @@ def with_fraud_label(
     return state
 
 
+def without_fraud_label(state: CardState | None, transaction_id: str) -> CardState | None:
+    """The state without this transaction's fraud label (it was reversed); None if it had none."""
+    if not state or not any(lab[0] == transaction_id for lab in state.get("lab", [])):
+        return None
+    return {**state, "lab": [lab for lab in state["lab"] if lab[0] != transaction_id]}
+
+
 def labels_frame(states: Mapping[str, CardState | None]) -> pd.DataFrame:
     """The cards' fraud labels as rows of ``model.features.FRAUD_LABEL_COLUMNS``."""
     rows = [(lab[0], card, lab[1], lab[2], lab[3]) for card, st in states.items() if st for lab in st.get("lab", [])]

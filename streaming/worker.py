@@ -42,7 +42,15 @@ from streaming.metrics import WorkerMetrics
 from streaming.outputs import OutputBatch, Outputs
 from streaming.quality import QualityTracker
 from streaming.settings import WorkerSettings
-from streaming.state import CardState, empty_state, history_frame, labels_frame, merge, with_fraud_label
+from streaming.state import (
+    CardState,
+    empty_state,
+    history_frame,
+    labels_frame,
+    merge,
+    with_fraud_label,
+    without_fraud_label,
+)
 from streaming.validation import (
     Rejected,
     check_label_record,
@@ -354,6 +362,14 @@ def create_app(
             metrics.labels.labels(is_fraud=str(label.is_fraud).lower()).inc()
             quality.add_label(label.transaction_id, label.is_fraud)
             if not label.is_fraud:
+                # A reversal (say, a chargeback withdrawn): the fraud label stops counting, in
+                # the card's state and the merchants' rates, as it would in a retrained CSV.
+                reverted = without_fraud_label(cards.get(label.card_id), label.transaction_id)
+                if reverted is not None:
+                    pending.append(cards.send_changelog(rec.partition, label.card_id, reverted))
+                    cards.data[label.card_id] = reverted
+                    processor.risk.apply(label_key(label.transaction_id), None)
+                    batch.add(settings.merchant_risk_topic, label_key(label.transaction_id), None)
                 continue
             tx_day = epoch_ms(label.timestamp) // DAY_MS
             available = epoch_ms(label.labelled_at)

@@ -95,3 +95,20 @@ def test_every_assignment_starts_with_a_seek_pending(consumer: Any, monkeypatch:
     consumer._held = {STREAM[1]}
     asyncio.run(consumer.on_partitions_assigned({STREAM[0]}, 3))
     assert consumer._seek_pending and not consumer._held and calls == [{STREAM[0]}]
+
+
+def test_a_seek_before_recovery_resumes_does_not_end_the_hold(consumer: Any, monkeypatch: Any) -> None:
+    assigned = {*STREAM, CHANGELOG}
+    monkeypatch.setattr(consumer, "assignment", lambda: assigned)
+
+    async def committed() -> dict[TP, int]:
+        return {STREAM[0]: 5, STREAM[1]: 6}
+
+    monkeypatch.setattr(consumer, "seek_to_committed", committed)
+    consumer._seek_pending = True
+    consumer.pause_partitions(assigned)
+    asyncio.run(consumer.perform_seek())  # Faust's own seek from getmany, before recovery resumed
+    consumer.resume_partitions(STREAM)  # recovery resumes the streams: still held
+    assert not set(STREAM) & consumer._get_active_partitions()
+    asyncio.run(consumer.perform_seek())  # recovery's seek: now they go
+    assert set(STREAM) <= consumer._get_active_partitions()

@@ -17,7 +17,7 @@ from model.train import TrainOptions, train
 from producers.synthetic import SimConfig, generate
 from streaming.merchant_risk import MerchantRisk, activity_key, label_key, label_value
 from streaming.metrics import WorkerMetrics
-from streaming.state import merge, with_fraud_label
+from streaming.state import merge, with_fraud_label, without_fraud_label
 from streaming.worker import BatchProcessor
 
 DELAY_DAYS = 4.0
@@ -59,6 +59,10 @@ def test_card_state_keeps_its_fraud_labels_through_merges() -> None:
     state = merge(state, [("t2", 200 * DAY_MS, 10.0, "m2")], grace_ms=0)
     assert state["lab"] == [["t1", "m1", 100, 5_000]]
     assert state["ids"] == ["t2"]
+    # A reversal removes the label; reversing an unknown label changes nothing.
+    reverted = without_fraud_label(state, "t1")
+    assert reverted is not None and reverted["lab"] == [] and reverted["ids"] == ["t2"]
+    assert without_fraud_label(reverted, "t1") is None and without_fraud_label(None, "t1") is None
 
 
 @pytest.fixture(scope="module")

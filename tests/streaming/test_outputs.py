@@ -32,11 +32,11 @@ class FakeProducer:
 
 def test_wait_resolves_after_the_last_delivery() -> None:
     async def run() -> list[str]:
-        producer = FakeProducer(full_once=True)
+        producer = FakeProducer()
         batch = OutputBatch(producer, asyncio.get_running_loop())
         for i in range(3):
             batch.add("t", b"k", str(i).encode())
-        assert producer.polls == 1 and len(producer.callbacks) == 3  # the full queue was waited out
+        assert len(producer.callbacks) == 3
         events: list[str] = []
         waiter = asyncio.create_task(batch.wait())
         for cb in producer.callbacks[:2]:
@@ -62,6 +62,14 @@ def test_a_failed_delivery_raises() -> None:
         await batch.wait()
 
     with pytest.raises(KafkaException):
+        asyncio.run(run())
+
+
+def test_a_full_queue_is_an_error_not_a_wait_on_the_event_loop() -> None:
+    async def run() -> None:
+        OutputBatch(FakeProducer(full_once=True), asyncio.get_running_loop()).add("t", None, b"v")
+
+    with pytest.raises(BufferError):
         asyncio.run(run())
 
 
