@@ -192,6 +192,10 @@ class RiskContext:
 
     activity: pd.DataFrame
     fraud_labels: pd.DataFrame
+    #: The queried cards' own fraud labels, for ``card_known_fraud`` (same columns). None: take
+    #: them from ``fraud_labels`` (training, where that frame holds every label). Serving keeps
+    #: them apart so that one card's labels never reach another transaction's merchant rates.
+    card_labels: pd.DataFrame | None = None
 
     @classmethod
     def empty(cls) -> RiskContext:
@@ -339,9 +343,11 @@ def _risk_features(
         )
 
     # The card's earliest fraud label known strictly before the transaction.
-    q_card, l_card, n_cards = _codes(queries["card_id"], labels["card_id"].to_numpy()[first])
+    own = risk.card_labels if risk.card_labels is not None else labels
+    _, own_first = np.unique(own["transaction_id"].to_numpy().astype(str), return_index=True)
+    q_card, l_card, n_cards = _codes(queries["card_id"], own["card_id"].to_numpy()[own_first])
     first_known = np.full(n_cards, np.iinfo(np.int64).max, dtype=np.int64)
-    np.minimum.at(first_known, l_card, labels["available_ms"].to_numpy(dtype=np.int64)[first])
+    np.minimum.at(first_known, l_card, own["available_ms"].to_numpy(dtype=np.int64)[own_first])
     out[:, col["card_known_fraud"]] = first_known[q_card] < ts
 
 

@@ -135,9 +135,9 @@ class MerchantRisk:
             for slot in [s for s in self._own if s[2] in gone]:
                 del self._own[slot]
 
-    def context(self, merchants: Iterable[str], extra_labels: pd.DataFrame | None = None) -> RiskContext:
-        """The :class:`RiskContext` rows of these merchants (plus ``extra_labels``: the fraud labels
-        stored with the batch's cards, which the card features need whatever the merchant)."""
+    def context(self, merchants: Iterable[str], card_labels: pd.DataFrame | None = None) -> RiskContext:
+        """The :class:`RiskContext` rows of these merchants; ``card_labels``: the fraud labels
+        stored with the queried cards (for their own known-fraud flag only)."""
         m_act: list[str] = []
         days: list[int] = []
         counts: list[int] = []
@@ -170,9 +170,7 @@ class MerchantRisk:
                 "available_ms": np.asarray(known, np.int64),
             }
         )
-        if extra_labels is not None and len(extra_labels):
-            labels = pd.concat([labels, extra_labels], ignore_index=True).drop_duplicates("transaction_id")
-        return RiskContext(activity=activity, fraud_labels=labels)
+        return RiskContext(activity=activity, fraud_labels=labels, card_labels=card_labels)
 
     def prune(self, before_day: int, owned: Iterable[int]) -> list[bytes]:
         """Forget daily counts and labels of days before ``before_day`` (no window reaches them

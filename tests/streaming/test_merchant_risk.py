@@ -10,14 +10,21 @@ import pandas as pd
 import pytest
 
 from model.dataset import load_csv
-from model.features import DAY_MS, FEATURE_NAMES, history_from_frame, risk_context_from_frame
+from model.features import (
+    DAY_MS,
+    FEATURE_NAMES,
+    compute_features,
+    frame_from_transactions,
+    history_from_frame,
+    risk_context_from_frame,
+)
 from model.schemas import Transaction
 from model.scoring import ModelHolder, Scorer
 from model.train import TrainOptions, train
 from producers.synthetic import SimConfig, generate
 from streaming.merchant_risk import MerchantRisk, activity_key, label_key, label_value
 from streaming.metrics import WorkerMetrics
-from streaming.state import merge, with_fraud_label, without_fraud_label
+from streaming.state import history_frame, labels_frame, merge, with_fraud_label, without_fraud_label
 from streaming.worker import BatchProcessor
 
 DELAY_DAYS = 4.0
@@ -150,3 +157,29 @@ def test_prune_forgets_old_days_and_tombstones_only_what_this_worker_wrote() -> 
     # A tombstone from the topic for a key already pruned is harmless.
     risk.apply(activity_key("m1", 10, 0), None)
     assert risk.count("m1", 50, 0) == 1
+
+
+def test_a_cards_stored_labels_set_its_own_flag_and_never_other_merchants_rates() -> None:
+    day = 20_000
+    risk = MerchantRisk()
+    risk.increment([("m1", day - 5, 0)] * 4)
+    txs = [
+        Transaction(
+            transaction_id=f"q{i}",
+            timestamp=datetime.fromtimestamp(day * 86_400 + 3600, UTC),
+            card_id=card,
+            merchant_id="m1",
+            amount=10.0,
+            currency="USD",
+        )  # fmt: skip
+        for i, card in enumerate(("cA", "cB"))
+    ]
+    # Card B's label (at m1, five days ago) is in its state but not yet in this replica.
+    states = {"cB": with_fraud_label(None, "old", "m1", day - 5, (day - 4) * DAY_MS)}
+    x = compute_features(
+        frame_from_transactions(txs), history_frame(states), risk.context(["m1"], labels_frame(states))
+    )
+    col = {n: i for i, n in enumerate(FEATURE_NAMES)}
+    assert x[:, col["card_known_fraud"]].tolist() == [0.0, 1.0]
+    assert x[:, col["merchant_tx_count_7d"]].tolist() == [4.0, 4.0]
+    assert x[:, col["merchant_fraud_rate_7d"]].tolist() == [0.0, 0.0]  # from the replica only
