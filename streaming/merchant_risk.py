@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterable
 
@@ -214,9 +215,24 @@ class Replica(threading.Thread):
         self.caught_up = threading.Event()
         self._stop_event = threading.Event()
         self.applied = 0
+        #: Next offset to read per partition (what has been applied so far).
+        self.positions: dict[int, int] = {}
 
     def stop(self) -> None:
         self._stop_event.set()
+
+    def wait_until(self, ends: dict[int, int], timeout: float) -> bool:
+        """Block until everything up to ``ends`` has been applied; False on timeout.
+
+        A worker that takes over partitions calls this first: it continues their counts from
+        this view, so the previous owner's last records must be in it.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(self.positions.get(p, 0) >= end for p, end in ends.items() if end > 0):
+                return True
+            self._stop_event.wait(0.05)
+        return False
 
     def run(self) -> None:
         # A broker that is down or a topic not created yet is waited for: the view is rebuilt
@@ -260,10 +276,26 @@ class Replica(threading.Thread):
                         self.risk.apply(key, msg.value())
                         self.applied += 1
                     p, offset = msg.partition(), msg.offset()
-                    if p in pending and offset is not None and offset + 1 >= ends[p]:
+                    if p is None or offset is None:
+                        continue
+                    self.positions[p] = offset + 1
+                    if p in pending and offset + 1 >= ends[p]:
                         pending.discard(p)
         finally:
             consumer.close()
+
+
+def end_offsets(settings: KafkaSettings, topic: str) -> dict[int, int]:
+    """The topic's current end offset per partition."""
+    consumer = kafka.consumer(settings, f"{topic}-ends", logger=log, log_level=2)
+    try:
+        meta = consumer.list_topics(topic, timeout=10)
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in meta.topics[topic].partitions
+        }
+    finally:
+        consumer.close()
 
 
 def day_of(ts_ms: int) -> int:

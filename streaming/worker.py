@@ -37,7 +37,7 @@ from model.features import DAY_MS, MERCHANT_SPAN_DAYS, epoch_ms, frame_from_tran
 from model.schemas import Decision, Label, Transaction
 from model.scoring import ModelHolder, scoring_executor, utcnow
 from streaming import faust_transport, kafka
-from streaming.merchant_risk import MerchantRisk, Replica, label_key
+from streaming.merchant_risk import MerchantRisk, Replica, end_offsets, label_key
 from streaming.metrics import WorkerMetrics
 from streaming.outputs import OutputBatch, Outputs
 from streaming.quality import QualityTracker
@@ -229,6 +229,7 @@ def create_app(
     metrics: WorkerMetrics,
     risk: MerchantRisk | None = None,
     outputs: Outputs | None = None,
+    replica: Replica | None = None,
 ) -> faust.App:
     app = faust.App(
         settings.app_id,
@@ -288,7 +289,24 @@ def create_app(
     # Next offset to process per partition, for the lag gauge.
     processed: dict[int, int] = {}
 
+    # Set on every assignment: partitions may come from another worker, whose last merchant
+    # counts this process must have read before it continues them.
+    risk_sync = [True]
+
+    async def sync_merchant_risk() -> None:
+        if replica is None:
+            return
+        loop = asyncio.get_running_loop()
+        ends = await loop.run_in_executor(None, end_offsets, settings, settings.merchant_risk_topic)
+        if not await loop.run_in_executor(None, replica.wait_until, ends, 120.0):
+            log.critical("merchant-risk replica did not reach %s within 120 s; stopping uncommitted", ends)
+            logging.shutdown()
+            os._exit(70)
+
     async def handle(events: Sequence[faust.types.EventT]) -> None:
+        if risk_sync[0]:
+            await sync_merchant_risk()
+            risk_sync[0] = False
         records = [
             Record(
                 topic=e.message.topic,
@@ -393,6 +411,10 @@ def create_app(
         for p in gone:
             processed.pop(p, None)
         processor.risk.release(gone)
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # receivers get signal= as a keyword
+    async def _sync_on_assignment(app: faust.App, assigned: set[faust.types.TP], **_: Any) -> None:
+        risk_sync[0] = True
 
     @app.agent(inputs, concurrency=1)
     async def score_transactions(stream: faust.StreamT[bytes]) -> None:
@@ -566,7 +588,7 @@ def run_worker(settings: WorkerSettings) -> None:
         raise SystemExit(f"fraud worker: could not read {settings.merchant_risk_topic} within 120 s")
     log.info("merchant risk restored: %d daily counts, %d fraud labels", *risk.size())
     start_http_server(settings.metrics_port, registry=metrics.registry)
-    app = create_app(settings, holder, metrics, risk)
+    app = create_app(settings, holder, metrics, risk, replica=replica)
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
     log.info("worker %s: model %s, metrics on :%d", settings.app_id, holder.scorer.version, settings.metrics_port)
     worker.execute_from_commandline()
