@@ -23,9 +23,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import faust
 import orjson
@@ -60,6 +60,8 @@ from streaming.validation import (
 )
 
 log = logging.getLogger("fraudstream.worker")
+
+T = TypeVar("T")
 
 CARD_TABLE = "card-history"
 #: Days kept past the longest merchant window before merchant risk is pruned (late events).
@@ -138,32 +140,14 @@ class BatchProcessor:
     def split(
         self, records: Sequence[Record]
     ) -> tuple[list[tuple[Record, Transaction]], list[tuple[Record, Rejected]]]:
-        valid, rejected = [], []
-        for rec in records:
-            parsed = parse_transaction(rec.value)
-            if not isinstance(parsed, Rejected):
-                parsed = check_record(parsed, rec.key, rec.timestamp_ms) or parsed
-            if isinstance(parsed, Rejected):
-                log.warning("dead-lettering %s: %s: %s", rec.where, parsed.reason, parsed.detail)
-                rejected.append((rec, parsed))
-            else:
-                valid.append((rec, parsed))
-        return valid, rejected
+        return _validated(
+            records, parse_transaction, lambda tx, rec: check_record(tx, rec.key, rec.timestamp_ms), "transaction"
+        )
 
     def split_labels(
         self, records: Sequence[Record]
     ) -> tuple[list[tuple[Record, Label]], list[tuple[Record, Rejected]]]:
-        valid, rejected = [], []
-        for rec in records:
-            parsed = parse_label(rec.value)
-            if not isinstance(parsed, Rejected):
-                parsed = check_label_record(parsed, rec.key) or parsed
-            if isinstance(parsed, Rejected):
-                log.warning("dead-lettering label %s: %s: %s", rec.where, parsed.reason, parsed.detail)
-                rejected.append((rec, parsed))
-            else:
-                valid.append((rec, parsed))
-        return valid, rejected
+        return _validated(records, parse_label, lambda label, rec: check_label_record(label, rec.key), "label")
 
     def score(
         self, txs: Sequence[Transaction], partitions: Sequence[int], states: dict[str, CardState | None]
@@ -206,6 +190,27 @@ class BatchProcessor:
         self.metrics.batch_size.observe(len(txs))
         encoded = [encode_decision(d) for d in decisions]
         return ScoredTransactions(decisions=decisions, encoded=encoded, states=new_states, risk_records=risk_records)
+
+
+def _validated(
+    records: Sequence[Record],
+    parse: Callable[[bytes | None], T | Rejected],
+    check: Callable[[T, Record], Rejected | None],
+    what: str,
+) -> tuple[list[tuple[Record, T]], list[tuple[Record, Rejected]]]:
+    """Valid messages and rejected ones (logged with topic[partition]@offset), in order."""
+    valid: list[tuple[Record, T]] = []
+    rejected: list[tuple[Record, Rejected]] = []
+    for rec in records:
+        parsed = parse(rec.value)
+        if not isinstance(parsed, Rejected):
+            parsed = check(parsed, rec) or parsed
+        if isinstance(parsed, Rejected):
+            log.warning("dead-lettering %s %s: %s: %s", what, rec.where, parsed.reason, parsed.detail)
+            rejected.append((rec, parsed))
+        else:
+            valid.append((rec, parsed))
+    return valid, rejected
 
 
 def encode_decision(decision: Decision) -> bytes:

@@ -93,6 +93,28 @@ def test_malformed_messages_are_dead_lettered_and_good_ones_still_decided(
     metrics = httpx.get(f"http://127.0.0.1:{stack.metrics_port}/metrics").text
     assert 'fraud_dead_letters_total{reason="not_json"} 1.0' in metrics
 
+    # Bad label events go to the labels' dead-letter topic, the same way.
+    label = {
+        "transaction_id": base["transaction_id"],
+        "card_id": base["card_id"],
+        "merchant_id": base["merchant_id"],
+        "is_fraud": True,
+        "timestamp": base["timestamp"],
+        "labelled_at": base["timestamp"],
+        "source": "chargeback",
+    }
+    bad_labels = {
+        "not_json": (base["card_id"].encode(), b"{nope"),
+        "invalid_field": (base["card_id"].encode(), orjson.dumps({**label, "is_fraud": "yes"})),
+        "key_mismatch": (b"another-card", orjson.dumps(label)),
+    }
+    labels_topic = stack.topics.settings.labels_topic
+    produce(stack.topics.settings, list(bad_labels.values()), topic=labels_topic)
+    dead_labels = consume(stack.topics.settings, stack.topics.settings.labels_dlq_topic, until=len(bad_labels))
+    assert {dict(h)["error.reason"].decode() for _, _, h in dead_labels} == set(bad_labels)
+    assert {v for _, v, _ in dead_labels} == {v for _, v in bad_labels.values()}
+    assert all(dict(h)["source.topic"].decode() == labels_topic for _, _, h in dead_labels)
+
 
 def with_labels(rows: pd.DataFrame, seed: int = 0) -> tuple[pd.DataFrame, list[tuple[bytes, bytes]]]:
     """``rows`` with a ``labelled_at`` for the fraud rows (2 to 40 hours later), and the label
