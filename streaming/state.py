@@ -10,7 +10,7 @@ counted twice.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -62,8 +62,11 @@ def labels_frame(states: Mapping[str, CardState | None]) -> pd.DataFrame:
     )
 
 
-def history_frame(states: Mapping[str, CardState | None]) -> pd.DataFrame:
-    """One history frame (columns of ``model.features.HISTORY_COLUMNS``) for several cards."""
+def history_frame(
+    states: Mapping[str, CardState | None], extra: Sequence[tuple[str, str, str, int, float]] = ()
+) -> pd.DataFrame:
+    """One history frame (columns of ``model.features.HISTORY_COLUMNS``) for several cards, plus
+    ``extra`` rows ``(transaction_id, card_id, merchant_id, ts_ms, amount)`` not stored yet."""
     ids: list[str] = []
     cards: list[str] = []
     merchants: list[str] = []
@@ -77,6 +80,12 @@ def history_frame(states: Mapping[str, CardState | None]) -> pd.DataFrame:
         merchants.extend(state["mer"])
         ts.extend(state["ts"])
         amounts.extend(state["amt"])
+    for tid, card, merchant, t, amount in extra:
+        ids.append(tid)
+        cards.append(card)
+        merchants.append(merchant)
+        ts.append(t)
+        amounts.append(amount)
     return pd.DataFrame(
         {
             "transaction_id": ids,

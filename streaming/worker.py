@@ -29,7 +29,6 @@ from typing import Any, TypeVar
 
 import faust
 import orjson
-import pandas as pd
 from prometheus_client import start_http_server
 
 from model.drift import DriftMonitor
@@ -156,25 +155,26 @@ class BatchProcessor:
         scorer = self.holder.scorer
         with self.metrics.batch_duration.time():
             queries = frame_from_transactions(txs)
+            # Transactions new to their card's state: counted for their merchant, and history
+            # for the rest of the batch (a card's second transaction in the batch sees its first;
+            # each row's own timestamp bounds what it sees, so no row sees itself).
+            stored = {card: set(state["ids"]) for card, state in states.items() if state}
+            seen: set[str] = set()
+            fresh: list[tuple[str, str, str, int, float]] = []
+            first_time = []
+            for tx, p, ts in zip(txs, partitions, queries["ts_ms"].tolist(), strict=True):
+                tid = tx.transaction_id
+                if tid not in seen and tid not in stored.get(tx.card_id, ()):
+                    fresh.append((tid, tx.card_id, tx.merchant_id, ts, tx.amount))
+                    first_time.append((tx.merchant_id, ts // DAY_MS, p))
+                seen.add(tid)
             # Merchant activity first: the merchant windows end days before each transaction's
             # own day, so counting the whole batch up front is what the batch path sees too.
-            seen: set[str] = set()
-            first_time = []
-            for tx, p, ts in zip(txs, partitions, queries["ts_ms"].to_numpy(), strict=True):
-                known = (states.get(tx.card_id) or {}).get("ids", ())
-                if tx.transaction_id not in seen and tx.transaction_id not in known:
-                    first_time.append((tx.merchant_id, int(ts) // DAY_MS, p))
-                seen.add(tx.transaction_id)
             risk_records = self.risk.increment(first_time)
             newest = int(queries["ts_ms"].max())
             self.newest_ms = newest if self.newest_ms is None else max(self.newest_ms, newest)
             risk = self.risk.context(queries["merchant_id"], labels_frame(states))
-            stored = history_frame(states)
-            # The batch is history for itself: a card's second transaction in the batch sees its
-            # first; each row's own timestamp bounds what it sees, so no row sees itself.
-            fresh = queries.loc[~queries["transaction_id"].isin(stored["transaction_id"])]
-            fresh = fresh.drop_duplicates("transaction_id")
-            history = pd.concat([stored, fresh[list(stored.columns)]], ignore_index=True)
+            history = history_frame(states, fresh)
             batch = scorer.score_frame(queries, history, risk)
             if self.drift is None or self.drift.version != scorer.version:
                 self.drift = DriftMonitor(scorer.artifact.metadata.get("drift_reference"), version=scorer.version)
