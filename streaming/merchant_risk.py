@@ -31,7 +31,7 @@ import orjson
 import pandas as pd
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
-from model.features import DAY_MS, RiskContext
+from model.features import RiskContext
 from streaming import kafka
 from streaming.settings import KafkaSettings
 
@@ -214,7 +214,6 @@ class Replica(threading.Thread):
         self.settings, self.topic, self.risk = settings, topic, risk
         self.caught_up = threading.Event()
         self._stop_event = threading.Event()
-        self.applied = 0
         #: Next offset to read per partition (what has been applied so far).
         self.positions: dict[int, int] = {}
 
@@ -274,7 +273,6 @@ class Replica(threading.Thread):
                     key = msg.key()
                     if key is not None:
                         self.risk.apply(key, msg.value())
-                        self.applied += 1
                     p, offset = msg.partition(), msg.offset()
                     if p is None or offset is None:
                         continue
@@ -297,6 +295,3 @@ def end_offsets(settings: KafkaSettings, topic: str) -> dict[int, int]:
     finally:
         consumer.close()
 
-
-def day_of(ts_ms: int) -> int:
-    return ts_ms // DAY_MS

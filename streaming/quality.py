@@ -216,15 +216,6 @@ class QualityTracker:
             }
         return out
 
-    def stats(self) -> dict[str, int]:
-        return {
-            "retained_decisions": self.retained_decisions,
-            "pending_labels": self.pending_labels,
-            "evicted_decisions": self.evicted_decisions,
-            "evicted_labels": self.evicted_labels,
-            "late_joins": self.late_joins,
-        }
-
 
 # --- reading the topics ------------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ import orjson
 from prometheus_client import start_http_server
 
 from model.drift import DriftMonitor
-from model.features import DAY_MS, MERCHANT_SPAN_DAYS, epoch_ms, frame_from_transactions
+from model.features import DAY_MS, MERCHANT_SPAN_DAYS, RiskContext, epoch_ms, frame_from_transactions
 from model.schemas import Decision, Label, Transaction
 from model.scoring import ModelHolder, scoring_executor, utcnow
 from streaming import faust_transport, kafka
@@ -129,7 +129,7 @@ class BatchProcessor:
         )
         queries = frame_from_transactions([tx])
         history = history_frame({tx.card_id: merge(None, [("w0", epoch_ms(tx.timestamp) - 1, 1.0, "m")], 0)})
-        batch = self.holder.scorer.score_frame(queries, history, MerchantRisk().context(["warm-up"]))
+        batch = self.holder.scorer.score_frame(queries, history, RiskContext.empty())
         self.holder.scorer.decisions([tx], batch, ["used"], utcnow(), self.include_features)
 
     def drift_values(self) -> dict[str, float]:
