@@ -46,6 +46,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -484,20 +485,6 @@ class Children:
             self.stop(proc)
 
 
-def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str, children: Children, timeout: float = 120) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with code {proc.returncode}:\n{children.log_tail(what)}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"{what} not ready at {url} after {timeout:.0f}s:\n{children.log_tail(what)}")
-
-
 def _python(*args: str) -> list[str]:
     return [sys.executable, "-m", *args]
 
@@ -931,7 +918,7 @@ class Bench:
         _say(f"latency: p50 {p50:.0f} ms, p99 {p99:.0f} ms ({seen:,} of {len(ids):,} decided)")
 
     def measure_predict(self, web_port: int, worker: subprocess.Popen[bytes]) -> None:
-        from streaming.broker import free_port
+        from streaming.broker import free_port, wait_http
 
         opts = self.opts
         api_port, noop_port = free_port(), free_port()
@@ -949,8 +936,11 @@ class Bench:
             ),
         )
         noop = self.children.start("noop", _python("streaming.bench", "noop", "--port", str(noop_port)), _child_env())
-        _wait_http(f"http://127.0.0.1:{api_port}/ready", api, "api", self.children)
-        _wait_http(f"http://127.0.0.1:{noop_port}/health", noop, "noop", self.children)
+        for url, proc, what in (
+            (f"http://127.0.0.1:{api_port}/ready", api, "api"),
+            (f"http://127.0.0.1:{noop_port}/health", noop, "noop"),
+        ):
+            wait_http(url, proc, what, partial(self.children.log_tail, what), timeout=120)
         # Transactions the stream has decided: their cards have state, so /predict reads it.
         bodies = self.workdir / "bodies.jsonl"
         bodies.write_bytes(b"\n".join(value for _, value in self.traffic.records[: min(1000, opts.worker_count)]))

@@ -7,6 +7,7 @@ import logging
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -25,6 +26,24 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def wait_http(
+    url: str, proc: subprocess.Popen[bytes], what: str, explain: Callable[[], str], timeout: float = 90.0
+) -> None:
+    """Wait until ``url`` answers 200; fail at once if ``proc`` exits. ``explain`` (a log tail, a
+    path) goes into the error."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode}: {explain()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"{what} not ready at {url} after {timeout:.0f}s: {explain()}")
 
 
 def broker_binary() -> str:

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -33,6 +34,13 @@ def _positive_float(value: str) -> float:
     if not f > 0:
         raise argparse.ArgumentTypeError("must be > 0")
     return f
+
+
+def _write_report(path: Path | None, report: dict[str, Any]) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"report written to {path}")
 
 
 def _setup_logging(level: str = "info") -> None:
@@ -118,10 +126,7 @@ def cmd_quality(args: argparse.Namespace) -> int:
     end_ms = None if args.end is None else args.end.value // 1_000_000
     report = read_quality(KafkaSettings(), start_ms, end_ms, timeout_s=args.timeout)
     print(format_quality(report))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"report written to {args.json}")
+    _write_report(args.json, report)
     return 0
 
 
@@ -290,10 +295,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"fraud bench: {exc}", file=sys.stderr)
         return 1
     print(format_table(report))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"report written to {args.json}")
+    _write_report(args.json, report)
     return 0
 
 

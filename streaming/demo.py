@@ -8,7 +8,6 @@ last line is JSON. Every process it started is stopped on the way out, Ctrl-C in
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -17,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -29,7 +29,7 @@ from model.features import epoch_ms
 from producers.publisher import Progress, Publisher, label_events
 from producers.synthetic import SimConfig, generate, iter_records, labels_for, with_label_columns
 from streaming import kafka
-from streaming.broker import WORKER_ENV, EmbeddedBroker, free_port
+from streaming.broker import WORKER_ENV, EmbeddedBroker, free_port, wait_http
 from streaming.settings import ProducerSettings
 
 #: Every this many transactions the demo also sends one malformed message.
@@ -135,18 +135,6 @@ class Processes:
             log.close()
 
 
-def _wait_http(url: str, proc: subprocess.Popen[bytes], name: str, log: Path, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited with code {proc.returncode}; see {log}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        time.sleep(0.3)
-    raise TimeoutError(f"{name} not ready after {timeout:.0f}s; see {log}")
-
-
 def _ensure_model(options: DemoOptions) -> None:
     from model.artifact import load_artifact
     from model.errors import ModelLoadError
@@ -198,8 +186,12 @@ def run_demo(options: DemoOptions) -> int:
         }
         worker = procs.start("worker", ["worker"], env)
         api = procs.start("api", ["api"], env)
-        _wait_http(f"http://127.0.0.1:{web_port}/ready", worker, "worker", options.workdir / "worker.log")
-        _wait_http(f"http://127.0.0.1:{api_port}/ready", api, "api", options.workdir / "api.log")
+        for url, proc, what in (
+            (f"http://127.0.0.1:{web_port}/ready", worker, "worker"),
+            (f"http://127.0.0.1:{api_port}/ready", api, "api"),
+        ):
+            log = options.workdir / f"{what}.log"
+            wait_http(url, proc, what, partial("see {}".format, log))
         print(f"worker (state view :{web_port}) and API (http://127.0.0.1:{api_port}/docs) are up")
         follower = threading.Thread(target=_follow, args=(settings, observed, stop), daemon=True)
         follower.start()
