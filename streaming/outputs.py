@@ -1,8 +1,10 @@
-"""The worker's output records (decisions, dead letters, merchant risk) through confluent-kafka.
+"""The worker's output records (decisions, dead letters, merchant risk, the card table's
+changelog) through confluent-kafka.
 
-Faust's producer costs ~60 µs of Python per record, and the worker writes two to three records
-per transaction; librdkafka takes a record in a few microseconds and batches them in C. Faust
-keeps what needs it: consuming, the state table and its changelog.
+Faust's producer costs ~60 µs of Python per record, keeps one request in flight, and the worker
+writes two to three records per transaction; librdkafka takes a record in a few microseconds and
+batches and pipelines them in C. The changelog records are the ones Faust would write for the
+table (raw card id key, JSON value), so Faust's recovery restores them as its own.
 
 The guarantee stays the same: a batch's offsets are acknowledged only after every output of the
 batch is on the broker. :meth:`OutputBatch.wait` resolves when librdkafka reported the last
@@ -33,9 +35,10 @@ QUEUE_MAX_MESSAGES = 1_000_000
 class Outputs:
     """One idempotent producer per worker, polled by a daemon thread for delivery reports."""
 
-    def __init__(self, settings: KafkaSettings) -> None:
+    def __init__(self, settings: KafkaSettings, **config: Any) -> None:
         self.producer = kafka.producer(
-            settings, **{"acks": "all", "linger.ms": 2, "queue.buffering.max.messages": QUEUE_MAX_MESSAGES}
+            settings,
+            **{"acks": "all", "linger.ms": 2, "queue.buffering.max.messages": QUEUE_MAX_MESSAGES, **config},
         )
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="outputs-poll", daemon=True)
@@ -71,12 +74,22 @@ class OutputBatch:
         self._error: KafkaError | None = None
 
     def add(
-        self, topic: str, key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]] | None = None
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
     ) -> None:
-        """Queue one record (``value`` None: a tombstone)."""
+        """Queue one record (``value`` None: a tombstone; ``partition`` None: by key)."""
         with self._lock:
             self._sent += 1
-        self._producer.produce(topic, key=key, value=value, headers=headers, on_delivery=self._delivered)
+        if partition is None:
+            self._producer.produce(topic, key=key, value=value, headers=headers, on_delivery=self._delivered)
+        else:
+            self._producer.produce(
+                topic, key=key, value=value, headers=headers, partition=partition, on_delivery=self._delivered
+            )
 
     def _delivered(self, err: KafkaError | None, _msg: Any) -> None:  # on the poll thread
         with self._lock:

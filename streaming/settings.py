@@ -104,9 +104,8 @@ class WorkerSettings(KafkaSettings):
     app_id: str = "fraudstream"
     """Faust application id: consumer group and prefix of the state changelog topics."""
     batch_size: int = Field(default=500, ge=1)
-    """Most transactions scored in one model call."""
-    batch_timeout_seconds: float = Field(default=0.02, gt=0)
-    """Longest a transaction waits for its batch to fill."""
+    """Most records handed over in one fetch, and about the most scored in one model call. A
+    batch is whatever was fetched (never waits to fill), so it grows with load."""
     session_timeout_seconds: float = Field(default=10.0, ge=6.0)
     """Consumer group session timeout; short timeouts make joins and failover fast."""
     fetch_max_wait_ms: int = Field(default=10, ge=1)
@@ -127,7 +126,7 @@ class WorkerSettings(KafkaSettings):
     history_grace_seconds: int = Field(default=3600, ge=0)
     """Card history kept beyond the 30-day window, for late transactions."""
     producer_max_batch_bytes: int = Field(default=16384, ge=1)
-    """Largest record batch the worker's producer builds. The embedded broker (tansu 0.6.0)
+    """Largest record batch the worker builds for its state changelog. The embedded broker (tansu 0.6.0)
     reports a partition's high watermark as the last batch's base offset + 1, which makes state
     recovery stop short of the changelog's tail; 1 (one record per batch) avoids that there.
     Keep the default on Apache Kafka."""

@@ -8,14 +8,14 @@ Per-message error policy (counted and logged with topic[partition]@offset):
   committing, so the batch is consumed again after restart (at-least-once; decisions are
   idempotent by ``transaction_id``).
 
-Offsets: ``take_events`` acknowledges a batch when the loop body returns, and the body returns
-only after the broker acknowledged every output of the batch (decisions, dead letters, state
-changelog), so an offset is committed only once its decision or dead letter is written. A stop
-request lets the batch in flight finish first.
+Offsets: a batch is acknowledged only after the broker acknowledged every output of the batch
+(decisions, dead letters, state changelog), so an offset is committed only once its decision or
+dead letter is written. A stop request lets the batch in flight finish first.
 
-Design notes: one agent instance per process (``concurrency=1``: Faust can commit past
-unprocessed messages with more) and scale-out by partitions; scoring runs in a worker thread so
-the event loop keeps consuming and heartbeating while a batch is scored.
+Design notes: one batch in flight per process (batches come whole fetches at a time from
+``streaming.faust_transport``, not through a Faust agent) and scale-out by partitions; scoring
+runs in a worker thread so the event loop keeps consuming and heartbeating while a batch is
+scored.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import faust
 import orjson
@@ -89,6 +89,8 @@ class ScoredTransactions:
     #: The decisions as their wire bytes (encoded on the scoring thread, off the event loop).
     encoded: list[bytes]
     states: dict[str, CardState]
+    #: The new states as their changelog values (JSON), likewise.
+    encoded_states: dict[str, bytes]
     #: Merchant-risk records to publish (new absolute daily counts).
     risk_records: list[tuple[bytes, bytes]]
 
@@ -189,7 +191,13 @@ class BatchProcessor:
                 new_states[card] = merge(states.get(card), card_rows, self.grace_ms, self.max_history)
         self.metrics.batch_size.observe(len(txs))
         encoded = [encode_decision(d) for d in decisions]
-        return ScoredTransactions(decisions=decisions, encoded=encoded, states=new_states, risk_records=risk_records)
+        return ScoredTransactions(
+            decisions=decisions,
+            encoded=encoded,
+            states=new_states,
+            encoded_states={card: orjson.dumps(state) for card, state in new_states.items()},
+            risk_records=risk_records,
+        )
 
 
 def _validated(
@@ -213,6 +221,11 @@ def _validated(
     return valid, rejected
 
 
+def changelog_key(card_id: str) -> bytes:
+    """A card's key in the table's changelog: Faust's changelog topics encode keys as JSON."""
+    return orjson.dumps(card_id)
+
+
 def encode_decision(decision: Decision) -> bytes:
     return orjson.dumps(decision.model_dump(mode="json", exclude_none=True))
 
@@ -233,7 +246,6 @@ def create_app(
     holder: ModelHolder,
     metrics: WorkerMetrics,
     risk: MerchantRisk | None = None,
-    outputs: Outputs | None = None,
     replica: Replica | None = None,
 ) -> faust.App:
     app = faust.App(
@@ -248,7 +260,7 @@ def create_app(
         broker_heartbeat_interval=min(3.0, settings.session_timeout_seconds / 3),
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
-        producer_max_batch_size=settings.producer_max_batch_bytes,
+        broker_max_poll_records=settings.batch_size,
         web_enabled=True,
         web_bind=settings.web_bind,
         web_host=settings.web_host,
@@ -256,10 +268,12 @@ def create_app(
         web_in_thread=False,
     )
 
-    faust_transport.install(app, settings.fetch_max_wait_ms)
-
     # One stream of both inputs: labels and transactions of a card share a partition number (and
-    # so a worker and its card state), and one agent applies both in order, without locks.
+    # so a worker and its card state), and one task applies both in order, without locks. Their
+    # records come in batches, without Faust's per-message agent machinery (faust_transport).
+    faust_transport.install(
+        app, settings.fetch_max_wait_ms, batch_topics=(settings.transactions_topic, settings.labels_topic)
+    )
     inputs = app.topic(
         settings.transactions_topic,
         settings.labels_topic,
@@ -268,12 +282,16 @@ def create_app(
         key_serializer="raw",
         value_serializer="raw",
     )
-    # Decisions, dead letters and merchant risk go through librdkafka (streaming/outputs.py);
-    # Faust's producer keeps only the state changelog.
-    out = outputs or Outputs(settings)
+    app.topics.add(inputs)  # subscribed to as an agent's topic would be
+    # Every output goes through librdkafka (streaming/outputs.py), the card table's changelog
+    # through a producer of its own (its batch size is the broker's concern).
+    out = Outputs(settings)
+    changelog = Outputs(settings, **{"batch.size": settings.producer_max_batch_bytes})
     # Raw keys: the changelog and the state-view routing hash the same bytes as the producers.
     card_schema: faust.Schema = faust.Schema(key_type=str, key_serializer="raw", value_serializer="json")
     cards = app.Table(CARD_TABLE, default=None, schema=card_schema)
+    changelog_topic = cards.changelog_topic.get_topic_name()
+
     executor = scoring_executor()
     processor = BatchProcessor(
         holder,
@@ -294,6 +312,13 @@ def create_app(
     # Next offset to process per partition, for the lag gauge.
     processed: dict[int, int] = {}
 
+    def store(changes: OutputBatch, card: str, partition: int, state: CardState, value: bytes | None = None) -> None:
+        """Keep a card's new state, and write it to the changelog (as Faust's table would: JSON key
+        and value) on the partition the card's records arrive on, so that state recovery restores
+        it to the worker that needs it."""
+        changes.add(changelog_topic, changelog_key(card), value or orjson.dumps(state), partition=partition)
+        cards.data[card] = state
+        card_partition[card] = partition
     # Set on every assignment: partitions may come from another worker, whose last merchant
     # counts this process must have read before it continues them.
     risk_sync = [True]
@@ -308,31 +333,30 @@ def create_app(
             logging.shutdown()
             os._exit(70)
 
-    async def handle(events: Sequence[faust.types.EventT]) -> None:
+    async def handle(messages: Sequence[faust.types.Message]) -> Awaitable[None]:
+        """Process a batch up to its outputs; returns what resolves once they are all written."""
         if risk_sync[0]:
             await sync_merchant_risk()
             risk_sync[0] = False
         records = [
             Record(
-                topic=e.message.topic,
-                partition=e.message.partition,
-                offset=e.message.offset,
-                timestamp_ms=int(e.message.timestamp * 1000),
-                key=e.message.key,
-                value=e.message.value,
+                topic=m.topic,
+                partition=m.partition,
+                offset=m.offset,
+                timestamp_ms=int(m.timestamp * 1000),
+                key=m.key,
+                value=m.value,
             )
-            for e in events
+            for m in messages
         ]
-        pending: list[Awaitable[Any]] = []
-        batch = out.batch()
+        batch, changes = out.batch(), changelog.batch()
         loop = asyncio.get_running_loop()
         label_records = [r for r in records if r.topic == settings.labels_topic]
         if label_records:
-            await apply_labels(label_records, pending, batch)
+            await apply_labels(label_records, batch, changes)
             records = [r for r in records if r.topic != settings.labels_topic]
             if not records:
-                await asyncio.gather(*pending, batch.wait())
-                return
+                return written([], batch, changes)
         metrics.consumed.inc(len(records))
         # Parsing and validating a batch is CPU work too (~10 µs a message): off the loop.
         valid, rejected = await loop.run_in_executor(executor, processor.split, records)
@@ -348,11 +372,7 @@ def create_app(
                 batch.add(settings.merchant_risk_topic, key, value)
             partition_of = {tx.card_id: rec.partition for rec, tx in valid}
             for card, state in result.states.items():
-                # Changelog to the partition the card's transactions arrive on (keys are checked
-                # to be the card id), so state recovery restores it to the worker that needs it.
-                pending.append(cards.send_changelog(partition_of[card], card, state))
-                cards.data[card] = state
-                card_partition[card] = partition_of[card]
+                store(changes, card, partition_of[card], state, result.encoded_states[card])
             now_ms = utcnow().timestamp() * 1000
             for (rec, _), decision, value in zip(valid, result.decisions, result.encoded, strict=True):
                 batch.add(settings.decisions_topic, decision.card_id.encode(), value)
@@ -366,15 +386,18 @@ def create_app(
                     decision.score,
                     epoch_ms(decision.event_timestamp),
                 )
-        # Faust only logs a failed send; awaiting every delivery (Faust's changelog and ours) makes
-        # a failure raise here, so the batch is never acknowledged (and its offsets never
-        # committed) without its outputs.
-        await asyncio.gather(*pending, batch.wait())
-        for rec in records:
-            processed[rec.partition] = max(processed.get(rec.partition, 0), rec.offset + 1)
-        metrics.last_event.set(max(r.timestamp_ms for r in records) / 1000)
+        return written(records, batch, changes)
 
-    async def apply_labels(records: list[Record], pending: list[Awaitable[Any]], batch: OutputBatch) -> None:
+    async def written(transactions: list[Record], batch: OutputBatch, changes: OutputBatch) -> None:
+        # Awaiting every delivery makes a failure raise here, so the batch is never acknowledged
+        # (and its offsets never committed) without its outputs.
+        await asyncio.gather(batch.wait(), changes.wait())
+        for rec in transactions:
+            processed[rec.partition] = max(processed.get(rec.partition, 0), rec.offset + 1)
+        if transactions:
+            metrics.last_event.set(max(r.timestamp_ms for r in transactions) / 1000)
+
+    async def apply_labels(records: list[Record], batch: OutputBatch, changes: OutputBatch) -> None:
         """Labels before the batch's transactions: a label counts only for transactions after it
         became known (features filter by time), so applying it early never changes a score."""
         valid, rejected = await asyncio.get_running_loop().run_in_executor(executor, processor.split_labels, records)
@@ -389,8 +412,7 @@ def create_app(
                 # the card's state and the merchants' rates, as it would in a retrained CSV.
                 reverted = without_fraud_label(cards.get(label.card_id), label.transaction_id)
                 if reverted is not None:
-                    pending.append(cards.send_changelog(rec.partition, label.card_id, reverted))
-                    cards.data[label.card_id] = reverted
+                    store(changes, label.card_id, rec.partition, reverted)
                     processor.risk.apply(label_key(label.transaction_id), None)
                     batch.add(settings.merchant_risk_topic, label_key(label.transaction_id), None)
                 continue
@@ -399,9 +421,7 @@ def create_app(
             state = with_fraud_label(
                 cards.get(label.card_id), label.transaction_id, label.merchant_id, tx_day, available
             )
-            pending.append(cards.send_changelog(rec.partition, label.card_id, state))
-            cards.data[label.card_id] = state
-            card_partition[label.card_id] = rec.partition
+            store(changes, label.card_id, rec.partition, state)
             value = processor.risk.add_label(
                 label.transaction_id, label.card_id, label.merchant_id, tx_day, available, rec.partition
             )
@@ -421,35 +441,57 @@ def create_app(
     async def _sync_on_assignment(app: faust.App, assigned: set[faust.types.TP], **_: Any) -> None:
         risk_sync[0] = True
 
-    @app.agent(inputs, concurrency=1)
-    async def score_transactions(stream: faust.StreamT[bytes]) -> None:
-        async for events in stream.take_events(  # type: ignore[attr-defined]  # Stream has it; StreamT omits it
-            settings.batch_size, within=settings.batch_timeout_seconds
-        ):
-            batch = asyncio.ensure_future(handle(events))
-            try:
+    @app.task
+    async def score_transactions() -> None:
+        """One batch scored while the previous one's outputs are still on their way to the broker
+        (state is updated in memory, so the next batch sees it); each batch is acknowledged once
+        its own outputs and the previous batch's acknowledgement are done."""
+        acked: asyncio.Future[None] | None = None
+        try:
+            async for messages in faust_transport.take_batches(app, settings.batch_size):
+                step = asyncio.ensure_future(process(messages, acked))
                 try:
-                    await asyncio.shield(batch)
+                    acked = await asyncio.shield(step)
                 except asyncio.CancelledError:
-                    # Stopping (SIGTERM, rebalance): take_events acknowledges this batch as the
-                    # loop unwinds, so finish it first, or exit before anything is committed.
-                    await asyncio.wait_for(batch, timeout=60)
+                    # Stopping (SIGTERM): finish the batch in flight, then acknowledge what is
+                    # written (below), or exit before anything more is committed.
+                    acked = await asyncio.wait_for(step, timeout=60)
                     raise
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                first = events[0].message
-                log.critical(
-                    "internal error on batch from %s[%d]@%d; stopping without committing it",
-                    first.topic,
-                    first.partition,
-                    first.offset,
-                    exc_info=True,
-                )
-                metrics.processing_errors.inc()
-                logging.shutdown()
-                # Exit at once: a graceful stop would commit the offsets take_events acked.
-                os._exit(70)
+        finally:
+            if acked is not None:
+                await asyncio.wait_for(asyncio.shield(acked), timeout=60)
+
+    async def process(
+        messages: Sequence[faust.types.Message], previous: asyncio.Future[None] | None
+    ) -> asyncio.Future[None]:
+        try:
+            outputs = await handle(messages)
+        except Exception:
+            crashed(messages)
+        if previous is not None:
+            await previous  # at most one batch's outputs in flight while the next is scored
+        return asyncio.ensure_future(acknowledge(messages, outputs))
+
+    async def acknowledge(messages: Sequence[faust.types.Message], outputs: Awaitable[None]) -> None:
+        try:
+            await outputs
+        except Exception:
+            crashed(messages)
+        faust_transport.ack(app, messages)
+
+    def crashed(messages: Sequence[faust.types.Message]) -> NoReturn:
+        first = messages[0]
+        log.critical(
+            "internal error on batch from %s[%d]@%d; stopping without committing it",
+            first.topic,
+            first.partition,
+            first.offset,
+            exc_info=True,
+        )
+        metrics.processing_errors.inc()
+        logging.shutdown()
+        # Exit at once: nothing of this batch was acknowledged, so nothing of it is committed.
+        os._exit(70)
 
     @app.page("/cards/history")
     @app.table_route(table=cards, query_param="card_id")

@@ -8,6 +8,7 @@ from typing import Any
 
 import faust
 import pytest
+from aiokafka.structs import ConsumerRecord
 from faust.types import TP
 
 from streaming import faust_transport
@@ -112,3 +113,117 @@ def test_a_seek_before_recovery_resumes_does_not_end_the_hold(consumer: Any, mon
     assert not set(STREAM) & consumer._get_active_partitions()
     asyncio.run(consumer.perform_seek())  # recovery's seek: now they go
     assert set(STREAM) <= consumer._get_active_partitions()
+
+
+@pytest.fixture
+def batch_app(tmp_path: Any) -> Any:
+    app = faust.App("batch-test", broker="kafka://127.0.0.1:1", store="memory://", datadir=str(tmp_path))
+    faust_transport.install(app, fetch_max_wait_ms=10, batch_topics=["transactions"])
+    app.Table("cards", default=None)
+    app.topics.add(app.topic("transactions"))
+    app.loop.run_until_complete(app.topics._update_indices())  # as subscribing does: acks enabled
+    app.flow_control.resume()  # as recovery does once the partitions are ready
+    return app
+
+
+def _record(tp: TP, offset: int) -> ConsumerRecord:
+    return ConsumerRecord(tp.topic, tp.partition, offset, 1_000, 0, b"k", b"v%d" % offset, None, 1, 2, [])
+
+
+def _drain_once(consumer: Any, monkeypatch: Any, fetched: dict[TP, list[ConsumerRecord]]) -> list[Any]:
+    """Run the fetch loop over one fetch; returns what went through Faust's per-message callback."""
+
+    class Fetcher:
+        _stopped = asyncio.Event()
+
+    called: list[Any] = []
+
+    async def fetch(timeout: float) -> tuple[dict[TP, list[ConsumerRecord]], set[TP]]:
+        Fetcher._stopped.set()
+        return fetched, set(fetched)
+
+    async def callback(message: Any) -> None:
+        called.append(message)
+
+    monkeypatch.setattr(consumer, "_wait_next_records", fetch)
+    monkeypatch.setattr(consumer, "highwater", lambda tp: 100)
+    consumer.callback = callback
+    consumer.loop.run_until_complete(consumer._drain_messages(Fetcher()))  # Faust waits on its own loop
+    return called
+
+
+def test_a_fetch_of_batch_topics_is_queued_as_one_list_and_changelogs_go_one_by_one(
+    batch_app: Any, monkeypatch: Any
+) -> None:
+    consumer = batch_app.consumer
+    consumer._read_offset[STREAM[1]] = 7  # read up to 7 already: 5 and 6 are dropped, 7 is re-read
+    fetched = {
+        STREAM[0]: [_record(STREAM[0], o) for o in (0, 1, 2)],
+        STREAM[1]: [_record(STREAM[1], o) for o in (5, 6, 7, 8)],
+        CHANGELOG: [_record(CHANGELOG, 0)],
+    }
+    called = _drain_once(consumer, monkeypatch, fetched)
+
+    assert [(m.tp, m.offset) for m in called] == [(CHANGELOG, 0)]
+    batch = consumer.batches.get_nowait()
+    assert consumer.batches.empty()
+    assert [(m.tp, m.offset) for m in batch] == [
+        *((STREAM[0], o) for o in (0, 1, 2)),
+        *((STREAM[1], o) for o in (7, 8)),
+    ]
+    assert [m.value for m in batch[:1]] == [b"v0"]
+    # Tracked as Faust's streams track them: a rebalance waits for them to be acknowledged.
+    assert set(batch) <= set(consumer._unacked_messages)
+    assert consumer._read_offset[STREAM[0]] == 2 and consumer._read_offset[STREAM[1]] == 8
+
+
+def test_offsets_are_committable_only_up_to_acknowledged_batches(batch_app: Any, monkeypatch: Any) -> None:
+    consumer = batch_app.consumer
+    consumer._committed_offset[STREAM[0]] = None
+    _drain_once(consumer, monkeypatch, {STREAM[0]: [_record(STREAM[0], o) for o in range(4)]})
+    first = consumer.batches.get_nowait()
+    assert consumer._new_offset(STREAM[0]) is None  # nothing acknowledged: nothing to commit
+
+    faust_transport.ack(batch_app, first[:2])
+    assert consumer._new_offset(STREAM[0]) == 2
+    consumer._committed_offset[STREAM[0]] = 2  # what a commit records
+    assert consumer._new_offset(STREAM[0]) is None
+    faust_transport.ack(batch_app, first[2:])
+    assert consumer._new_offset(STREAM[0]) == 4
+    assert not set(first) & set(consumer._unacked_messages)
+
+
+def test_take_batches_joins_fetches_and_drops_what_a_rebalance_outdated(batch_app: Any, monkeypatch: Any) -> None:
+    consumer = batch_app.consumer
+    monkeypatch.setattr(type(batch_app), "consumer_generation_id", 2, raising=False)
+    _drain_once(consumer, monkeypatch, {STREAM[0]: [_record(STREAM[0], o) for o in range(3)]})
+    old = consumer.batches.get_nowait()
+    for m in old:
+        m.generation_id = 1  # fetched before the last rebalance
+    fresh = [consumer._to_message(STREAM[1], _record(STREAM[1], o)) for o in range(2)]
+    more = [consumer._to_message(STREAM[1], _record(STREAM[1], o)) for o in range(2, 6)]
+
+    async def take(max_messages: int) -> list[Any]:
+        for fetch in (old, fresh, more):
+            consumer.batches.put_nowait(fetch)
+        batches = faust_transport.take_batches(batch_app, max_messages)
+        return [await anext(batches), await anext(batches)]
+
+    first, second = batch_app.loop.run_until_complete(take(max_messages=4))
+    # The whole queue up to max_messages: old (3) + fresh (2); old is dropped, not processed.
+    assert [(m.tp, m.offset) for m in first] == [(STREAM[1], 0), (STREAM[1], 1)]
+    assert [m.offset for m in second] == [2, 3, 4, 5]  # a fetch is never split
+
+
+def test_take_batches_drops_everything_while_flow_is_stopped(batch_app: Any) -> None:
+    consumer = batch_app.consumer
+    batch_app.flow_control.suspend()  # a rebalance is under way
+    stale = [consumer._to_message(STREAM[0], _record(STREAM[0], 0))]
+
+    async def take() -> Any:
+        consumer.batches.put_nowait(stale)
+        batches = faust_transport.take_batches(batch_app, 10)
+        return await asyncio.wait_for(anext(batches), timeout=0.2)
+
+    with pytest.raises(TimeoutError):
+        batch_app.loop.run_until_complete(take())
