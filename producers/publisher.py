@@ -306,6 +306,10 @@ class Publisher:
         When ``count`` or ``duration`` stops the run, labels known after the last transaction
         sent are not sent; when the rows run out, the remaining labels are sent after them.
         """
+        # Connected before the clock starts: the first records would otherwise wait for the
+        # connection and the idempotent producer's id (~0.5 s on the embedded broker), then go
+        # out in a burst, and their timestamps (taken at produce()) would count that wait.
+        self.producer.list_topics(self.settings.transactions_topic, timeout=10)
         start = time.monotonic()
         first_event: float | None = None
         events = event_order(rows, labels if labels is not None else ())

@@ -70,6 +70,8 @@ class RecordingProducer:
     fail_topics: set[str] = field(default_factory=set)
     records: list[tuple[str, bytes, bytes, float]] = field(default_factory=list)
     pending: list[tuple[Any, _Message]] = field(default_factory=list)
+    #: Records produced before the publisher asked for the topic's metadata (None: never asked).
+    connected_before: int | None = None
 
     def produce(self, topic: str, key: bytes, value: bytes, on_delivery: Any) -> None:
         self.records.append((topic, key, value, time.monotonic()))
@@ -84,6 +86,9 @@ class RecordingProducer:
     def flush(self, timeout: float = 0.0) -> int:
         self.poll()
         return 0
+
+    def list_topics(self, topic: str, timeout: float) -> None:
+        self.connected_before = len(self.records)
 
 
 def publisher(producer: RecordingProducer) -> Publisher:
@@ -301,6 +306,7 @@ def test_rate_paces_transactions_only(frame: pd.DataFrame) -> None:
     assert topics == (["tx"] + ["labels"] * 10) * 20  # each label right after its transaction
     tx_times = [at for t, _, _, at in producer.records if t == "tx"]
     assert tx_times[-1] - tx_times[0] == pytest.approx(0.19, abs=0.05)
+    assert producer.connected_before == 0  # connected before the pacing clock started
 
 
 def test_speedup_paces_labels_by_labelled_at() -> None:
