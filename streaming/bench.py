@@ -809,10 +809,6 @@ class Bench:
             "FRAUD_DATA_DIR": str(self.workdir / "worker-data"),
             "FRAUD_SESSION_TIMEOUT_SECONDS": "6",
         }
-        if not self.opts.bootstrap_servers:
-            from streaming.broker import WORKER_ENV  # README "Known limits"
-
-            env.update(WORKER_ENV)
         return {**env, **self.opts.worker_env}
 
     def phase_worker_and_predict(self) -> None:

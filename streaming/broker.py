@@ -16,12 +16,6 @@ from confluent_kafka.admin import AdminClient
 log = logging.getLogger(__name__)
 
 
-#: Settings a worker needs on this broker. tansu 0.6.0 reports a partition's high watermark as
-#: the last record batch's base offset + 1, so Faust's state recovery would stop short of the
-#: changelog's tail; one record per batch keeps the watermark right.
-WORKER_ENV = {"FRAUD_PRODUCER_MAX_BATCH_BYTES": "1"}
-
-
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))

@@ -57,13 +57,11 @@ def _setup_logging(level: str = "info") -> None:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from streaming.broker import WORKER_ENV, EmbeddedBroker
+    from streaming.broker import EmbeddedBroker
 
     broker = EmbeddedBroker(port=args.port, host=args.host).start()
     print(f"embedded broker on {broker.bootstrap_servers}")
     print(f"export FRAUD_KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}")
-    for name, value in WORKER_ENV.items():
-        print(f"for a worker on this broker also export {name}={value} (see README, Known limits)")
     print("Ctrl-C to stop (storage is in memory and is lost on exit)", flush=True)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:

@@ -29,7 +29,7 @@ from model.features import epoch_ms
 from producers.publisher import Progress, Publisher, label_events
 from producers.synthetic import SimConfig, generate, iter_records, labels_for, with_label_columns
 from streaming import kafka
-from streaming.broker import WORKER_ENV, EmbeddedBroker, free_port, wait_http
+from streaming.broker import EmbeddedBroker, free_port, wait_http
 from streaming.settings import ProducerSettings
 
 #: Every this many transactions the demo also sends one malformed message.
@@ -182,7 +182,6 @@ def run_demo(options: DemoOptions) -> int:
             "FRAUD_DATA_DIR": str(options.workdir / "worker-data"),
             "FRAUD_PORT": str(api_port),
             "FRAUD_WORKER_URL": f"http://127.0.0.1:{web_port}",
-            **WORKER_ENV,
         }
         worker = procs.start("worker", ["worker"], env)
         api = procs.start("api", ["api"], env)

@@ -30,6 +30,13 @@ stays: offsets are committed only up to acknowledged messages (gaps in between a
 committed), a rebalance clears the queue and waits for the batch in flight to be acknowledged
 (``wait_empty``), and messages of an earlier consumer generation are dropped, not processed.
 Changelog records still go through Faust's Conductor, one by one, to the tables.
+
+Recovery to the last record. Faust's table recovery reads each changelog partition up to the
+high watermark the broker reports. The embedded broker reports the last record batch's base
+offset + 1, so recovery stopped inside the last batch and the cards written after its first
+record came back empty. With ``read_ends`` given to :func:`install`, the watermarks recovery
+asks for are raised to the last record actually there (``streaming.kafka.read_ends``), and the
+changelog can be written in ordinary batches.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import faust
@@ -71,6 +78,15 @@ class _Consumer(faust_aiokafka.Consumer):
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def highwaters(self, *partitions: TP) -> Mapping[TP, int]:
+        """The reported high watermarks (recovery reads changelogs up to them), corrected to the
+        last record when the transport was given ``read_ends``."""
+        marks = await super().highwaters(*partitions)
+        read_ends = getattr(self.transport, "read_ends", None)
+        if read_ends is None:
+            return marks
+        return await asyncio.get_running_loop().run_in_executor(None, read_ends, dict(marks))
 
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
         self._seek_pending = True
@@ -210,11 +226,20 @@ def _give_up(why: str) -> None:
 class Transport(faust_aiokafka.Transport):
     Consumer = _Consumer
     batch_topics: frozenset[str] = frozenset()
+    read_ends: Callable[[dict[TP, int]], Mapping[TP, int]] | None = None
 
 
-def install(app: faust.App, fetch_max_wait_ms: int, batch_topics: Iterable[str] = ()) -> None:
+def install(
+    app: faust.App,
+    fetch_max_wait_ms: int,
+    batch_topics: Iterable[str] = (),
+    read_ends: Callable[[dict[TP, int]], Mapping[TP, int]] | None = None,
+) -> None:
     """Use this transport for ``app``; call before the app declares topics or tables. Records of
-    ``batch_topics`` are read with :func:`take_batches` instead of agents."""
+    ``batch_topics`` are read with :func:`take_batches` instead of agents; ``read_ends`` (blocking,
+    run in a thread) corrects the high watermarks state recovery reads up to."""
     _ConsumerThread.fetch_max_wait_ms = fetch_max_wait_ms
-    app.transport = Transport(app.conf.broker_consumer, app)
-    app.transport.batch_topics = frozenset(batch_topics)
+    transport = Transport(app.conf.broker_consumer, app)
+    transport.batch_topics = frozenset(batch_topics)
+    transport.read_ends = read_ends
+    app.transport = transport

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from typing import Any
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
 
-from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streaming.settings import KafkaSettings
@@ -38,6 +39,47 @@ def consumer(settings: KafkaSettings, group_id: str, **overrides: Any) -> Consum
         **overrides,
     }
     return Consumer(conf)
+
+
+class Partition(NamedTuple):
+    topic: str
+    partition: int
+
+
+def read_ends(
+    settings: KafkaSettings, marks: Mapping[Any, int], settle: float = 0.3, timeout: float = 10.0
+) -> dict[Any, int]:
+    """``marks`` (high watermarks by ``(topic, partition)``) raised to one past the last record
+    actually there, read from ``mark - 1``.
+
+    The embedded broker (tansu 0.6.0) reports a partition's high watermark as its last record
+    batch's base offset + 1, so a reader that stops at the mark misses the rest of that batch. A
+    fetch from ``mark - 1`` returns the whole batch; on Apache Kafka it returns the last record
+    and changes nothing. Reads until every partition answered and ``settle`` seconds passed
+    without a new record, or ``timeout``.
+    """
+    ends = dict(marks)
+    probe = {Partition(tp[0], tp[1]): tp for tp, mark in marks.items() if mark > 0}
+    if not probe:
+        return ends
+    reader = consumer(settings, "fraudstream-read-ends", **{"enable.partition.eof": True})
+    try:
+        reader.assign([TopicPartition(p.topic, p.partition, marks[tp] - 1) for p, tp in probe.items()])
+        waiting = set(probe)
+        deadline = time.monotonic() + timeout
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline and (waiting or time.monotonic() - quiet_since < settle):
+            for msg in reader.consume(1000, 0.05):
+                where = Partition(str(msg.topic()), int(msg.partition() or 0))
+                offset = msg.offset()
+                if msg.error() is None and offset is not None:
+                    tp = probe[where]
+                    ends[tp] = max(ends[tp], offset + 1)
+                    quiet_since = time.monotonic()
+                waiting.discard(where)  # a record or the partition's end: it answered
+    finally:
+        reader.close()
+    return ends
 
 
 def ensure_topics(

@@ -125,11 +125,6 @@ class WorkerSettings(KafkaSettings):
     """How often the model directory is checked for a new artifact."""
     history_grace_seconds: int = Field(default=3600, ge=0)
     """Card history kept beyond the 30-day window, for late transactions."""
-    producer_max_batch_bytes: int = Field(default=16384, ge=1)
-    """Largest record batch the worker builds for its state changelog. The embedded broker (tansu 0.6.0)
-    reports a partition's high watermark as the last batch's base offset + 1, which makes state
-    recovery stop short of the changelog's tail; 1 (one record per batch) avoids that there.
-    Keep the default on Apache Kafka."""
     quality_max_decisions: int = Field(default=200_000, ge=1)
     """Recent decisions kept to join with labels for the live precision/recall (memory ~200 B each)."""
     max_history_per_card: int = Field(default=5000, ge=10)

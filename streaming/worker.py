@@ -21,6 +21,7 @@ scored.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import os
@@ -273,7 +274,10 @@ def create_app(
     # so a worker and its card state), and one task applies both in order, without locks. Their
     # records come in batches, without Faust's per-message agent machinery (faust_transport).
     faust_transport.install(
-        app, settings.fetch_max_wait_ms, batch_topics=(settings.transactions_topic, settings.labels_topic)
+        app,
+        settings.fetch_max_wait_ms,
+        batch_topics=(settings.transactions_topic, settings.labels_topic),
+        read_ends=functools.partial(kafka.read_ends, settings),
     )
     inputs = app.topic(
         settings.transactions_topic,
@@ -284,11 +288,10 @@ def create_app(
         value_serializer="raw",
     )
     app.topics.add(inputs)  # subscribed to as an agent's topic would be
-    # Every output goes through librdkafka (streaming/outputs.py), the card table's changelog
-    # through a producer of its own (its batch size is the broker's concern).
+    # Every output goes through librdkafka (streaming/outputs.py), the card table's changelog too.
     out = Outputs(settings)
-    changelog = Outputs(settings, **{"batch.size": settings.producer_max_batch_bytes})
-    # Raw keys: the changelog and the state-view routing hash the same bytes as the producers.
+    # Raw keys: the state-view routing hashes the same bytes as the producers (the changelog
+    # topic encodes its keys as JSON whatever the schema says; see changelog_key).
     card_schema: faust.Schema = faust.Schema(key_type=str, key_serializer="raw", value_serializer="json")
     cards = app.Table(CARD_TABLE, default=None, schema=card_schema)
     changelog_topic = cards.changelog_topic.get_topic_name()
@@ -313,11 +316,11 @@ def create_app(
     # Next offset to process per partition, for the lag gauge.
     processed: dict[int, int] = {}
 
-    def store(changes: OutputBatch, card: str, partition: int, state: CardState, value: bytes | None = None) -> None:
+    def store(batch: OutputBatch, card: str, partition: int, state: CardState, value: bytes | None = None) -> None:
         """Keep a card's new state, and write it to the changelog (as Faust's table would: JSON key
         and value) on the partition the card's records arrive on, so that state recovery restores
         it to the worker that needs it."""
-        changes.add(changelog_topic, changelog_key(card), value or orjson.dumps(state), partition=partition)
+        batch.add(changelog_topic, changelog_key(card), value or orjson.dumps(state), partition=partition)
         cards.data[card] = state
         card_partition[card] = partition
     # Set on every assignment: partitions may come from another worker, whose last merchant
@@ -350,14 +353,14 @@ def create_app(
             )
             for m in messages
         ]
-        batch, changes = out.batch(), changelog.batch()
+        batch = out.batch()
         loop = asyncio.get_running_loop()
         label_records = [r for r in records if r.topic == settings.labels_topic]
         if label_records:
-            await apply_labels(label_records, batch, changes)
+            await apply_labels(label_records, batch)
             records = [r for r in records if r.topic != settings.labels_topic]
             if not records:
-                return written([], batch, changes)
+                return written([], batch)
         metrics.consumed.inc(len(records))
         # Parsing and validating a batch is CPU work too (~10 µs a message): off the loop.
         valid, rejected = await loop.run_in_executor(executor, processor.split, records)
@@ -373,7 +376,7 @@ def create_app(
                 batch.add(settings.merchant_risk_topic, key, value)
             partition_of = {tx.card_id: rec.partition for rec, tx in valid}
             for card, state in result.states.items():
-                store(changes, card, partition_of[card], state, result.encoded_states[card])
+                store(batch, card, partition_of[card], state, result.encoded_states[card])
             now_ms = utcnow().timestamp() * 1000
             outcomes: dict[str, int] = {}
             for (rec, _), decision, value in zip(valid, result.decisions, result.encoded, strict=True):
@@ -390,18 +393,18 @@ def create_app(
                 )
             for outcome, n in outcomes.items():  # labels() costs ~15 µs: once per outcome, not per decision
                 metrics.decisions.labels(decision=outcome).inc(n)
-        return written(records, batch, changes)
+        return written(records, batch)
 
-    async def written(transactions: list[Record], batch: OutputBatch, changes: OutputBatch) -> None:
+    async def written(transactions: list[Record], batch: OutputBatch) -> None:
         # Awaiting every delivery makes a failure raise here, so the batch is never acknowledged
         # (and its offsets never committed) without its outputs.
-        await asyncio.gather(batch.wait(), changes.wait())
+        await batch.wait()
         for rec in transactions:
             processed[rec.partition] = max(processed.get(rec.partition, 0), rec.offset + 1)
         if transactions:
             metrics.last_event.set(max(r.timestamp_ms for r in transactions) / 1000)
 
-    async def apply_labels(records: list[Record], batch: OutputBatch, changes: OutputBatch) -> None:
+    async def apply_labels(records: list[Record], batch: OutputBatch) -> None:
         """Labels before the batch's transactions: a label counts only for transactions after it
         became known (features filter by time), so applying it early never changes a score."""
         valid, rejected = await asyncio.get_running_loop().run_in_executor(executor, processor.split_labels, records)
@@ -416,7 +419,7 @@ def create_app(
                 # the card's state and the merchants' rates, as it would in a retrained CSV.
                 reverted = without_fraud_label(cards.get(label.card_id), label.transaction_id)
                 if reverted is not None:
-                    store(changes, label.card_id, rec.partition, reverted)
+                    store(batch, label.card_id, rec.partition, reverted)
                     processor.risk.apply(label_key(label.transaction_id), None)
                     batch.add(settings.merchant_risk_topic, label_key(label.transaction_id), None)
                 continue
@@ -425,7 +428,7 @@ def create_app(
             state = with_fraud_label(
                 cards.get(label.card_id), label.transaction_id, label.merchant_id, tx_day, available
             )
-            store(changes, label.card_id, rec.partition, state)
+            store(batch, label.card_id, rec.partition, state)
             value = processor.risk.add_label(
                 label.transaction_id, label.card_id, label.merchant_id, tx_day, available, rec.partition
             )

@@ -26,7 +26,7 @@ from confluent_kafka import TopicPartition
 from model.train import TrainOptions, train
 from producers.synthetic import SimConfig, generate
 from streaming import kafka
-from streaming.broker import WORKER_ENV, EmbeddedBroker, free_port
+from streaming.broker import EmbeddedBroker, free_port
 from streaming.settings import KafkaSettings
 
 pytestmark = pytest.mark.integration
@@ -187,7 +187,6 @@ class Stack:
             "FRAUD_DATA_DIR": str(self.workdir / "worker-data"),
             "FRAUD_SESSION_TIMEOUT_SECONDS": "6",
             "FRAUD_INCLUDE_FEATURES": "true",
-            **({} if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") else WORKER_ENV),
             "FRAUD_PORT": str(self.api_port),
             "FRAUD_WORKER_URL": f"http://127.0.0.1:{self.web_port}",
             "FRAUD_STATE_TIMEOUT_SECONDS": "2",
