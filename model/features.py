@@ -23,9 +23,10 @@ an assumed reporting delay); the stream keeps the same counts and labels in its 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -107,6 +108,20 @@ CANONICAL_COLUMNS = (
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
+#: A frame as the features read it: a pandas DataFrame (training, whole CSVs) or a mapping of
+#: column name to a numpy array (the stream and the API: building DataFrames for a batch of
+#: tens of rows cost more than computing its features).
+Columns: TypeAlias = pd.DataFrame | Mapping[str, np.ndarray]
+
+
+def column(frame: Columns, name: str, dtype: Any = None) -> np.ndarray:
+    """One column of ``frame`` as a numpy array."""
+    return np.asarray(frame[name], dtype=dtype)
+
+
+def n_rows(frame: Columns) -> int:
+    return len(frame[next(iter(frame))])  # a DataFrame iterates over its column names too
+
 
 def parse_offsets_minutes(timestamps: pd.Series) -> np.ndarray:
     """UTC offset in minutes written in each ISO-8601 string (``Z`` is 0); NaN-free or raises."""
@@ -124,24 +139,28 @@ def epoch_ms(ts: datetime) -> int:
     return (ts - _EPOCH) // timedelta(milliseconds=1)
 
 
-def frame_from_transactions(txs: Sequence[Transaction]) -> pd.DataFrame:
-    """Canonical frame for validated wire transactions (the stream and API path)."""
-    return pd.DataFrame(
-        {
-            "transaction_id": [t.transaction_id for t in txs],
-            "card_id": [t.card_id for t in txs],
-            "merchant_id": [t.merchant_id for t in txs],
-            "ts_ms": np.array([epoch_ms(t.timestamp) for t in txs], dtype=np.int64),
-            "utc_offset_min": np.array(
-                [int(t.timestamp.utcoffset().total_seconds() // 60) for t in txs],  # type: ignore[union-attr]  # AwareDatetime always has an offset
-                dtype=np.int64,
-            ),
-            "amount": np.array([t.amount for t in txs], dtype=np.float64),
-            "channel": [t.channel for t in txs],
-            "merchant_category": [t.merchant_category for t in txs],
-        },
-        columns=list(CANONICAL_COLUMNS),
-    )
+def strings(values: Sequence[Any]) -> np.ndarray:
+    """An object array (what pandas holds strings in), also for an empty sequence."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+def frame_from_transactions(txs: Sequence[Transaction]) -> dict[str, np.ndarray]:
+    """Canonical columns for validated wire transactions (the stream and API path)."""
+    return {
+        "transaction_id": strings([t.transaction_id for t in txs]),
+        "card_id": strings([t.card_id for t in txs]),
+        "merchant_id": strings([t.merchant_id for t in txs]),
+        "ts_ms": np.array([epoch_ms(t.timestamp) for t in txs], dtype=np.int64),
+        "utc_offset_min": np.array(
+            [int(t.timestamp.utcoffset().total_seconds() // 60) for t in txs],  # type: ignore[union-attr]  # AwareDatetime always has an offset
+            dtype=np.int64,
+        ),
+        "amount": np.array([t.amount for t in txs], dtype=np.float64),
+        "channel": strings([t.channel for t in txs]),
+        "merchant_category": strings([t.merchant_category for t in txs]),
+    }
 
 
 def _cents(amount: np.ndarray) -> np.ndarray:
@@ -190,26 +209,24 @@ class RiskContext:
     the label became known).
     """
 
-    activity: pd.DataFrame
-    fraud_labels: pd.DataFrame
+    activity: Columns
+    fraud_labels: Columns
     #: The queried cards' own fraud labels, for ``card_known_fraud`` (same columns). None: take
     #: them from ``fraud_labels`` (training, where that frame holds every label). Serving keeps
     #: them apart so that one card's labels never reach another transaction's merchant rates.
-    card_labels: pd.DataFrame | None = None
+    card_labels: Columns | None = None
 
     @classmethod
     def empty(cls) -> RiskContext:
         return cls(
-            activity=pd.DataFrame({"merchant_id": [], "day": np.zeros(0, np.int64), "count": np.zeros(0, np.int64)}),
-            fraud_labels=pd.DataFrame(
-                {
-                    "transaction_id": [],
-                    "card_id": [],
-                    "merchant_id": [],
-                    "tx_day": np.zeros(0, np.int64),
-                    "available_ms": np.zeros(0, np.int64),
-                }
-            ),
+            activity={"merchant_id": strings([]), "day": np.zeros(0, np.int64), "count": np.zeros(0, np.int64)},
+            fraud_labels={
+                "transaction_id": strings([]),
+                "card_id": strings([]),
+                "merchant_id": strings([]),
+                "tx_day": np.zeros(0, np.int64),
+                "available_ms": np.zeros(0, np.int64),
+            },
         )
 
 
@@ -244,7 +261,7 @@ def risk_context_from_frame(frame: pd.DataFrame, assumed_delay_ms: int) -> RiskC
     return RiskContext(activity=activity, fraud_labels=labels)
 
 
-def compute_features(queries: pd.DataFrame, history: pd.DataFrame, risk: RiskContext | None = None) -> np.ndarray:
+def compute_features(queries: Columns, history: Columns, risk: RiskContext | None = None) -> np.ndarray:
     """Feature matrix (rows of ``queries``, columns :data:`FEATURE_NAMES`) as float64.
 
     ``queries`` is a canonical frame; ``history`` has :data:`HISTORY_COLUMNS`. History rows must
@@ -252,15 +269,15 @@ def compute_features(queries: pd.DataFrame, history: pd.DataFrame, risk: RiskCon
     Without ``risk`` the merchant and label features are those of a merchant and card with no
     known history (zero).
     """
-    n = len(queries)
+    n = n_rows(queries)
     out = np.zeros((n, len(FEATURE_NAMES)), dtype=np.float64)
     if n == 0:
         return out
     col = {name: i for i, name in enumerate(FEATURE_NAMES)}
 
-    amount = queries["amount"].to_numpy(dtype=np.float64)
-    ts = queries["ts_ms"].to_numpy(dtype=np.int64)
-    local_ms = ts + queries["utc_offset_min"].to_numpy(dtype=np.int64) * 60_000
+    amount = column(queries, "amount", np.float64)
+    ts = column(queries, "ts_ms", np.int64)
+    local_ms = ts + column(queries, "utc_offset_min", np.int64) * 60_000
     hour = (local_ms // HOUR_MS) % 24
     weekday = (local_ms // DAY_MS + 3) % 7  # 1970-01-01 was a Thursday (weekday 3)
     out[:, col["amount"]] = amount
@@ -269,11 +286,11 @@ def compute_features(queries: pd.DataFrame, history: pd.DataFrame, risk: RiskCon
     out[:, col["is_night"]] = hour < 6
     out[:, col["is_weekend"]] = weekday >= 5
 
-    channel = queries["channel"].astype(object).to_numpy()
+    channel = column(queries, "channel", object)
     for c in CHANNELS:
         out[:, col[f"channel_{c}"]] = channel == c
     # Factorised once, then one integer comparison per level (fast for one row and for millions).
-    codes, levels = pd.factorize(queries["merchant_category"].to_numpy(), use_na_sentinel=True)
+    codes, levels = pd.factorize(column(queries, "merchant_category", object), use_na_sentinel=True)
     level_of = np.array([str(v).lower() for v in levels] + [""], dtype=object)[codes]  # -1 (missing) -> ""
     level_codes, level_names = pd.factorize(level_of)
     known = np.zeros(n, dtype=bool)
@@ -290,20 +307,23 @@ def compute_features(queries: pd.DataFrame, history: pd.DataFrame, risk: RiskCon
     return out
 
 
-def _risk_features(
-    queries: pd.DataFrame, risk: RiskContext, ts: np.ndarray, out: np.ndarray, col: dict[str, int]
-) -> None:
+def _risk_features(queries: Columns, risk: RiskContext, ts: np.ndarray, out: np.ndarray, col: dict[str, int]) -> None:
     act, labels = risk.activity, risk.fraud_labels
     q_day = ts // DAY_MS
-    a_day = act["day"].to_numpy(dtype=np.int64)
+    a_day = column(act, "day", np.int64)
     # One integer code per merchant across queries, activity and labels.
     codes, _ = pd.factorize(
         np.concatenate(
-            [queries["merchant_id"].to_numpy(), act["merchant_id"].to_numpy(), labels["merchant_id"].to_numpy()]
+            [
+                column(queries, "merchant_id", object),
+                column(act, "merchant_id", object),
+                column(labels, "merchant_id", object),
+            ]
         )
     )
-    q_m, a_m, l_m = np.split(codes.astype(np.int64), [len(queries), len(queries) + len(act)])
-    l_day = labels["tx_day"].to_numpy(dtype=np.int64)
+    n_q = len(ts)
+    q_m, a_m, l_m = np.split(codes.astype(np.int64), [n_q, n_q + len(a_day)])
+    l_day = column(labels, "tx_day", np.int64)
     lo_day = min([int(q_day.min()), *(int(d.min()) for d in (a_day, l_day) if len(d))])
     origin = lo_day - MERCHANT_SPAN_DAYS - 1
     span = max([int(q_day.max()), *(int(d.max()) for d in (a_day, l_day) if len(d))]) - origin + 1
@@ -312,16 +332,16 @@ def _risk_features(
     a_key = a_m * span + (a_day - origin)
     order = np.argsort(a_key, kind="stable")
     a_key = a_key[order]
-    a_csum = np.concatenate(([0], np.cumsum(act["count"].to_numpy(dtype=np.int64)[order])))
+    a_csum = np.concatenate(([0], np.cumsum(column(act, "count", np.int64)[order])))
     q_end = q_m * span + (q_day - MERCHANT_DELAY_DAYS - origin)  # exclusive: days before d - D
 
     # Fraud labels (each transaction once) sorted the same way; a query's window is a contiguous
     # run of them, of which those known before the query's day count.
-    _, first = np.unique(labels["transaction_id"].to_numpy().astype(str), return_index=True)
+    _, first = np.unique(column(labels, "transaction_id").astype(str), return_index=True)
     l_key = l_m[first] * span + (l_day[first] - origin)
     l_order = np.argsort(l_key, kind="stable")
     l_key = l_key[l_order]
-    l_known_day = (labels["available_ms"].to_numpy(dtype=np.int64)[first] // DAY_MS)[l_order]
+    l_known_day = (column(labels, "available_ms", np.int64)[first] // DAY_MS)[l_order]
 
     for w, width in MERCHANT_WINDOWS_DAYS.items():
         counts = (
@@ -344,22 +364,22 @@ def _risk_features(
 
     # The card's earliest fraud label known strictly before the transaction.
     own = risk.card_labels if risk.card_labels is not None else labels
-    _, own_first = np.unique(own["transaction_id"].to_numpy().astype(str), return_index=True)
-    q_card, l_card, n_cards = _codes(queries["card_id"], own["card_id"].to_numpy()[own_first])
+    _, own_first = np.unique(column(own, "transaction_id").astype(str), return_index=True)
+    q_card, l_card, n_cards = _codes(queries["card_id"], column(own, "card_id", object)[own_first])
     first_known = np.full(n_cards, np.iinfo(np.int64).max, dtype=np.int64)
-    np.minimum.at(first_known, l_card, own["available_ms"].to_numpy(dtype=np.int64)[own_first])
+    np.minimum.at(first_known, l_card, column(own, "available_ms", np.int64)[own_first])
     out[:, col["card_known_fraud"]] = first_known[q_card] < ts
 
 
 def _history_features(
-    queries: pd.DataFrame,
-    history: pd.DataFrame,
+    queries: Columns,
+    history: Columns,
     ts: np.ndarray,
     amount: np.ndarray,
     out: np.ndarray,
     col: dict[str, int],
 ) -> None:
-    hist_ts = history["ts_ms"].to_numpy(dtype=np.int64)
+    hist_ts = column(history, "ts_ms", np.int64)
     lo_all = min(int(ts.min()), int(hist_ts.min()) if len(hist_ts) else int(ts.min()))
     hi_all = max(int(ts.max()), int(hist_ts.max()) if len(hist_ts) else int(ts.max()))
     origin = lo_all - HISTORY_SPAN_MS - 1
@@ -375,7 +395,7 @@ def _history_features(
         raise ValueError("history spans too many cards over too long a time to index")
 
     cards = _Index(h_card, hist_ts, origin, span)
-    cents = _cents(history["amount"].to_numpy())[cards.order]
+    cents = _cents(column(history, "amount"))[cards.order]
     csum = np.concatenate(([0], np.cumsum(cents)))
     qkey = cards.key(q_card, ts)
     for w, width in WINDOWS_MS.items():

@@ -12,13 +12,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from model.artifact import METADATA_FILE, MODEL_FILE, ModelArtifact, load_artifact
 from model.errors import ModelLoadError, ModelNotReadyError
 from model.fast_predict import FAST_MAX_ROWS, fast_path
-from model.features import DAY_MS, FEATURE_NAMES, REASON_GROUPS, RiskContext, compute_features
+from model.features import DAY_MS, FEATURE_NAMES, REASON_GROUPS, Columns, RiskContext, compute_features
 from model.metrics import decide
 from model.schemas import Decision, Transaction
 
@@ -98,7 +97,7 @@ class Scorer:
             out.append([codes[j] for j in top if row[j] >= MIN_REASON_EFFECT])
         return out
 
-    def score_frame(self, queries: pd.DataFrame, history: pd.DataFrame, risk: RiskContext | None = None) -> ScoredBatch:
+    def score_frame(self, queries: Columns, history: Columns, risk: RiskContext | None = None) -> ScoredBatch:
         """Score canonical ``queries`` against ``history`` and ``risk``; reasons for review/block
         rows only."""
         features = compute_features(queries, history, risk)

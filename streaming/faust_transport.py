@@ -128,7 +128,6 @@ class _Consumer(faust_aiokafka.Consumer):
             held, self._held = self._held, set()
             super().resume_partitions(held & set(self.assignment()))
 
-
     async def _drain_messages(self, fetcher: Any) -> None:
         """Faust's fetch loop (``Consumer._drain_messages``), with records of the batch topics
         queued one list per fetch instead of one callback per record."""

@@ -28,10 +28,9 @@ from collections.abc import Iterable
 
 import numpy as np
 import orjson
-import pandas as pd
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
-from model.features import RiskContext
+from model.features import Columns, RiskContext, strings
 from streaming import kafka
 from streaming.settings import KafkaSettings
 
@@ -136,7 +135,7 @@ class MerchantRisk:
             for slot in [s for s in self._own if s[2] in gone]:
                 del self._own[slot]
 
-    def context(self, merchants: Iterable[str], card_labels: pd.DataFrame | None = None) -> RiskContext:
+    def context(self, merchants: Iterable[str], card_labels: Columns | None = None) -> RiskContext:
         """The :class:`RiskContext` rows of these merchants; ``card_labels``: the fraud labels
         stored with the queried cards (for their own known-fraud flag only)."""
         m_act: list[str] = []
@@ -159,18 +158,18 @@ class MerchantRisk:
                     m_lab.append(m)
                     tx_days.append(tx_day)
                     known.append(available)
-        activity = pd.DataFrame(
-            {"merchant_id": m_act, "day": np.asarray(days, np.int64), "count": np.asarray(counts, np.int64)}
-        )
-        labels = pd.DataFrame(
-            {
-                "transaction_id": tids,
-                "card_id": cards,
-                "merchant_id": m_lab,
-                "tx_day": np.asarray(tx_days, np.int64),
-                "available_ms": np.asarray(known, np.int64),
-            }
-        )
+        activity = {
+            "merchant_id": strings(m_act),
+            "day": np.asarray(days, np.int64),
+            "count": np.asarray(counts, np.int64),
+        }
+        labels = {
+            "transaction_id": strings(tids),
+            "card_id": strings(cards),
+            "merchant_id": strings(m_lab),
+            "tx_day": np.asarray(tx_days, np.int64),
+            "available_ms": np.asarray(known, np.int64),
+        }
         return RiskContext(activity=activity, fraud_labels=labels, card_labels=card_labels)
 
     def prune(self, before_day: int, owned: Iterable[int]) -> list[bytes]:
@@ -294,4 +293,3 @@ def end_offsets(settings: KafkaSettings, topic: str) -> dict[int, int]:
         }
     finally:
         consumer.close()
-

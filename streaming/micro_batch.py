@@ -16,6 +16,8 @@ import asyncio
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
+import numpy as np
+
 from model.fast_predict import FAST_MAX_ROWS
 from model.features import frame_from_transactions
 from model.schemas import Decision, Transaction
@@ -82,7 +84,8 @@ class MicroBatcher:
         history = history_frame(states)
         # A transaction may already be in its card's state (the stream scored it): leave it out,
         # so the answer is the score the stream gave, not one that counts it twice.
-        history = history.loc[~history["transaction_id"].isin(queries["transaction_id"])]
+        keep = ~np.isin(history["transaction_id"], queries["transaction_id"])
+        history = {name: values[keep] for name, values in history.items()}
         risk = self.risk.context(queries["merchant_id"], labels_frame(states))
         scored = scorer.score_frame(queries, history, risk)
         card_states = [

@@ -14,9 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from model.features import FRAUD_LABEL_COLUMNS, HISTORY_COLUMNS, HISTORY_SPAN_MS
+from model.features import HISTORY_SPAN_MS, strings
 
 CardState = dict[str, list[Any]]
 _FIELDS = ("ids", "ts", "amt", "mer")
@@ -46,26 +45,23 @@ def without_fraud_label(state: CardState | None, transaction_id: str) -> CardSta
     return {**state, "lab": [lab for lab in state["lab"] if lab[0] != transaction_id]}
 
 
-def labels_frame(states: Mapping[str, CardState | None]) -> pd.DataFrame:
-    """The cards' fraud labels as rows of ``model.features.FRAUD_LABEL_COLUMNS``."""
+def labels_frame(states: Mapping[str, CardState | None]) -> dict[str, np.ndarray]:
+    """The cards' fraud labels as columns of ``model.features.FRAUD_LABEL_COLUMNS``."""
     rows = [(lab[0], card, lab[1], lab[2], lab[3]) for card, st in states.items() if st for lab in st.get("lab", [])]
     tids, cards, merchants, days, known = zip(*rows, strict=True) if rows else ((), (), (), (), ())
-    return pd.DataFrame(
-        {
-            "transaction_id": list(tids),
-            "card_id": list(cards),
-            "merchant_id": list(merchants),
-            "tx_day": np.asarray(days, dtype=np.int64),
-            "available_ms": np.asarray(known, dtype=np.int64),
-        },
-        columns=list(FRAUD_LABEL_COLUMNS),
-    )
+    return {
+        "transaction_id": strings(tids),
+        "card_id": strings(cards),
+        "merchant_id": strings(merchants),
+        "tx_day": np.asarray(days, dtype=np.int64),
+        "available_ms": np.asarray(known, dtype=np.int64),
+    }
 
 
 def history_frame(
     states: Mapping[str, CardState | None], extra: Sequence[tuple[str, str, str, int, float]] = ()
-) -> pd.DataFrame:
-    """One history frame (columns of ``model.features.HISTORY_COLUMNS``) for several cards, plus
+) -> dict[str, np.ndarray]:
+    """One history (columns of ``model.features.HISTORY_COLUMNS``) for several cards, plus
     ``extra`` rows ``(transaction_id, card_id, merchant_id, ts_ms, amount)`` not stored yet."""
     ids: list[str] = []
     cards: list[str] = []
@@ -86,16 +82,13 @@ def history_frame(
         merchants.append(merchant)
         ts.append(t)
         amounts.append(amount)
-    return pd.DataFrame(
-        {
-            "transaction_id": ids,
-            "card_id": cards,
-            "merchant_id": merchants,
-            "ts_ms": np.asarray(ts, dtype=np.int64),
-            "amount": np.asarray(amounts, dtype=np.float64),
-        },
-        columns=list(HISTORY_COLUMNS),
-    )
+    return {
+        "transaction_id": strings(ids),
+        "card_id": strings(cards),
+        "merchant_id": strings(merchants),
+        "ts_ms": np.asarray(ts, dtype=np.int64),
+        "amount": np.asarray(amounts, dtype=np.float64),
+    }
 
 
 def merge(

@@ -187,7 +187,7 @@ class BatchProcessor:
             decisions = scorer.decisions(txs, batch, card_states, utcnow(), self.include_features)
             new_states: dict[str, CardState] = {}
             rows: dict[str, list[tuple[str, int, float, str]]] = {}
-            for tx, ts in zip(txs, queries["ts_ms"].to_numpy(), strict=True):
+            for tx, ts in zip(txs, queries["ts_ms"], strict=True):
                 rows.setdefault(tx.card_id, []).append((tx.transaction_id, int(ts), tx.amount, tx.merchant_id))
             for card, card_rows in rows.items():
                 new_states[card] = merge(states.get(card), card_rows, self.grace_ms, self.max_history)
@@ -323,6 +323,7 @@ def create_app(
         batch.add(changelog_topic, changelog_key(card), value or orjson.dumps(state), partition=partition)
         cards.data[card] = state
         card_partition[card] = partition
+
     # Set on every assignment: partitions may come from another worker, whose last merchant
     # counts this process must have read before it continues them.
     risk_sync = [True]

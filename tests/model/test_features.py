@@ -391,7 +391,7 @@ def test_empty_history_and_empty_queries() -> None:
     rows = random_rows(5, n=20)
     frame = canonical(rows)
     empty_history = history_frame({})
-    assert list(empty_history.columns) == list(HISTORY_COLUMNS)
+    assert list(empty_history) == list(HISTORY_COLUMNS)
     got = compute_features(frame, empty_history)
     assert_matches_reference(got, reference_features(rows, []))
     none = compute_features(frame.iloc[:0], history_from_frame(frame))
@@ -413,8 +413,8 @@ def stream_features(rows: list[Row], batch_sizes: list[int], grace_ms: int) -> t
         if not batch:
             break
         txs = [r.transaction() for r in batch]
-        queries = frame_from_transactions(txs)
-        stored = history_frame({tx.card_id: states.get(tx.card_id) for tx in txs})
+        queries = pd.DataFrame(frame_from_transactions(txs))
+        stored = pd.DataFrame(history_frame({tx.card_id: states.get(tx.card_id) for tx in txs}))
         fresh = queries.loc[~queries["transaction_id"].isin(stored["transaction_id"])]
         fresh = fresh.drop_duplicates("transaction_id")
         history = pd.concat([stored, fresh[list(HISTORY_COLUMNS)]], ignore_index=True)
@@ -437,7 +437,7 @@ def test_stream_batches_with_pruned_state_equal_one_shot_batch(seed: int, grace_
     while sum(sizes) < len(rows):
         sizes.append(rng.choice([1, 1, 2, 3, 7, 16, 40]))
 
-    one_shot_frame = frame_from_transactions([r.transaction() for r in rows])
+    one_shot_frame = pd.DataFrame(frame_from_transactions([r.transaction() for r in rows]))
     one_shot = compute_features(one_shot_frame, history_from_frame(one_shot_frame))
     streamed, states = stream_features(rows, sizes, grace_ms)
 
@@ -460,8 +460,8 @@ def test_redelivered_batch_is_not_counted_twice() -> None:
     # The same transactions delivered again (e.g. after a rebalance) must score the same.
     _, states = stream_features(rows, [len(rows)], grace_ms=0)
     txs = [r.transaction() for r in rows]
-    queries = frame_from_transactions(txs)
-    stored = history_frame({tx.card_id: states[tx.card_id] for tx in txs})
+    queries = pd.DataFrame(frame_from_transactions(txs))
+    stored = pd.DataFrame(history_frame({tx.card_id: states[tx.card_id] for tx in txs}))
     fresh = queries.loc[~queries["transaction_id"].isin(stored["transaction_id"])]
     history = pd.concat([stored, fresh[list(HISTORY_COLUMNS)]], ignore_index=True)
     # Most rows come back from the stored state (only pruned ones are "fresh" again) ...
@@ -542,7 +542,7 @@ def test_frame_from_transactions_equals_dataset_loader(tmp_path: Path) -> None:
         )
         for r in rows
     ]
-    wire = frame_from_transactions(txs).sort_values("ts_ms", kind="stable").reset_index(drop=True)
+    wire = pd.DataFrame(frame_from_transactions(txs)).sort_values("ts_ms", kind="stable").reset_index(drop=True)
     batch = loaded.frame.loc[:, list(CANONICAL_COLUMNS)]
     pd.testing.assert_frame_equal(wire, batch, check_dtype=False)
     assert batch["ts_ms"].dtype == wire["ts_ms"].dtype == np.int64
