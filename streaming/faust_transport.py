@@ -86,7 +86,11 @@ class _Consumer(faust_aiokafka.Consumer):
         read_ends = getattr(self.transport, "read_ends", None)
         if read_ends is None:
             return marks
-        return await asyncio.get_running_loop().run_in_executor(None, read_ends, dict(marks))
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, read_ends, dict(marks))
+        except Exception:  # the reported marks are what Faust would have used: no worse than that
+            log.warning("could not read past the reported high watermarks; recovering up to them", exc_info=True)
+            return marks
 
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
         self._seek_pending = True
