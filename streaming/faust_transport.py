@@ -154,7 +154,10 @@ class _Consumer(faust_aiokafka.Consumer):
                     await self.perform_seek()
                     continue
                 batch: list[Message] = []
+                generation = self.app.consumer_generation_id
                 for tp, tp_records in records.items():
+                    if not self.flow_active or self.app.consumer_generation_id != generation:
+                        break  # a rebalance started while changelog records were handed over
                     if active is not None and tp not in active and tp not in self._buffered_partitions:
                         continue
                     self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))

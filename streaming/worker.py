@@ -12,10 +12,10 @@ Offsets: a batch is acknowledged only after the broker acknowledged every output
 (decisions, dead letters, state changelog), so an offset is committed only once its decision or
 dead letter is written. A stop request lets the batch in flight finish first.
 
-Design notes: one batch in flight per process (batches come whole fetches at a time from
-``streaming.faust_transport``, not through a Faust agent) and scale-out by partitions; scoring
-runs in a worker thread so the event loop keeps consuming and heartbeating while a batch is
-scored.
+Design notes: batches come a fetch at a time from ``streaming.faust_transport``, not through a
+Faust agent; one batch is scored while the previous one's outputs are on their way (never
+more), and scale-out is by partitions. Scoring runs in a worker thread so the event loop keeps
+consuming and heartbeating while a batch is scored.
 """
 
 from __future__ import annotations
