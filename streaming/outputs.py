@@ -4,7 +4,7 @@ changelog) through confluent-kafka.
 Faust's producer costs ~60 µs of Python per record, keeps one request in flight, and the worker
 writes two to three records per transaction; librdkafka takes a record in a few microseconds and
 batches and pipelines them in C. The changelog records are the ones Faust would write for the
-table (raw card id key, JSON value), so Faust's recovery restores them as its own.
+table (JSON key and value), so Faust's recovery restores them as its own.
 
 The guarantee stays the same: a batch's offsets are acknowledged only after every output of the
 batch is on the broker. :meth:`OutputBatch.wait` resolves when librdkafka reported the last
@@ -35,10 +35,9 @@ QUEUE_MAX_MESSAGES = 1_000_000
 class Outputs:
     """One idempotent producer per worker, polled by a daemon thread for delivery reports."""
 
-    def __init__(self, settings: KafkaSettings, **config: Any) -> None:
+    def __init__(self, settings: KafkaSettings) -> None:
         self.producer = kafka.producer(
-            settings,
-            **{"acks": "all", "linger.ms": 2, "queue.buffering.max.messages": QUEUE_MAX_MESSAGES, **config},
+            settings, **{"acks": "all", "linger.ms": 2, "queue.buffering.max.messages": QUEUE_MAX_MESSAGES}
         )
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="outputs-poll", daemon=True)
