@@ -117,7 +117,9 @@ class BenchOptions:
             train_rows=20_000,
             limit_count=20_000,
             naive_count=500,
-            worker_count=3_000,
+            # The worker drains ~10k tx/s: fewer would be over before CPU time (10 ms ticks)
+            # can be read between its first and last decision.
+            worker_count=15_000,
             latency_seconds=3.0,
             http_seconds=1.5,
             http_warmup_seconds=0.5,
