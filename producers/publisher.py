@@ -230,8 +230,31 @@ class Publisher:
     ) -> None:
         self.settings = settings
         self.metrics = metrics or ProducerMetrics()
-        self.producer = producer if producer is not None else kafka.producer(settings)
+        #: The idempotent producer's state (librdkafka statistics), until it has its producer id.
+        self._idempotence: str | None = None if producer is None else "Assigned"
+        self.producer = (
+            producer
+            if producer is not None
+            else kafka.producer(settings, **{"statistics.interval.ms": 100, "stats_cb": self._on_stats})
+        )
         self.stats = PublishStats()
+
+    def _on_stats(self, stats_json: str) -> None:
+        if self._idempotence != "Assigned":  # parsed only until then: the stats keep coming
+            self._idempotence = orjson.loads(stats_json).get("eos", {}).get("idemp_state", "Assigned")
+
+    def wait_ready(self, timeout: float = 10.0) -> bool:
+        """Block until the producer can send: connected, and (idempotent) holding its producer id.
+
+        librdkafka keeps records while it waits for the id (~0.5 s after start on a busy
+        broker), then sends them in a burst; their timestamps, taken at ``produce()``, would
+        count that wait as latency. False if not ready within ``timeout``.
+        """
+        self.producer.list_topics(self.settings.transactions_topic, timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while self._idempotence != "Assigned" and time.monotonic() < deadline:
+            self.producer.poll(0.05)
+        return self._idempotence == "Assigned"
 
     def _delivered(self, err: Any, msg: Any) -> None:
         if err is not None:
@@ -306,10 +329,7 @@ class Publisher:
         When ``count`` or ``duration`` stops the run, labels known after the last transaction
         sent are not sent; when the rows run out, the remaining labels are sent after them.
         """
-        # Connected before the clock starts: the first records would otherwise wait for the
-        # connection and the idempotent producer's id (~0.5 s on the embedded broker), then go
-        # out in a burst, and their timestamps (taken at produce()) would count that wait.
-        self.producer.list_topics(self.settings.transactions_topic, timeout=10)
+        self.wait_ready()  # before the clock starts
         start = time.monotonic()
         first_event: float | None = None
         events = event_order(rows, labels if labels is not None else ())

@@ -903,8 +903,8 @@ class Bench:
         p50, p99, worst = _percentiles(lat)
         # Below the offered rate, the worker fell behind and the latency is mostly queueing.
         first_sent = min(sent.timestamps[i] for i in ids if i in sent.timestamps)
-        # The first second apart: right after the drain phase, its first fetch has come ~0.5 s
-        # late in every run so far (README, Performance); the rest is the steady state.
+        # The first second apart too: start-up effects show there (the publisher's producer id
+        # used to hold its first ~0.5 s of records back; Publisher.wait_ready now waits for it).
         later = [
             reader.timestamps[i] - sent.timestamps[i]
             for i in ids
