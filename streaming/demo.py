@@ -204,6 +204,7 @@ def run_demo(options: DemoOptions) -> int:
         # confirmations within hours, investigations within days, chargebacks later).
         labels = label_events(labels_for(traffic, TRAFFIC_CONFIG))
         next_label = 0
+        publisher.wait_ready()  # the first records would otherwise wait for the producer id
         start = time.monotonic()
         try:
             for i, row in enumerate(iter_records(traffic)):
