@@ -9,6 +9,7 @@ after every transaction that happened before it became known and before every la
 from __future__ import annotations
 
 import heapq
+import logging
 import math
 import sys
 import time
@@ -28,6 +29,8 @@ from model.schemas import WIRE_FIELDS, Label
 from streaming import kafka
 from streaming.metrics import ProducerMetrics
 from streaming.settings import ProducerSettings
+
+log = logging.getLogger(__name__)
 
 #: Label columns of the synthetic data; never published on the transactions topic.
 LABEL_FIELDS = ("is_fraud", "fraud_type")
@@ -329,7 +332,8 @@ class Publisher:
         When ``count`` or ``duration`` stops the run, labels known after the last transaction
         sent are not sent; when the rows run out, the remaining labels are sent after them.
         """
-        self.wait_ready()  # before the clock starts
+        if not self.wait_ready():  # before the clock starts
+            log.warning("producer not ready after 10 s (no producer id yet); sending anyway")
         start = time.monotonic()
         first_event: float | None = None
         events = event_order(rows, labels if labels is not None else ())

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from model.features import HISTORY_SPAN_MS, strings
+from model.features import FRAUD_LABEL_COLUMNS, HISTORY_COLUMNS, HISTORY_SPAN_MS, strings
 
 CardState = dict[str, list[Any]]
 _FIELDS = ("ids", "ts", "amt", "mer")
@@ -49,13 +49,14 @@ def labels_frame(states: Mapping[str, CardState | None]) -> dict[str, np.ndarray
     """The cards' fraud labels as columns of ``model.features.FRAUD_LABEL_COLUMNS``."""
     rows = [(lab[0], card, lab[1], lab[2], lab[3]) for card, st in states.items() if st for lab in st.get("lab", [])]
     tids, cards, merchants, days, known = zip(*rows, strict=True) if rows else ((), (), (), (), ())
-    return {
-        "transaction_id": strings(tids),
-        "card_id": strings(cards),
-        "merchant_id": strings(merchants),
-        "tx_day": np.asarray(days, dtype=np.int64),
-        "available_ms": np.asarray(known, dtype=np.int64),
-    }
+    values = (
+        strings(tids),
+        strings(cards),
+        strings(merchants),
+        np.asarray(days, np.int64),
+        np.asarray(known, np.int64),
+    )
+    return dict(zip(FRAUD_LABEL_COLUMNS, values, strict=True))
 
 
 def history_frame(
@@ -82,13 +83,14 @@ def history_frame(
         merchants.append(merchant)
         ts.append(t)
         amounts.append(amount)
-    return {
-        "transaction_id": strings(ids),
-        "card_id": strings(cards),
-        "merchant_id": strings(merchants),
-        "ts_ms": np.asarray(ts, dtype=np.int64),
-        "amount": np.asarray(amounts, dtype=np.float64),
-    }
+    values = (
+        strings(ids),
+        strings(cards),
+        strings(merchants),
+        np.asarray(ts, np.int64),
+        np.asarray(amounts, np.float64),
+    )
+    return dict(zip(HISTORY_COLUMNS, values, strict=True))
 
 
 def merge(

@@ -102,7 +102,6 @@ def test_quick_bench_reports_every_number(tmp_path: Path) -> None:
 
     # Percentiles are ordered; event-to-decision latencies come from millisecond timestamps.
     assert 0 <= report["latency_p50_ms"] <= report["latency_p99_ms"] <= report["latency_max_ms"]
-    assert 0 <= report["latency_p99_after_first_second_ms"] <= report["latency_max_ms"]
     for name in ("noop", "predict"):
         assert report[f"{name}_p50_ms"] <= report[f"{name}_p99_ms"]
         assert report[f"{name}_p50_ms_c16"] <= report[f"{name}_p99_ms_c16"]
