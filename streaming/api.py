@@ -1,9 +1,11 @@
 """The FastAPI adapter: synchronous scoring on the same path as the stream, and label feedback.
 
-``POST /predict`` reads the card's history from the worker that owns it (the worker's state
-view routes by key), never changes it, and scores with the same features and model as the
-stream. If the state cannot be reached in time, it answers with the stateless score and says
-so with ``card_state: "unavailable"``.
+``POST /predict`` reads the card's history, never changes it, and scores with the same features
+and model as the stream. By default the history comes from this process's own copy of the card
+table, which follows the workers' changelog topic (``FRAUD_CARD_STATE_SOURCE=replica``); with
+``worker`` it is read per request from the worker that owns the card (the worker's state view
+routes by key). Without the state (the copy not restored yet, or the worker not answering in
+time) it answers with the stateless score and says so with ``card_state: "unavailable"``.
 
 ``POST /feedback`` takes a label event (what was learned about a transaction after the fact)
 and publishes it to the labels topic, keyed by card id, answering 202 once the broker has
@@ -36,11 +38,12 @@ from model.schemas import Decision, Label, Transaction
 from model.scoring import ModelHolder, Scorer, scoring_executor
 from producers.publisher import label_value
 from streaming import kafka
-from streaming.merchant_risk import MerchantRisk, Replica
+from streaming.merchant_risk import MerchantRisk
 from streaming.metrics import ApiMetrics
 from streaming.micro_batch import MicroBatcher
+from streaming.replica import Replica
 from streaming.settings import ApiSettings
-from streaming.state import CardState
+from streaming.state import CardState, CardStateCopy, card_changelog_topic
 
 log = logging.getLogger("fraudstream.api")
 
@@ -152,8 +155,33 @@ class Services:
         self.labels = LabelPublisher(settings)
         # Merchant risk (daily counts, fraud labels) from the workers' compacted topic.
         self.risk = MerchantRisk()
-        self.replica = Replica(settings, settings.merchant_risk_topic, self.risk)
+        self.replica = Replica(settings, settings.merchant_risk_topic, self.risk.apply, "merchant-risk")
+        # The card table from its changelog: the worker writes it with the decisions, so the copy
+        # trails them by one fetch. A short fetch wait keeps that small on brokers that answer
+        # a fetch only when the wait is over (the embedded one); Kafka answers as data arrives.
+        self.cards = CardStateCopy()
+        self.card_replica = (
+            Replica(
+                settings,
+                card_changelog_topic(settings.app_id),
+                self.cards.apply,
+                "card-state",
+                **{"fetch.wait.max.ms": 20},
+            )
+            if settings.card_state_source == "replica"
+            else None
+        )
+        self.metrics.watch_card_states(
+            lambda: len(self.cards),
+            lambda: self.cards.stored_bytes,
+            lambda: self.card_state_restored,
+        )
         self.batcher = MicroBatcher(self.holder, self.risk, self.executor)
+
+    @property
+    def card_state_restored(self) -> bool:
+        """The card state copy has read its topic to the end (always true with the ``worker`` source)."""
+        return self.card_replica is None or self.card_replica.caught_up.is_set()
 
     def refresh_model(self) -> None:
         before = self.holder.reload_failures
@@ -162,7 +190,10 @@ class Services:
         self.metrics.reload_failures.inc(self.holder.reload_failures - before)
 
     async def card_state(self, card_id: str) -> CardState | None:
-        """The card's stored history, or None when the worker cannot be reached in time."""
+        """The card's stored history, or None when the copy is not restored yet or the worker
+        cannot be reached in time."""
+        if self.card_replica is not None:
+            return self.cards.get(card_id) if self.card_replica.caught_up.is_set() else None
         try:
             if self.http is None:
                 raise RuntimeError("the API is not started")
@@ -206,7 +237,9 @@ class MeterRequests:
                 self.metrics.duration.labels(route=path, method=method).observe(time.perf_counter() - start)
 
 
-def get_services(request: Request) -> Services:
+# The dependencies are ``async def``: FastAPI runs a plain ``def`` dependency in its thread pool,
+# a thread hop per dependency per request (most of /predict's overhead over a no-op route).
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
@@ -214,14 +247,14 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def get_scorer(services: ServicesDep) -> Scorer:
+async def get_scorer(services: ServicesDep) -> Scorer:
     return services.holder.scorer  # raises ModelNotReadyError (503) when no model is loaded
 
 
 ScorerDep = Annotated[Scorer, Depends(get_scorer)]
 
 
-def get_label_publisher(services: ServicesDep) -> LabelPublisher:
+async def get_label_publisher(services: ServicesDep) -> LabelPublisher:
     return services.labels
 
 
@@ -237,9 +270,12 @@ def create_api(settings: ApiSettings | None = None) -> FastAPI:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(services.executor, services.refresh_model)
         services.replica.start()
-        services.http = aiohttp.ClientSession(
-            base_url=settings.worker_url, timeout=aiohttp.ClientTimeout(total=settings.state_timeout_seconds)
-        )
+        if services.card_replica is not None:
+            services.card_replica.start()
+        else:
+            services.http = aiohttp.ClientSession(
+                base_url=settings.worker_url, timeout=aiohttp.ClientTimeout(total=settings.state_timeout_seconds)
+            )
 
         async def reload_loop() -> None:
             while True:
@@ -257,6 +293,8 @@ def create_api(settings: ApiSettings | None = None) -> FastAPI:
                 await services.http.close()
             await loop.run_in_executor(None, services.labels.close)
             services.replica.stop()
+            if services.card_replica is not None:
+                services.card_replica.stop()
             services.executor.shutdown(wait=False)
 
     app = FastAPI(
@@ -301,17 +339,25 @@ def create_api(settings: ApiSettings | None = None) -> FastAPI:
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/ready", summary="Readiness: a verified model is loaded")
+    @app.get("/ready", summary="Readiness: a verified model is loaded and the card state copy restored")
     async def ready(services: ServicesDep) -> JSONResponse:
         holder = services.holder
+        # Until its copy of the card table is restored, this process could only answer statelessly.
+        is_ready = holder.ready and services.card_state_restored
+        card_replica = services.card_replica
         body = {
-            "ready": holder.ready,
+            "ready": is_ready,
             "model_version": holder.scorer.version if holder.ready else None,
             "model_error": holder.last_error,
+            "card_state_source": services.settings.card_state_source,
+            "card_state_restored": services.card_state_restored,
+            "card_state_error": None
+            if card_replica is None or services.card_state_restored
+            else card_replica.last_error,
             # Informational: without it /predict still answers, with merchant features of zero.
             "merchant_risk_restored": services.replica.caught_up.is_set(),
         }
-        return JSONResponse(status_code=200 if holder.ready else 503, content=body)
+        return JSONResponse(status_code=200 if is_ready else 503, content=body)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

@@ -16,10 +16,11 @@ in its own process so that the numbers are those of one Python process each, as 
    throughput draining a pre-filled topic (tx/s, CPU µs per transaction), then the latency from
    a transaction's Kafka record timestamp to its decision's at a fixed offered rate, published
    by the project's :class:`~producers.publisher.Publisher`.
-4. **predict**: ``fraud api`` (its state look-ups go to the running worker) and, beside it, a
-   no-op route with the same body and response models in the same uvicorn setup
-   (``python -m streaming.bench noop``), both driven by an async HTTP client (httpx; aiohttp
-   with ``--http-client aiohttp``) in a separate process (``python -m streaming.bench http``)
+4. **predict**: ``fraud api`` as configured by default (card state from its own copy of the
+   card table), the same with card state read from the running worker per request, and,
+   beside them, a no-op route with the same body and response models in the same uvicorn setup
+   (``python -m streaming.bench noop``), all driven by an async HTTP client (aiohttp; httpx
+   with ``--http-client httpx``) in a separate process (``python -m streaming.bench http``)
    at concurrency 1 and 16.
 5. **train**: ``fraud train`` on a generated CSV of at least ``--rows`` rows: wall time and the
    peak RSS of that process. Its model is the one every other phase scores with.
@@ -101,8 +102,7 @@ class BenchOptions:
     http_warmup_seconds: float = 2.0
     http_client: str = "aiohttp"  # httpx saturated a core before the API did
     partitions: int = 4
-    #: An external Kafka instead of the embedded broker (then the embedded-broker workaround,
-    #: one record per producer batch in the worker, is not applied).
+    #: An external Kafka instead of the embedded broker.
     bootstrap_servers: str | None = None
     #: Extra FRAUD_* settings for the worker under test, to compare tuning without code changes.
     worker_env: dict[str, str] = field(default_factory=dict)
@@ -337,7 +337,7 @@ Post = Callable[[bytes], Awaitable[tuple[int, bytes]]]
 async def _client(kind: str, url: str, concurrency: int) -> AsyncIterator[Post]:
     """A keep-alive connection pool of ``concurrency`` connections posting JSON to ``url``.
 
-    httpx is the default. It costs the client 1-2 ms of CPU per request (more at c=16 than at
+    httpx costs the client 1-2 ms of CPU per request (more at c=16 than at
     c=1), so on two cores it cannot push a fast server past ~600 req/s; aiohttp (installed with
     Faust) costs 0.15-0.25 ms and agreed with wrk within ~10% at c=16 on the no-op route. The
     ``client_busy`` figures in the report say when the client, not the server, was the limit.
@@ -919,23 +919,28 @@ class Bench:
         from streaming.broker import free_port, wait_http
 
         opts = self.opts
-        api_port, noop_port = free_port(), free_port()
+        api_port, api_worker_port, noop_port = free_port(), free_port(), free_port()
+        api_env = {
+            "FRAUD_HOST": "127.0.0.1",
+            "FRAUD_MODEL_DIR": str(self.model_dir),
+            "FRAUD_APP_ID": f"bench-{self.suffix}",
+            "FRAUD_WORKER_URL": f"http://127.0.0.1:{web_port}",
+            "FRAUD_KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+        }
+        # The default card state source (the API's own copy of the card table) and the other
+        # one (a request to the worker that owns the card), side by side.
         api = self.children.start(
-            "api",
+            "api", _python("streaming.cli", "api"), _child_env({**api_env, "FRAUD_PORT": str(api_port)})
+        )
+        api_worker = self.children.start(
+            "api-worker",
             _python("streaming.cli", "api"),
-            _child_env(
-                {
-                    "FRAUD_HOST": "127.0.0.1",
-                    "FRAUD_PORT": str(api_port),
-                    "FRAUD_MODEL_DIR": str(self.model_dir),
-                    "FRAUD_WORKER_URL": f"http://127.0.0.1:{web_port}",
-                    "FRAUD_KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
-                }
-            ),
+            _child_env({**api_env, "FRAUD_PORT": str(api_worker_port), "FRAUD_CARD_STATE_SOURCE": "worker"}),
         )
         noop = self.children.start("noop", _python("streaming.bench", "noop", "--port", str(noop_port)), _child_env())
         for url, proc, what in (
             (f"http://127.0.0.1:{api_port}/ready", api, "api"),
+            (f"http://127.0.0.1:{api_worker_port}/ready", api_worker, "api-worker"),
             (f"http://127.0.0.1:{noop_port}/health", noop, "noop"),
         ):
             wait_http(url, proc, what, partial(self.children.log_tail, what), timeout=120)
@@ -947,10 +952,11 @@ class Bench:
             "streaming.bench", "http", "--bodies", str(bodies), "--seconds", str(opts.http_seconds),
             "--warmup", str(opts.http_warmup_seconds), "--concurrency", "1", "16",
             "--target", f"noop=http://127.0.0.1:{noop_port}/predict",
-            "--target", f"predict=http://127.0.0.1:{api_port}/predict", "--client", opts.http_client,
+            "--target", f"predict=http://127.0.0.1:{api_port}/predict",
+            "--target", f"predict_via_worker=http://127.0.0.1:{api_worker_port}/predict", "--client", opts.http_client,
         )  # fmt: skip
-        out = _run_json(self.children, "http", argv, timeout=120 + 8 * (opts.http_seconds + opts.http_warmup_seconds))
-        for name in ("noop", "predict"):
+        out = _run_json(self.children, "http", argv, timeout=120 + 10 * (opts.http_seconds + opts.http_warmup_seconds))
+        for name in ("noop", "predict", "predict_via_worker"):
             c1, c16 = out[f"{name}_c1"], out[f"{name}_c16"]
             self.results.update(
                 {
@@ -966,8 +972,8 @@ class Bench:
                     f"{name}_client_busy_c16": c16["client_cpu_us_per_req"] * c16["rps"] / 1e6,
                 }
             )
-        self.results["predict_state_unavailable"] = (
-            out["predict_c1"]["state_unavailable"] + out["predict_c16"]["state_unavailable"]
+        self.results["predict_state_unavailable"] = sum(
+            out[f"{name}_{c}"]["state_unavailable"] for name in ("predict", "predict_via_worker") for c in ("c1", "c16")
         )
         _say(
             f"/predict p50 {self.results['predict_p50_ms']:.2f} ms (no-op {self.results['noop_p50_ms']:.2f} ms), "
@@ -1084,6 +1090,10 @@ def format_table(r: dict[str, Any]) -> str:
          f"p50 {ms(r['predict_p50_ms'])}, p99 {ms(r['predict_p99_ms'])}{busy('predict', 'c1')}"),
         ("POST /predict, c=16", f"{n(r['predict_rps_c16'])} req/s",
          f"p50 {ms(r['predict_p50_ms_c16'])}, p99 {ms(r['predict_p99_ms_c16'])}{busy('predict', 'c16')}"),
+        ("  card state from the worker, c=1", f"{n(r['predict_via_worker_rps_c1'])} req/s",
+         f"p50 {ms(r['predict_via_worker_p50_ms'])}, p99 {ms(r['predict_via_worker_p99_ms'])}"),
+        ("  card state from the worker, c=16", f"{n(r['predict_via_worker_rps_c16'])} req/s",
+         f"p50 {ms(r['predict_via_worker_p50_ms_c16'])}, p99 {ms(r['predict_via_worker_p99_ms_c16'])}"),
         (f"fraud train, {n(r['train_rows'])} rows", f"{r['train_seconds']:.1f} s",
          f"peak RSS {n(r['train_peak_mb'])} MB"),
     ]  # fmt: skip

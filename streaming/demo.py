@@ -181,7 +181,6 @@ def run_demo(options: DemoOptions) -> int:
             "FRAUD_METRICS_PORT": str(metrics_port),
             "FRAUD_DATA_DIR": str(options.workdir / "worker-data"),
             "FRAUD_PORT": str(api_port),
-            "FRAUD_WORKER_URL": f"http://127.0.0.1:{web_port}",
         }
         worker = procs.start("worker", ["worker"], env)
         api = procs.start("api", ["api"], env)

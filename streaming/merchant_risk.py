@@ -22,17 +22,13 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import defaultdict
 from collections.abc import Iterable
 
 import numpy as np
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
 from model.features import Columns, RiskContext, strings
-from streaming import kafka
-from streaming.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -199,97 +195,3 @@ class MerchantRisk:
     def size(self) -> tuple[int, int]:
         with self._lock:
             return sum(len(s) for s in self._activity.values()), len(self._label_merchant)
-
-
-class Replica(threading.Thread):
-    """Reads the whole merchant-risk topic into a :class:`MerchantRisk`, then follows it.
-
-    ``caught_up`` is set once everything that was in the topic at start has been applied
-    (state restored); the worker does not score before that.
-    """
-
-    def __init__(self, settings: KafkaSettings, topic: str, risk: MerchantRisk) -> None:
-        super().__init__(name="merchant-risk-replica", daemon=True)
-        self.settings, self.topic, self.risk = settings, topic, risk
-        self.caught_up = threading.Event()
-        self._stop_event = threading.Event()
-        #: Next offset to read per partition (what has been applied so far).
-        self.positions: dict[int, int] = {}
-
-    def stop(self) -> None:
-        self._stop_event.set()
-
-    def wait_until(self, ends: dict[int, int], timeout: float) -> bool:
-        """Block until everything up to ``ends`` has been applied; False on timeout.
-
-        A worker that takes over partitions calls this first: it continues their counts from
-        this view, so the previous owner's last records must be in it.
-        """
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if all(self.positions.get(p, 0) >= end for p, end in ends.items() if end > 0):
-                return True
-            self._stop_event.wait(0.05)
-        return False
-
-    def run(self) -> None:
-        # A broker that is down or a topic not created yet is waited for: the view is rebuilt
-        # from the beginning each time (records are absolute values, so re-applying is safe).
-        while not self._stop_event.is_set():
-            try:
-                self._follow()
-            except Exception as exc:  # noqa: BLE001 - logged, retried; this thread must not die
-                log.warning("merchant-risk replica: %s; retrying in 5 s", exc)
-                self._stop_event.wait(5.0)
-
-    def _follow(self) -> None:
-        # Assigned, never subscribed: the group id is only a label, nothing is committed.
-        # A broker that is not up yet makes librdkafka log an error per reconnect attempt; this
-        # thread says so itself once per retry, so only librdkafka's critical lines are kept.
-        consumer = kafka.consumer(self.settings, f"{self.topic}-replica", logger=log, log_level=2)
-        try:
-            meta = consumer.list_topics(self.topic, timeout=10)
-            partitions = sorted(meta.topics[self.topic].partitions)
-            if not partitions:
-                raise LookupError(f"topic {self.topic} does not exist (yet)")
-            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
-            ends = {p: consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)[1] for p in partitions}
-            # Restored once every partition was read up to its end as of now. (The embedded
-            # broker under-reports an end by the rest of its last record batch, which comes in
-            # the same fetch as the reported end, so this still reads everything.) Never on a
-            # timeout: counts continued from a partial view would overwrite the real ones.
-            pending = {p for p, end in ends.items() if end > 0}
-            while not self._stop_event.is_set():
-                if not pending:
-                    self.caught_up.set()
-                msgs = consumer.consume(1000, 0.2)
-                for msg in msgs:
-                    error = msg.error()
-                    if error is not None:
-                        if error.code() != KafkaError._PARTITION_EOF:
-                            log.warning("merchant-risk replica: %s", error)
-                        continue
-                    key = msg.key()
-                    if key is not None:
-                        self.risk.apply(key, msg.value())
-                    p, offset = msg.partition(), msg.offset()
-                    if p is None or offset is None:
-                        continue
-                    self.positions[p] = offset + 1
-                    if p in pending and offset + 1 >= ends[p]:
-                        pending.discard(p)
-        finally:
-            consumer.close()
-
-
-def end_offsets(settings: KafkaSettings, topic: str) -> dict[int, int]:
-    """The topic's current end offset per partition."""
-    consumer = kafka.consumer(settings, f"{topic}-ends", logger=log, log_level=2)
-    try:
-        meta = consumer.list_topics(topic, timeout=10)
-        return {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in meta.topics[topic].partitions
-        }
-    finally:
-        consumer.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 from streaming.validation import DLQ_REASONS
@@ -150,6 +152,22 @@ class ApiMetrics(ModelMetrics):
             ["decision", "card_state"],
             registry=r,
         )
+        self.card_states = Gauge("fraud_api_card_states", "Cards in this process's copy of the card table", registry=r)
+        self.card_state_bytes = Gauge(
+            "fraud_api_card_state_bytes", "Bytes of card state (changelog values) held by the copy", registry=r
+        )
+        self.card_state_restored = Gauge(
+            "fraud_api_card_state_restored",
+            "1 once the card state copy has read its changelog to the end (always 1 with the worker source)",
+            registry=r,
+        )
+
+    def watch_card_states(
+        self, cards: Callable[[], float], stored_bytes: Callable[[], float], restored: Callable[[], bool]
+    ) -> None:
+        self.card_states.set_function(cards)
+        self.card_state_bytes.set_function(stored_bytes)
+        self.card_state_restored.set_function(lambda: float(restored()))
 
 
 class ProducerMetrics:

@@ -145,10 +145,19 @@ class ApiSettings(KafkaSettings):
     """Port to listen on."""
     model_dir: Path = Path("artifacts/model")
     """Directory written by ``fraud train --out``."""
+    card_state_source: Literal["replica", "worker"] = "replica"
+    """Where /predict reads card state. ``replica``: this process's own copy of the card table,
+    followed from the workers' changelog topic (no hop per request; memory for every card's
+    history, see ``fraud_api_card_state_bytes``). ``worker``: an HTTP call to the worker owning
+    the card (``FRAUD_WORKER_URL``), for tables too large to copy into each API process."""
+    app_id: str = "fraudstream"
+    """The workers' ``FRAUD_APP_ID``: names the card changelog topic the replica follows."""
     worker_url: str = "http://127.0.0.1:6066"
-    """Base URL of a worker's state view; requests are routed to the worker owning the card."""
+    """Base URL of a worker's state view (``worker`` source); requests are routed to the worker
+    owning the card."""
     state_timeout_seconds: float = Field(default=0.5, gt=0)
-    """How long /predict waits for card state before answering with the stateless score."""
+    """How long /predict waits for card state from the worker (``worker`` source) before
+    answering with the stateless score."""
     feedback_timeout_seconds: float = Field(default=5.0, gt=0)
     """How long POST /feedback waits for the broker to acknowledge a label before answering 503
     (the producer gives up on the message at the same time)."""

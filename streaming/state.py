@@ -9,16 +9,72 @@ counted twice.
 
 from __future__ import annotations
 
+import logging
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import orjson
 
 from model.features import FRAUD_LABEL_COLUMNS, HISTORY_COLUMNS, HISTORY_SPAN_MS, strings
 
+log = logging.getLogger(__name__)
+
 CardState = dict[str, list[Any]]
 _FIELDS = ("ids", "ts", "amt", "mer")
+
+#: The worker's Faust table of card states.
+CARD_TABLE = "card-history"
+
+
+def card_changelog_topic(app_id: str) -> str:
+    """The card table's changelog topic, as Faust names it for application ``app_id``."""
+    return f"{app_id}-{CARD_TABLE}-changelog"
+
+
+def changelog_key(card_id: str) -> bytes:
+    """A card's key in the table's changelog: Faust's changelog topics encode keys as JSON."""
+    return orjson.dumps(card_id)
+
+
+class CardStateCopy:
+    """A read-only copy of the whole card table, fed from its changelog by a replica thread.
+
+    Values are kept as the changelog's JSON bytes and decoded per read (~10 µs for a busy card):
+    a few times smaller than the decoded lists, which matters since this holds every card.
+    """
+
+    def __init__(self) -> None:
+        self._values: dict[str, bytes] = {}
+        self.stored_bytes = 0
+
+    def apply(self, key: bytes, value: bytes | None) -> None:
+        """One changelog record (``None``: a tombstone)."""
+        try:
+            card = orjson.loads(key)
+        except orjson.JSONDecodeError:
+            card = None
+        if not isinstance(card, str):
+            log.warning("ignoring card changelog record with key %r", key[:80])
+            return
+        old = self._values.pop(card, None) if value is None else self._values.get(card)
+        if value is not None:
+            self._values[card] = value
+            self.stored_bytes += len(value)
+        if old is not None:
+            self.stored_bytes -= len(old)
+
+    def get(self, card_id: str) -> CardState:
+        """The card's state as last written to the changelog (empty for a card never seen)."""
+        value = self._values.get(card_id)
+        if value is None:
+            return empty_state()
+        state: CardState = orjson.loads(value)
+        return state
+
+    def __len__(self) -> int:
+        return len(self._values)
 
 
 def empty_state() -> CardState:

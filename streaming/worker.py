@@ -38,13 +38,16 @@ from model.features import DAY_MS, MERCHANT_SPAN_DAYS, RiskContext, epoch_ms, fr
 from model.schemas import Decision, Label, Transaction
 from model.scoring import ModelHolder, scoring_executor, utcnow
 from streaming import faust_transport, kafka
-from streaming.merchant_risk import MerchantRisk, Replica, end_offsets, label_key
+from streaming.merchant_risk import MerchantRisk, label_key
 from streaming.metrics import WorkerMetrics
 from streaming.outputs import OutputBatch, Outputs
 from streaming.quality import QualityTracker
+from streaming.replica import Replica, end_offsets
 from streaming.settings import WorkerSettings
 from streaming.state import (
+    CARD_TABLE,
     CardState,
+    changelog_key,
     empty_state,
     history_frame,
     labels_frame,
@@ -64,7 +67,6 @@ log = logging.getLogger("fraudstream.worker")
 
 T = TypeVar("T")
 
-CARD_TABLE = "card-history"
 #: Days kept past the longest merchant window before merchant risk is pruned (late events).
 RISK_MARGIN_DAYS = 2
 
@@ -221,11 +223,6 @@ def _validated(
         else:
             valid.append((rec, parsed))
     return valid, rejected
-
-
-def changelog_key(card_id: str) -> bytes:
-    """A card's key in the table's changelog: Faust's changelog topics encode keys as JSON."""
-    return orjson.dumps(card_id)
 
 
 def encode_decision(decision: Decision) -> bytes:
@@ -641,7 +638,7 @@ def run_worker(settings: WorkerSettings) -> None:
                 f"FRAUD_TOPIC_PARTITIONS is {settings.topic_partitions}; they must be equal"
             )
     risk = MerchantRisk()
-    replica = Replica(settings, settings.merchant_risk_topic, risk)
+    replica = Replica(settings, settings.merchant_risk_topic, risk.apply, "merchant-risk")
     replica.start()
     # Merchant counts are continued from the topic: restore them before writing new ones.
     if not replica.caught_up.wait(timeout=120):

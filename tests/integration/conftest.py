@@ -166,6 +166,7 @@ class Stack:
     web_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
     api_port: int = field(default_factory=free_port)
+    card_state_source: str = "replica"
     services: list[Service] = field(default_factory=list)
 
     def env(self) -> dict[str, str]:
@@ -188,6 +189,7 @@ class Stack:
             "FRAUD_SESSION_TIMEOUT_SECONDS": "6",
             "FRAUD_INCLUDE_FEATURES": "true",
             "FRAUD_PORT": str(self.api_port),
+            "FRAUD_CARD_STATE_SOURCE": self.card_state_source,
             "FRAUD_WORKER_URL": f"http://127.0.0.1:{self.web_port}",
             "FRAUD_STATE_TIMEOUT_SECONDS": "2",
         }

@@ -44,6 +44,8 @@ POSITIVE = (
     "noop_rps_c1",
     "noop_rps_c16",
     "predict_rps_c1",
+    "predict_via_worker_rps_c1",
+    "predict_via_worker_rps_c16",
     "worker_batch_mean_size",
 )
 

@@ -17,6 +17,8 @@ pytestmark = pytest.mark.integration
 
 
 def test_feedback_is_published_to_the_labels_topic(stack: Stack) -> None:
+    # No worker here, so no card table to copy: card state from the (absent) worker instead.
+    stack.card_state_source = "worker"
     stack.start_api()
     settings = stack.topics.settings
     url = f"http://127.0.0.1:{stack.api_port}/feedback"

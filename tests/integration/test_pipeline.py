@@ -209,8 +209,10 @@ def test_stream_matches_batch_features_and_scores(stack: Stack, traffic_frame: p
     assert recall in text
 
 
-def test_predict_over_http_matches_the_stream(stack: Stack, traffic_frame: pd.DataFrame) -> None:
+@pytest.mark.parametrize("source", ["replica", "worker"])
+def test_predict_over_http_matches_the_stream(stack: Stack, traffic_frame: pd.DataFrame, source: str) -> None:
     rows = traffic_frame.iloc[:600]
+    stack.card_state_source = source
     stack.start_worker()
     api = stack.start_api()
     produce(stack.topics.settings, wire_messages(rows))
@@ -222,6 +224,16 @@ def test_predict_over_http_matches_the_stream(stack: Stack, traffic_frame: pd.Da
     sample = last.loc[last["card_id"].map(rows["card_id"].value_counts()) >= 3].head(10)
     assert len(sample) >= 5
     url = f"http://127.0.0.1:{stack.api_port}/predict"
+    if source == "replica":
+        # The copy follows the changelog, which the worker writes with the decisions: it may
+        # trail them by a fetch. Wait until it holds the last decided transaction's card state.
+        probe = sample.iloc[-1]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            body = httpx.post(url, content=wire_value(probe.to_dict()), headers={"content-type": "application/json"})
+            if body.json()["score"] == got[probe["transaction_id"]]["score"]:
+                break
+            time.sleep(0.05)
     for row in sample.to_dict("records"):
         resp = httpx.post(url, content=wire_value(row), headers={"content-type": "application/json"})
         assert resp.status_code == 200, resp.text
@@ -234,11 +246,18 @@ def test_predict_over_http_matches_the_stream(stack: Stack, traffic_frame: pd.Da
     assert bad.status_code == 422
     assert any(err["loc"][-1] == "amount" for err in bad.json()["detail"])
 
-    # With the worker gone, /predict still answers, stateless, and says so.
     stack.services[0].stop()
     resp = httpx.post(url, content=wire_value(sample.iloc[0].to_dict()), headers={"content-type": "application/json"})
     assert resp.status_code == 200
-    assert resp.json()["card_state"] == "unavailable"
+    if source == "replica":
+        # The copy does not need the worker: the same answer with the worker gone.
+        assert resp.json()["card_state"] == "used"
+        assert resp.json()["score"] == pytest.approx(got[sample.iloc[0]["transaction_id"]]["score"], abs=1e-12)
+        metrics = httpx.get(f"http://127.0.0.1:{stack.api_port}/metrics").text
+        assert f"fraud_api_card_states {float(rows['card_id'].nunique())}" in metrics
+    else:
+        # With the worker gone, /predict still answers, stateless, and says so.
+        assert resp.json()["card_state"] == "unavailable"
     assert api.proc is not None and api.proc.poll() is None
 
 

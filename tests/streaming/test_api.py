@@ -40,7 +40,12 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def client(model_dir: Path) -> TestClient:
     # No worker listens at this URL: every prediction is the stateless one.
-    settings = ApiSettings(model_dir=model_dir, worker_url=f"http://127.0.0.1:{free_port()}", state_timeout_seconds=0.2)
+    settings = ApiSettings(
+        model_dir=model_dir,
+        card_state_source="worker",
+        worker_url=f"http://127.0.0.1:{free_port()}",
+        state_timeout_seconds=0.2,
+    )
     with TestClient(create_api(settings)) as c:
         yield c  # type: ignore[misc]  # a generator fixture
 
@@ -85,7 +90,21 @@ def test_probes(client: TestClient) -> None:
     assert client.get("/health").json() == {"status": "ok"}
     ready = client.get("/ready")
     assert ready.status_code == 200 and ready.json()["model_version"]
+    assert ready.json()["card_state_source"] == "worker" and ready.json()["card_state_restored"] is True
     assert "/predict" in client.get("/openapi.json").json()["paths"]
+
+
+def test_not_ready_until_the_card_state_copy_is_restored(model_dir: Path) -> None:
+    # The default source: a copy of the card table from its changelog, on a broker that is not there.
+    settings = ApiSettings(model_dir=model_dir, kafka_bootstrap_servers=f"127.0.0.1:{free_port()}")
+    with TestClient(create_api(settings)) as c:
+        ready = c.get("/ready")
+        assert ready.status_code == 503
+        assert ready.json()["model_version"] and ready.json()["card_state_restored"] is False
+        # /predict still answers, statelessly, and says so.
+        resp = c.post("/predict", json=GOOD)
+        assert resp.status_code == 200 and resp.json()["card_state"] == "unavailable"
+        assert "fraud_api_card_state_restored 0.0" in c.get("/metrics").text
 
 
 def test_not_ready_without_a_model(tmp_path: Path) -> None:
@@ -137,6 +156,7 @@ def test_feedback_label_known_before_its_transaction_is_a_422(client: TestClient
 def test_feedback_without_a_broker_is_a_503_after_the_timeout(model_dir: Path) -> None:
     settings = ApiSettings(
         model_dir=model_dir,
+        card_state_source="worker",
         worker_url="http://127.0.0.1:9",
         kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",  # nothing listens there
         feedback_timeout_seconds=0.5,

@@ -186,10 +186,12 @@ def test_a_cards_stored_labels_set_its_own_flag_and_never_other_merchants_rates(
 
 
 def test_a_new_owner_waits_until_the_replica_has_read_to_the_ends() -> None:
-    from streaming.merchant_risk import Replica
+    from streaming.replica import Replica
     from streaming.settings import KafkaSettings
 
-    replica = Replica(KafkaSettings(), "risk", MerchantRisk())  # not started: positions set by hand
+    replica = Replica(
+        KafkaSettings(), "risk", MerchantRisk().apply, "merchant-risk"
+    )  # not started: positions set by hand
     replica.positions = {0: 10, 1: 3}
     assert replica.wait_until({0: 10, 1: 3, 2: 0}, timeout=0.2)  # empty partitions need nothing
     assert not replica.wait_until({0: 11, 1: 3}, timeout=0.2)

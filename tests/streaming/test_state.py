@@ -9,7 +9,7 @@ import numpy as np
 import orjson
 
 from model.features import HISTORY_COLUMNS, HISTORY_SPAN_MS
-from streaming.state import empty_state, history_frame, merge
+from streaming.state import CardStateCopy, changelog_key, empty_state, history_frame, merge
 
 T = 1_767_225_600_000  # 2026-01-01T00:00:00Z in ms
 HOUR = 3_600_000
@@ -107,3 +107,22 @@ def test_history_frame_of_nothing_has_the_columns() -> None:
     assert all(len(values) == 0 for values in frame.values())
     assert list(frame) == list(HISTORY_COLUMNS)
     assert frame["ts_ms"].dtype == np.int64
+
+
+def test_state_copy_follows_the_changelog_last_write_wins_and_tombstones() -> None:
+    copy = CardStateCopy()
+    first = merge(None, [("t1", 1_000, 5.0, "m")], 0)
+    second = merge(first, [("t2", 2_000, 7.5, "m")], 0)
+    copy.apply(changelog_key("c1"), orjson.dumps(first))
+    copy.apply(changelog_key("c1"), orjson.dumps(second))
+    copy.apply(changelog_key("c2"), orjson.dumps(first))
+    assert copy.get("c1") == second
+    assert copy.get("unknown") == empty_state()
+    assert len(copy) == 2
+    assert copy.stored_bytes == len(orjson.dumps(second)) + len(orjson.dumps(first))
+    copy.apply(changelog_key("c2"), None)
+    assert copy.get("c2") == empty_state()
+    assert copy.stored_bytes == len(orjson.dumps(second))
+    copy.apply(b"not json", b"{}")  # logged and skipped, nothing else changes
+    copy.apply(b"[1]", b"{}")
+    assert len(copy) == 1

@@ -8,8 +8,7 @@ from pathlib import Path
 import faust
 import orjson
 
-from streaming.state import merge, with_fraud_label
-from streaming.worker import CARD_TABLE, changelog_key
+from streaming.state import CARD_TABLE, CardStateCopy, card_changelog_topic, changelog_key, merge, with_fraud_label
 
 
 def test_changelog_records_decode_as_fausts_own(tmp_path: Path) -> None:
@@ -26,6 +25,11 @@ def test_changelog_records_decode_as_fausts_own(tmp_path: Path) -> None:
     assert value == state
     # ...and the bytes are the ones Faust writes for the same entry.
     assert changelog_key("card-ä 1") == topic.prepare_key("card-ä 1", None)[0]
+    # The API's copy of the table follows the topic Faust names, and reads the records back.
+    assert card_changelog_topic("changelog-test") == topic.get_topic_name()
+    copy = CardStateCopy()
+    copy.apply(changelog_key("card-ä 1"), orjson.dumps(state))
+    assert copy.get("card-ä 1") == state
 
 
 class _Message:
