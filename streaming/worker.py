@@ -25,7 +25,7 @@ import functools
 import gc
 import logging
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
@@ -92,9 +92,9 @@ class ScoredTransactions:
     decisions: list[Decision]
     #: The decisions as their wire bytes (encoded on the scoring thread, off the event loop).
     encoded: list[bytes]
-    states: dict[str, CardState]
-    #: The new states as their changelog values (JSON), likewise.
-    encoded_states: dict[str, bytes]
+    #: The cards' new states as their changelog values (JSON), which is also how the table
+    #: holds them (see :func:`decode_state`).
+    states: dict[str, bytes]
     #: Merchant-risk records to publish (new absolute daily counts).
     risk_records: list[tuple[bytes, bytes]]
 
@@ -155,22 +155,25 @@ class BatchProcessor:
         return _validated(records, parse_label, lambda label, rec: check_label_record(label, rec.key), "label")
 
     def score(
-        self, txs: Sequence[Transaction], partitions: Sequence[int], states: dict[str, CardState | None]
+        self, txs: Sequence[Transaction], partitions: Sequence[int], stored: Mapping[str, bytes | None]
     ) -> ScoredTransactions:
-        """CPU-bound part, run off the event loop: one feature pass and one model call per batch."""
+        """CPU-bound part, run off the event loop: one feature pass and one model call per batch.
+
+        ``stored``: the batch's cards as the table holds them (changelog values, or None)."""
         scorer = self.holder.scorer
         with self.metrics.batch_duration.time():
+            states = {card: decode_state(value) for card, value in stored.items()}
             queries = frame_from_transactions(txs)
             # Transactions new to their card's state: counted for their merchant, and history
             # for the rest of the batch (a card's second transaction in the batch sees its first;
             # each row's own timestamp bounds what it sees, so no row sees itself).
-            stored = {card: set(state["ids"]) for card, state in states.items() if state}
+            stored_ids = {card: set(state["ids"]) for card, state in states.items() if state}
             seen: set[str] = set()
             fresh: list[tuple[str, str, str, int, float]] = []
             first_time = []
             for tx, p, ts in zip(txs, partitions, queries["ts_ms"].tolist(), strict=True):
                 tid = tx.transaction_id
-                if tid not in seen and tid not in stored.get(tx.card_id, ()):
+                if tid not in seen and tid not in stored_ids.get(tx.card_id, ()):
                     fresh.append((tid, tx.card_id, tx.merchant_id, ts, tx.amount))
                     first_time.append((tx.merchant_id, ts // DAY_MS, p))
                 seen.add(tid)
@@ -198,8 +201,7 @@ class BatchProcessor:
         return ScoredTransactions(
             decisions=decisions,
             encoded=encoded,
-            states=new_states,
-            encoded_states={card: orjson.dumps(state) for card, state in new_states.items()},
+            states={card: orjson.dumps(state) for card, state in new_states.items()},
             risk_records=risk_records,
         )
 
@@ -223,6 +225,25 @@ def _validated(
         else:
             valid.append((rec, parsed))
     return valid, rejected
+
+
+def decode_state(value: bytes | None) -> CardState | None:
+    """A card's state from the table, which holds the changelog's JSON bytes rather than the
+    decoded lists: bytes are a few times smaller, and the garbage collector does not track them
+    (with lists, every full collection walked every card's history: pauses of tens of ms)."""
+    if value is None:
+        return None
+    state: CardState = orjson.loads(value)
+    return state
+
+
+def card_table(app: faust.App) -> faust.types.TableT[str, bytes]:
+    """The card states. Raw keys: the state-view routing hashes the same bytes as the producers
+    (the changelog topic encodes its keys as JSON whatever the schema says; see changelog_key).
+    Raw values (``value_type=bytes``, from which Faust picks the changelog's serializer):
+    recovery restores the changelog's JSON bytes as they are, the form the table holds."""
+    schema: faust.Schema = faust.Schema(key_type=str, key_serializer="raw", value_serializer="raw")
+    return app.Table(CARD_TABLE, default=None, schema=schema, value_type=bytes)
 
 
 def encode_decision(decision: Decision) -> bytes:
@@ -287,10 +308,7 @@ def create_app(
     app.topics.add(inputs)  # subscribed to as an agent's topic would be
     # Every output goes through librdkafka (streaming/outputs.py), the card table's changelog too.
     out = Outputs(settings)
-    # Raw keys: the state-view routing hashes the same bytes as the producers (the changelog
-    # topic encodes its keys as JSON whatever the schema says; see changelog_key).
-    card_schema: faust.Schema = faust.Schema(key_type=str, key_serializer="raw", value_serializer="json")
-    cards = app.Table(CARD_TABLE, default=None, schema=card_schema)
+    cards = card_table(app)
     changelog_topic = cards.changelog_topic.get_topic_name()
 
     executor = scoring_executor()
@@ -313,12 +331,12 @@ def create_app(
     # Next offset to process per partition, for the lag gauge.
     processed: dict[int, int] = {}
 
-    def store(batch: OutputBatch, card: str, partition: int, state: CardState, value: bytes | None = None) -> None:
-        """Keep a card's new state, and write it to the changelog (as Faust's table would: JSON key
-        and value) on the partition the card's records arrive on, so that state recovery restores
-        it to the worker that needs it."""
-        batch.add(changelog_topic, changelog_key(card), value or orjson.dumps(state), partition=partition)
-        cards.data[card] = state
+    def store(batch: OutputBatch, card: str, partition: int, value: bytes) -> None:
+        """Keep a card's new state (its JSON), and write it to the changelog (JSON key, as Faust's
+        table would) on the partition the card's records arrive on, so that state recovery
+        restores it to the worker that needs it."""
+        batch.add(changelog_topic, changelog_key(card), value, partition=partition)
+        cards.data[card] = value
         card_partition[card] = partition
 
     # Set on every assignment: partitions may come from another worker, whose last merchant
@@ -367,14 +385,14 @@ def create_app(
             metrics.dead_letters.labels(reason=rej.reason).inc()
         if valid:
             txs = [tx for _, tx in valid]
-            states = {tx.card_id: cards.data.get(tx.card_id) for tx in txs}
+            stored = {tx.card_id: cards.data.get(tx.card_id) for tx in txs}
             partitions = [rec.partition for rec, _ in valid]
-            result = await loop.run_in_executor(executor, processor.score, txs, partitions, states)
+            result = await loop.run_in_executor(executor, processor.score, txs, partitions, stored)
             for key, value in result.risk_records:
                 batch.add(settings.merchant_risk_topic, key, value)
             partition_of = {tx.card_id: rec.partition for rec, tx in valid}
-            for card, state in result.states.items():
-                store(batch, card, partition_of[card], state, result.encoded_states[card])
+            for card, value in result.states.items():
+                store(batch, card, partition_of[card], value)
             now_ms = utcnow().timestamp() * 1000
             outcomes: dict[str, int] = {}
             for (rec, _), decision, value in zip(valid, result.decisions, result.encoded, strict=True):
@@ -415,18 +433,18 @@ def create_app(
             if not label.is_fraud:
                 # A reversal (say, a chargeback withdrawn): the fraud label stops counting, in
                 # the card's state and the merchants' rates, as it would in a retrained CSV.
-                reverted = without_fraud_label(cards.get(label.card_id), label.transaction_id)
+                reverted = without_fraud_label(decode_state(cards.data.get(label.card_id)), label.transaction_id)
                 if reverted is not None:
-                    store(batch, label.card_id, rec.partition, reverted)
+                    store(batch, label.card_id, rec.partition, orjson.dumps(reverted))
                     processor.risk.apply(label_key(label.transaction_id), None)
                     batch.add(settings.merchant_risk_topic, label_key(label.transaction_id), None)
                 continue
             tx_day = epoch_ms(label.timestamp) // DAY_MS
             available = epoch_ms(label.labelled_at)
             state = with_fraud_label(
-                cards.get(label.card_id), label.transaction_id, label.merchant_id, tx_day, available
+                decode_state(cards.data.get(label.card_id)), label.transaction_id, label.merchant_id, tx_day, available
             )
-            store(batch, label.card_id, rec.partition, state)
+            store(batch, label.card_id, rec.partition, orjson.dumps(state))
             value = processor.risk.add_label(
                 label.transaction_id, label.card_id, label.merchant_id, tx_day, available, rec.partition
             )
@@ -510,7 +528,7 @@ def create_app(
         if not recovered():
             return web.json({"error": "state is being restored"}, status=503)
         card_id = request.query["card_id"]
-        return web.json({"card_id": card_id, "history": cards.get(card_id) or empty_state()})
+        return web.json({"card_id": card_id, "history": decode_state(cards.data.get(card_id)) or empty_state()})
 
     def recovered() -> bool:
         # TableManager has .recovery; the TableManagerT protocol omits it.

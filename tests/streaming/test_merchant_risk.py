@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pandas as pd
 import pytest
 
@@ -25,7 +26,7 @@ from producers.synthetic import SimConfig, generate
 from streaming.merchant_risk import MerchantRisk, activity_key, label_key, label_value
 from streaming.metrics import WorkerMetrics
 from streaming.state import history_frame, labels_frame, merge, with_fraud_label, without_fraud_label
-from streaming.worker import BatchProcessor
+from streaming.worker import BatchProcessor, decode_state
 
 DELAY_DAYS = 4.0
 
@@ -99,14 +100,15 @@ def test_worker_batches_with_labels_give_the_training_features_and_scores(labell
     assert holder.load()
     processor = BatchProcessor(holder, WorkerMetrics(), grace_ms=3_600_000, include_features=True)
 
-    states: dict[str, dict | None] = {}
+    states: dict[str, bytes | None] = {}  # as the worker's table holds them
     # Every label is delivered before the transactions (a label counts only from when it was
     # known, so receiving it early must not change any feature).
     for row in frame.loc[frame["is_fraud"] == 1].itertuples():
         available = row.ts_ms + round(DELAY_DAYS * DAY_MS)
-        states[row.card_id] = with_fraud_label(
-            states.get(row.card_id), row.transaction_id, row.merchant_id, row.ts_ms // DAY_MS, available
+        state = with_fraud_label(
+            decode_state(states.get(row.card_id)), row.transaction_id, row.merchant_id, row.ts_ms // DAY_MS, available
         )
+        states[row.card_id] = orjson.dumps(state)
         processor.risk.add_label(row.transaction_id, row.card_id, row.merchant_id, row.ts_ms // DAY_MS, available)
 
     raw = pd.read_csv(data, dtype=str, keep_default_na=False)
