@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
 import numpy as np
@@ -136,7 +136,9 @@ def parse_offsets_minutes(timestamps: pd.Series) -> np.ndarray:
 
 def epoch_ms(ts: datetime) -> int:
     """Milliseconds since the epoch, floored, the same rounding the batch path uses."""
-    return (ts - _EPOCH) // timedelta(milliseconds=1)
+    # Integer parts of the timedelta: exact, and half the cost of dividing by a timedelta.
+    d = ts - _EPOCH
+    return (d.days * 86_400 + d.seconds) * 1000 + d.microseconds // 1000
 
 
 def strings(values: Sequence[Any]) -> np.ndarray:

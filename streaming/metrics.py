@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator, Sequence
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.metrics_core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from streaming.validation import DLQ_REASONS
 
@@ -14,6 +19,37 @@ disable_created_metrics()
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 20)) + (0.99,)
 BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2000)
+
+
+class BatchHistogram(Collector):
+    """A histogram observed a batch at a time: one numpy pass per batch instead of one
+    ``Histogram.observe`` per value (~3 µs each: two per decision was ~5% of the worker's event
+    loop when saturated). Exposed exactly like a ``prometheus_client.Histogram`` without labels."""
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry) -> None:
+        self.name, self.documentation = name, documentation
+        self._bounds = np.asarray(sorted(buckets), dtype=np.float64)
+        self._counts = np.zeros(len(self._bounds) + 1, dtype=np.int64)  # the last one: above every bound
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe_many(self, values: np.ndarray | Sequence[float]) -> None:
+        values = np.asarray(values, dtype=np.float64)
+        # Bucket "le" is inclusive: a value equal to a bound counts in that bound's bucket.
+        counts = np.bincount(np.searchsorted(self._bounds, values, side="left"), minlength=len(self._counts))
+        with self._lock:
+            self._counts += counts
+            self._sum += float(values.sum())
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            cumulative = np.cumsum(self._counts).tolist()
+            total = self._sum
+        bounds = [*(floatToGoString(b) for b in self._bounds.tolist()), "+Inf"]
+        yield HistogramMetricFamily(
+            self.name, self.documentation, buckets=list(zip(bounds, cumulative, strict=True)), sum_value=total
+        )
 
 
 class ModelMetrics:
@@ -57,13 +93,13 @@ class WorkerMetrics(ModelMetrics):
         self.batch_size = Histogram(
             "fraud_scoring_batch_size", "Transactions per scored batch", buckets=BATCH_SIZE_BUCKETS, registry=r
         )
-        self.latency = Histogram(
+        self.latency = BatchHistogram(
             "fraud_end_to_end_latency_seconds",
             "From the transaction's Kafka record timestamp to its decision being handed to the producer",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.score = Histogram("fraud_score", "Scores of published decisions", buckets=SCORE_BUCKETS, registry=r)
+        self.score = BatchHistogram("fraud_score", "Scores of published decisions", buckets=SCORE_BUCKETS, registry=r)
         self.last_event = Gauge(
             "fraud_last_event_timestamp_seconds", "Record timestamp of the newest processed transaction", registry=r
         )

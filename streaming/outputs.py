@@ -81,8 +81,9 @@ class OutputBatch:
         partition: int | None = None,
     ) -> None:
         """Queue one record (``value`` None: a tombstone; ``partition`` None: by key)."""
-        with self._lock:
-            self._sent += 1
+        # Unlocked: only this thread writes _sent, and the poll thread only compares it once the
+        # batch is closed, after the last add.
+        self._sent += 1
         if partition is None:
             self._producer.produce(topic, key=key, value=value, headers=headers, on_delivery=self._delivered)
         else:

@@ -554,3 +554,13 @@ def test_frame_from_transactions_equals_dataset_loader(tmp_path: Path) -> None:
     assert np.array_equal(
         compute_features(wire, history_from_frame(wire)), compute_features(batch, history_from_frame(batch))
     )
+
+
+def test_epoch_ms_floors_like_timedelta_division_on_both_sides_of_the_epoch() -> None:
+    from model.features import epoch_ms
+
+    rng = np.random.default_rng(5)
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    for micros, offset in zip(rng.integers(-(10**15), 10**15, 2000), rng.integers(-840, 840, 2000), strict=True):
+        ts = (epoch + timedelta(microseconds=int(micros))).astimezone(timezone(timedelta(minutes=int(offset))))
+        assert epoch_ms(ts) == (ts - epoch) // timedelta(milliseconds=1)
