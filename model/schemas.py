@@ -8,9 +8,11 @@ ignored so that producers can add fields without breaking the scorer.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
+import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SCHEMA_VERSION = 1
@@ -123,6 +125,15 @@ class Decision(BaseModel):
         description="Feature values the score was computed from; only when the worker runs with "
         "FRAUD_INCLUDE_FEATURES=true (audit and parity checks).",
     )
+
+
+def decision_json(fields: Mapping[str, Any]) -> bytes:
+    """A decision's wire bytes from its fields (:class:`Decision`'s, in its field order, ``None``
+    left out), without building the model: what ``Decision(**fields).model_dump(mode="json",
+    exclude_none=True)`` encodes, byte for byte (``tests/model/test_scoring.py`` checks it), at
+    a fraction of the cost per decision. Only for fields the scorer itself made
+    (:meth:`model.scoring.Scorer.decision_fields`): nothing is validated here."""
+    return orjson.dumps(fields, option=orjson.OPT_UTC_Z)
 
 
 LabelSource = Literal["chargeback", "investigation", "customer_confirmed", "manual"]

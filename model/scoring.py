@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -19,7 +20,7 @@ from model.errors import ModelLoadError, ModelNotReadyError
 from model.fast_predict import FAST_MAX_ROWS, fast_path
 from model.features import DAY_MS, FEATURE_NAMES, REASON_GROUPS, Columns, RiskContext, compute_features
 from model.metrics import decide
-from model.schemas import Decision, Transaction
+from model.schemas import SCHEMA_VERSION, Decision, Transaction
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,35 @@ class Scorer:
             reasons[i] = r
         return ScoredBatch(features=features, scores=scores, decisions=decisions, reasons=reasons)
 
+    def decision_fields(
+        self,
+        txs: Sequence[Transaction],
+        batch: ScoredBatch,
+        card_states: Sequence[str],
+        scored_at: datetime,
+        include_features: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Each decision as :class:`Decision`'s fields, in its field order: the stream encodes
+        them directly (:func:`model.schemas.decision_json`), :meth:`decisions` validates them."""
+        out = []
+        for i, tx in enumerate(txs):
+            fields: dict[str, Any] = {
+                "schema_version": SCHEMA_VERSION,
+                "transaction_id": tx.transaction_id,
+                "card_id": tx.card_id,
+                "score": min(1.0, max(0.0, float(batch.scores[i]))),
+                "decision": str(batch.decisions[i]),
+                "reasons": batch.reasons[i],
+                "model_version": self.version,
+                "event_timestamp": tx.timestamp,
+                "scored_at": scored_at,
+                "card_state": card_states[i],
+            }
+            if include_features:
+                fields["features"] = dict(zip(FEATURE_NAMES, batch.features[i].tolist(), strict=True))
+            out.append(fields)
+        return out
+
     def decisions(
         self,
         txs: Sequence[Transaction],
@@ -119,21 +149,7 @@ class Scorer:
         include_features: bool = False,
     ) -> list[Decision]:
         return [
-            Decision(
-                transaction_id=tx.transaction_id,
-                card_id=tx.card_id,
-                score=min(1.0, max(0.0, float(batch.scores[i]))),
-                decision=str(batch.decisions[i]),  # type: ignore[arg-type]  # decide() yields only the three literals
-                reasons=batch.reasons[i],
-                model_version=self.version,
-                event_timestamp=tx.timestamp,
-                scored_at=scored_at,
-                card_state=card_states[i],  # type: ignore[arg-type]  # callers pass the literal states
-                features=dict(zip(FEATURE_NAMES, batch.features[i].tolist(), strict=True))
-                if include_features
-                else None,
-            )
-            for i, tx in enumerate(txs)
+            Decision(**fields) for fields in self.decision_fields(txs, batch, card_states, scored_at, include_features)
         ]
 
 

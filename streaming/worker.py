@@ -36,7 +36,7 @@ from prometheus_client import start_http_server
 
 from model.drift import DriftMonitor
 from model.features import DAY_MS, MERCHANT_SPAN_DAYS, RiskContext, epoch_ms, frame_from_transactions
-from model.schemas import Decision, Label, Transaction
+from model.schemas import Label, Transaction, decision_json
 from model.scoring import ModelHolder, scoring_executor, utcnow
 from streaming import faust_transport, kafka
 from streaming.merchant_risk import MerchantRisk, label_key
@@ -90,7 +90,8 @@ class Record:
 
 @dataclass
 class ScoredTransactions:
-    decisions: list[Decision]
+    #: The decisions' fields (:meth:`model.scoring.Scorer.decision_fields`).
+    decisions: list[dict[str, Any]]
     #: The decisions as their wire bytes (encoded on the scoring thread, off the event loop).
     encoded: list[bytes]
     #: The cards' new states as their changelog values (JSON), which is also how the table
@@ -139,7 +140,7 @@ class BatchProcessor:
         queries = frame_from_transactions([tx])
         history = history_frame({tx.card_id: merge(None, [("w0", epoch_ms(tx.timestamp) - 1, 1.0, "m")], 0)})
         batch = self.holder.scorer.score_frame(queries, history, RiskContext.empty())
-        self.holder.scorer.decisions([tx], batch, ["used"], utcnow(), self.include_features)
+        decision_json(self.holder.scorer.decision_fields([tx], batch, ["used"], utcnow(), self.include_features)[0])
 
     def drift_values(self) -> dict[str, float]:
         """PSI per signal (run on the scoring thread, which owns the drift buffers)."""
@@ -192,7 +193,7 @@ class BatchProcessor:
                 self.drift = DriftMonitor(scorer.artifact.metadata.get("drift_reference"), version=scorer.version)
             self.drift.observe(batch.features, batch.scores)
             card_states = ["used" if (states.get(tx.card_id) or {}).get("ids") else "empty" for tx in txs]
-            decisions = scorer.decisions(txs, batch, card_states, utcnow(), self.include_features)
+            decisions = scorer.decision_fields(txs, batch, card_states, utcnow(), self.include_features)
             new_states: dict[str, CardState] = {}
             rows: dict[str, list[tuple[str, int, float, str]]] = {}
             for tx, ts in zip(txs, queries["ts_ms"], strict=True):
@@ -200,7 +201,7 @@ class BatchProcessor:
             for card, card_rows in rows.items():
                 new_states[card] = merge(states.get(card), card_rows, self.grace_ms, self.max_history)
         self.metrics.batch_size.observe(len(txs))
-        encoded = [encode_decision(d) for d in decisions]
+        encoded = [decision_json(d) for d in decisions]
         return ScoredTransactions(
             decisions=decisions,
             encoded=encoded,
@@ -248,10 +249,6 @@ def card_table(app: faust.App) -> faust.types.TableT[str, bytes]:
     recovery restores the changelog's JSON bytes as they are, the form the table holds."""
     schema: faust.Schema = faust.Schema(key_type=str, key_serializer="raw", value_serializer="raw")
     return app.Table(CARD_TABLE, default=None, schema=schema, value_type=bytes)
-
-
-def encode_decision(decision: Decision) -> bytes:
-    return orjson.dumps(decision.model_dump(mode="json", exclude_none=True))
 
 
 def dlq_headers(rec: Record, rejected: Rejected) -> list[tuple[str, bytes]]:
@@ -399,14 +396,15 @@ def create_app(
                 store(batch, card, partition_of[card], value)
             outcomes: dict[str, int] = {}
             for decision, value, event_ms in zip(result.decisions, result.encoded, result.event_ms, strict=True):
-                batch.add(settings.decisions_topic, decision.card_id.encode(), value)
-                outcomes[decision.decision] = outcomes.get(decision.decision, 0) + 1
+                outcome = decision["decision"]
+                batch.add(settings.decisions_topic, decision["card_id"].encode(), value)
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
                 quality.add_decision(
-                    decision.transaction_id, decision.model_version, decision.decision, decision.score, event_ms
+                    decision["transaction_id"], decision["model_version"], outcome, decision["score"], event_ms
                 )
             for outcome, n in outcomes.items():  # labels() costs ~15 µs: once per outcome, not per decision
                 metrics.decisions.labels(decision=outcome).inc(n)
-            metrics.score.observe_many([d.score for d in result.decisions])
+            metrics.score.observe_many([d["score"] for d in result.decisions])
             now_ms = utcnow().timestamp() * 1000
             record_ms = np.fromiter((rec.timestamp_ms for rec, _ in valid), np.float64, len(valid))
             metrics.latency.observe_many(np.maximum(0.0, (now_ms - record_ms) / 1000))

@@ -131,9 +131,8 @@ def test_worker_batches_with_labels_give_the_training_features_and_scores(labell
         result = processor.score(txs, partitions, {tx.card_id: states.get(tx.card_id) for tx in txs})
         states.update(result.states)
         for d in result.decisions:
-            assert d.features is not None
-            features.append([d.features[f] for f in FEATURE_NAMES])
-            scores.append(d.score)
+            features.append([d["features"][f] for f in FEATURE_NAMES])
+            scores.append(d["score"])
 
     scorer = Scorer(holder.scorer.artifact)
     batch = scorer.score_frame(frame, history_from_frame(frame), risk_context_from_frame(frame, scorer.label_delay_ms))
