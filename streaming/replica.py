@@ -58,6 +58,8 @@ class Replica(threading.Thread):
             try:
                 self._follow()
             except Exception as exc:  # noqa: BLE001 - logged, retried; this thread must not die
+                if self._stop_event.is_set():
+                    return  # stopped while a broker call was failing: nothing to report
                 self.last_error = str(exc)
                 # A topic its writer has not created yet usually appears within seconds.
                 delay = 1.0 if isinstance(exc, LookupError) else 5.0
