@@ -25,6 +25,10 @@ from confluent_kafka import KafkaError, KafkaException
 from streaming import kafka
 from streaming.settings import KafkaSettings
 
+#: librdkafka's RD_KAFKA_PARTITION_UA, what ``produce`` assumes without a partition: the
+#: configured partitioner picks one from the key.
+PARTITION_BY_KEY = -1
+
 log = logging.getLogger(__name__)
 
 #: librdkafka's queue holds this many records; a batch is far smaller (it never fills up unless
@@ -84,12 +88,14 @@ class OutputBatch:
         # Unlocked: only this thread writes _sent, and the poll thread only compares it once the
         # batch is closed, after the last add.
         self._sent += 1
-        if partition is None:
-            self._producer.produce(topic, key=key, value=value, headers=headers, on_delivery=self._delivered)
-        else:
-            self._producer.produce(
-                topic, key=key, value=value, headers=headers, partition=partition, on_delivery=self._delivered
-            )
+        self._producer.produce(
+            topic,
+            key=key,
+            value=value,
+            headers=headers,
+            partition=PARTITION_BY_KEY if partition is None else partition,
+            on_delivery=self._delivered,
+        )
 
     def _delivered(self, err: KafkaError | None, _msg: Any) -> None:  # on the poll thread
         with self._lock:

@@ -38,6 +38,17 @@ def changelog_key(card_id: str) -> bytes:
     return orjson.dumps(card_id)
 
 
+def decode_state(value: bytes | None) -> CardState | None:
+    """A card's state from its changelog value. The worker's table and the API's copy hold these
+    JSON bytes rather than the decoded lists: a few times smaller, and not tracked by the garbage
+    collector (with lists, every full collection walked every card's history: pauses of tens of
+    ms at 2,000 tx/s)."""
+    if value is None:
+        return None
+    state: CardState = orjson.loads(value)
+    return state
+
+
 class CardStateCopy:
     """A read-only copy of the whole card table, fed from its changelog by a replica thread.
 
@@ -58,20 +69,18 @@ class CardStateCopy:
         if not isinstance(card, str):
             log.warning("ignoring card changelog record with key %r", key[:80])
             return
-        old = self._values.pop(card, None) if value is None else self._values.get(card)
-        if value is not None:
+        if value is None:
+            old = self._values.pop(card, None)
+        else:
+            # Replaced in place, never removed first: a reader on another thread sees the old
+            # state or the new one, not an empty card.
+            old = self._values.get(card)
             self._values[card] = value
-            self.stored_bytes += len(value)
-        if old is not None:
-            self.stored_bytes -= len(old)
+        self.stored_bytes += (len(value) if value is not None else 0) - (len(old) if old is not None else 0)
 
     def get(self, card_id: str) -> CardState:
         """The card's state as last written to the changelog (empty for a card never seen)."""
-        value = self._values.get(card_id)
-        if value is None:
-            return empty_state()
-        state: CardState = orjson.loads(value)
-        return state
+        return decode_state(self._values.get(card_id)) or empty_state()
 
     def __len__(self) -> int:
         return len(self._values)

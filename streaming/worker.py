@@ -49,6 +49,7 @@ from streaming.state import (
     CARD_TABLE,
     CardState,
     changelog_key,
+    decode_state,
     empty_state,
     history_frame,
     labels_frame,
@@ -230,16 +231,6 @@ def _validated(
         else:
             valid.append((rec, parsed))
     return valid, rejected
-
-
-def decode_state(value: bytes | None) -> CardState | None:
-    """A card's state from the table, which holds the changelog's JSON bytes rather than the
-    decoded lists: bytes are a few times smaller, and the garbage collector does not track them
-    (with lists, every full collection walked every card's history: pauses of tens of ms)."""
-    if value is None:
-        return None
-    state: CardState = orjson.loads(value)
-    return state
 
 
 def card_table(app: faust.App) -> faust.types.TableT[str, bytes]:
@@ -472,9 +463,10 @@ def create_app(
         try:
             async for messages in faust_transport.take_batches(app, settings.batch_size):
                 if acked is None:
-                    # Everything loaded so far (libraries, model, restored state) lives as long as
-                    # the process: out of the collector's full passes, which took up to ~170 ms
-                    # at a time (a stall every few seconds at 2,000 tx/s) and ~50 ms after this.
+                    # Everything loaded so far (libraries, model) lives as long as the process:
+                    # out of the collector's full passes, which took up to ~170 ms at a time (a
+                    # stall every few seconds at 2,000 tx/s). What lives long after this (card
+                    # states, retained decisions) is kept in forms the collector does not track.
                     gc.freeze()
                 step = asyncio.ensure_future(process(messages, acked))
                 try:

@@ -25,8 +25,8 @@ from model.train import TrainOptions, train
 from producers.synthetic import SimConfig, generate
 from streaming.merchant_risk import MerchantRisk, activity_key, label_key, label_value
 from streaming.metrics import WorkerMetrics
-from streaming.state import history_frame, labels_frame, merge, with_fraud_label, without_fraud_label
-from streaming.worker import BatchProcessor, decode_state
+from streaming.state import decode_state, history_frame, labels_frame, merge, with_fraud_label, without_fraud_label
+from streaming.worker import BatchProcessor
 
 DELAY_DAYS = 4.0
 

@@ -19,7 +19,9 @@ class FakeProducer:
         self.full_once = full_once
         self.polls = 0
 
-    def produce(self, topic: str, key: bytes | None, value: bytes, headers: Any, on_delivery: Any) -> None:
+    def produce(
+        self, topic: str, key: bytes | None, value: bytes, headers: Any, partition: int, on_delivery: Any
+    ) -> None:
         if self.full_once:
             self.full_once = False
             raise BufferError("queue full")
