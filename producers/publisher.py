@@ -238,7 +238,10 @@ class Publisher:
         self.producer = (
             producer
             if producer is not None
-            else kafka.producer(settings, **{"statistics.interval.ms": 100, "stats_cb": self._on_stats})
+            else kafka.producer(
+                settings,
+                **{"linger.ms": settings.linger_ms, "statistics.interval.ms": 100, "stats_cb": self._on_stats},
+            )
         )
         self.stats = PublishStats()
 
@@ -306,10 +309,17 @@ class Publisher:
         self.producer.poll(0)
 
     def _idle(self, seconds: float) -> None:
-        """Wait while serving delivery callbacks."""
+        """Wait while serving delivery callbacks.
+
+        librdkafka's poll waits whole milliseconds (a shorter timeout returns at once), so the
+        last fraction of a millisecond is slept instead: polling it away spun a core at the
+        sub-millisecond gaps of a few thousand transactions a second.
+        """
         deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
+        while (left := deadline - time.monotonic()) >= 0.001:
             self.producer.poll(min(left, 0.1))
+        if left > 0:
+            time.sleep(left)
 
     def publish(
         self,

@@ -98,6 +98,12 @@ class BenchOptions:
     worker_count: int = 30_000
     latency_rate: float = 2_000.0
     latency_seconds: float = 20.0
+    #: The latency phase's producer batches this long (librdkafka ``linger.ms``; counted in the
+    #: latency, since records are stamped when sent). The embedded broker's cost per fetched
+    #: batch grows with the partition's length: at 5 ms (~2 records a batch at 2,000/s over 4
+    #: partitions) it took a whole core after ~30 s, starving the worker; at 20 ms it stays
+    #: near a fifth of one.
+    producer_linger_ms: float = 20.0
     http_seconds: float = 10.0
     http_warmup_seconds: float = 2.0
     http_client: str = "aiohttp"  # httpx saturated a core before the API did
@@ -883,7 +889,8 @@ class Bench:
         ids = [str(r["transaction_id"]) for r in rows]
         _say(f"latency: {len(rows):,} transactions at {opts.latency_rate:,.0f}/s ...")
         before = _batch_totals(self.metrics_url)
-        stats = Publisher(settings).publish(rows, rate=opts.latency_rate)
+        publisher = Publisher(settings.model_copy(update={"linger_ms": opts.producer_linger_ms}))
+        stats = publisher.publish(rows, rate=opts.latency_rate)
         if stats.failed:
             raise RuntimeError(f"publishing for the latency phase: {stats.errors[:3]}")
         seen = reader.wait_for(ids, stall=60)
@@ -1065,7 +1072,7 @@ def format_table(r: dict[str, Any]) -> str:
         return f"; client {share:.0%} of a core" + (" (CLIENT-BOUND)" if share > 0.8 else "")
 
     broker = r.get("worker_broker_cpu_us_per_tx")
-    rate = r["options"]["latency_rate"]
+    rate, linger = r["options"]["latency_rate"], r["options"]["producer_linger_ms"]
     rows = [
         ("limit: confluent-kafka + orjson + batched model", f"{n(r['limit_tx_per_s'])} tx/s",
          f"{r['limit_cpu_us_per_tx']:.1f} µs CPU/tx"),
@@ -1080,7 +1087,7 @@ def format_table(r: dict[str, Any]) -> str:
          f"p99 {n(r['latency_p99_ms'])} ms, max {n(r['latency_max_ms'])} ms; "
          f"decided {r['latency_decided']:,}/{r['latency_transactions']:,} at {n(r['latency_decided_tx_per_s'])} tx/s"),
         ("  batches at that rate", f"{n(r['latency_batch_mean_size'])} tx",
-         f"{r['latency_batch_mean_ms']:.1f} ms scoring per batch"),
+         f"{r['latency_batch_mean_ms']:.1f} ms scoring per batch; producer linger {linger:g} ms"),
         (f"HTTP client: {r['options']['http_client']}", "", ""),
         ("POST /predict no-op, c=1", f"{n(r['noop_rps_c1'])} req/s",
          f"p50 {ms(r['noop_p50_ms'])}, p99 {ms(r['noop_p99_ms'])}{busy('noop', 'c1')}"),

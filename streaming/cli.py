@@ -36,6 +36,13 @@ def _positive_float(value: str) -> float:
     return f
 
 
+def _non_negative_float(value: str) -> float:
+    f = float(value)
+    if not f >= 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return f
+
+
 def _write_report(path: Path | None, report: dict[str, Any]) -> None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -268,6 +275,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "worker_count": args.worker_count,
         "latency_rate": args.rate,
         "latency_seconds": args.latency_seconds,
+        "producer_linger_ms": args.producer_linger_ms,
         "http_seconds": args.http_seconds,
         "http_client": args.http_client,
         "partitions": args.partitions,
@@ -470,6 +478,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker-count", type=int, help="pre-filled transactions the worker drains (default 30,000)")
     p.add_argument("--rate", type=_positive_float, help="offered rate of the latency phase, tx/s (default 2000)")
     p.add_argument("--latency-seconds", type=_positive_float, help="length of the latency phase (default 20)")
+    p.add_argument(
+        "--producer-linger-ms",
+        type=_non_negative_float,
+        help="linger.ms of the latency phase's producer, counted in the latency (default 20)",
+    )
     p.add_argument("--http-seconds", type=_positive_float, help="seconds per /predict measurement (default 10)")
     p.add_argument(
         "--http-client",

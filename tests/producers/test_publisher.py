@@ -72,12 +72,16 @@ class RecordingProducer:
     pending: list[tuple[Any, _Message]] = field(default_factory=list)
     #: Records produced before the publisher asked for the topic's metadata (None: never asked).
     connected_before: int | None = None
+    polls: int = 0
 
     def produce(self, topic: str, key: bytes, value: bytes, on_delivery: Any) -> None:
         self.records.append((topic, key, value, time.monotonic()))
         self.pending.append((on_delivery, _Message(topic, key, value)))
 
     def poll(self, timeout: float = 0.0) -> int:
+        self.polls += 1
+        if not self.pending and timeout > 0:
+            time.sleep(int(timeout * 1000) / 1000)  # as librdkafka: whole milliseconds
         done, self.pending = self.pending, []
         for callback, msg in done:
             callback("broker said no" if msg._topic in self.fail_topics else None, msg)
@@ -307,6 +311,18 @@ def test_rate_paces_transactions_only(frame: pd.DataFrame) -> None:
     tx_times = [at for t, _, _, at in producer.records if t == "tx"]
     assert tx_times[-1] - tx_times[0] == pytest.approx(0.19, abs=0.05)
     assert producer.connected_before == 0  # connected before the pacing clock started
+
+
+def test_fast_rates_wait_without_spinning_on_poll(frame: pd.DataFrame) -> None:
+    # At 2,000/s the gaps are under a millisecond, which librdkafka's poll cannot wait: polling
+    # through them spun a core (thousands of calls here) instead of sleeping.
+    rows = frame.head(200)
+    producer = RecordingProducer()
+    start = time.monotonic()
+    stats = publisher(producer).publish(iter_records(rows), rate=2000.0)
+    assert stats.sent == 200
+    assert time.monotonic() - start >= 0.099  # paced: 199 gaps of 0.5 ms
+    assert producer.polls < 3 * len(rows)
 
 
 def test_speedup_paces_labels_by_labelled_at() -> None:
