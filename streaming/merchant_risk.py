@@ -62,6 +62,8 @@ class MerchantRisk:
         self._label_merchant: dict[str, str] = {}
         # Counts this process wrote for the partitions it owns: newer than any of its own
         # records still on their way back through the topic, so they win over the replica.
+        # ``_activity`` always holds the count in force (own counts are written to both), so
+        # readers need only that one.
         self._own: dict[tuple[str, int, int], int] = {}
 
     def apply(self, key: bytes, value: bytes | None) -> None:
@@ -98,8 +100,7 @@ class MerchantRisk:
             return self._count(merchant, day, partition)
 
     def _count(self, merchant: str, day: int, partition: int) -> int:
-        own = self._own.get((merchant, day, partition))
-        return own if own is not None else self._activity.get(merchant, {}).get((day, partition), 0)
+        return self._activity.get(merchant, {}).get((day, partition), 0)
 
     def increment(self, seen: Iterable[tuple[str, int, int]]) -> list[tuple[bytes, bytes]]:
         """Count transactions ``(merchant, day, source partition)`` this process just saw for the
@@ -144,10 +145,13 @@ class MerchantRisk:
         known: list[int] = []
         with self._lock:
             for m in set(merchants):
-                for day, p in self._activity.get(m, {}):
-                    m_act.append(m)
-                    days.append(day)
-                    counts.append(self._count(m, day, p))
+                # The features add up a day's partitions anyway: one row per day.
+                per_day: dict[int, int] = {}
+                for (day, _), n in self._activity.get(m, {}).items():
+                    per_day[day] = per_day.get(day, 0) + n
+                m_act.extend([m] * len(per_day))
+                days.extend(per_day)
+                counts.extend(per_day.values())
                 for tid, (card, tx_day, available, _) in self._labels.get(m, {}).items():
                     tids.append(tid)
                     cards.append(card)
