@@ -337,40 +337,60 @@ def _risk_features(queries: Columns, risk: RiskContext, ts: np.ndarray, out: np.
     a_csum = np.concatenate(([0], np.cumsum(column(act, "count", np.int64)[order])))
     q_end = q_m * span + (q_day - MERCHANT_DELAY_DAYS - origin)  # exclusive: days before d - D
 
-    # Fraud labels (each transaction once) sorted the same way; a query's window is a contiguous
-    # run of them, of which those known before the query's day count.
-    _, first = np.unique(column(labels, "transaction_id").astype(str), return_index=True)
-    l_key = l_m[first] * span + (l_day[first] - origin)
-    l_order = np.argsort(l_key, kind="stable")
-    l_key = l_key[l_order]
-    l_known_day = (column(labels, "available_ms", np.int64)[first] // DAY_MS)[l_order]
-
-    for w, width in MERCHANT_WINDOWS_DAYS.items():
-        counts = (
+    counts = {
+        w: (
             a_csum[np.searchsorted(a_key, q_end, side="left")]
             - a_csum[np.searchsorted(a_key, q_end - width, side="left")]
         ).astype(np.float64)
-        hi = np.searchsorted(l_key, q_end, side="left")
-        lo = np.searchsorted(l_key, q_end - width, side="left")
-        run = hi - lo
-        owner = np.repeat(np.arange(len(ts)), run)
-        idx = np.repeat(lo - np.concatenate(([0], np.cumsum(run)[:-1])), run) + np.arange(int(run.sum()))
-        known = l_known_day[idx] < q_day[owner]
-        frauds = np.bincount(owner[known], minlength=len(ts)).astype(np.float64)
-        # A label for a transaction the counts never saw (feedback on an unknown id) must not
-        # push the rate past 1.
-        out[:, col[f"merchant_tx_count_{w}"]] = counts
-        out[:, col[f"merchant_fraud_rate_{w}"]] = np.minimum(
-            np.divide(frauds, counts, out=np.zeros(len(ts)), where=counts > 0), 1.0
-        )
+        for w, width in MERCHANT_WINDOWS_DAYS.items()
+    }
+    for w, c in counts.items():
+        out[:, col[f"merchant_tx_count_{w}"]] = c
+    if len(l_day):  # else every rate is zero
+        _merchant_fraud_rates(q_day, q_end, counts, labels, l_m * span + (l_day - origin), out, col)
 
     # The card's earliest fraud label known strictly before the transaction.
     own = risk.card_labels if risk.card_labels is not None else labels
+    if n_rows(own) == 0:
+        return  # card_known_fraud stays 0
     _, own_first = np.unique(column(own, "transaction_id").astype(str), return_index=True)
     q_card, l_card, n_cards = _codes(queries["card_id"], column(own, "card_id", object)[own_first])
     first_known = np.full(n_cards, np.iinfo(np.int64).max, dtype=np.int64)
     np.minimum.at(first_known, l_card, column(own, "available_ms", np.int64)[own_first])
     out[:, col["card_known_fraud"]] = first_known[q_card] < ts
+
+
+def _merchant_fraud_rates(
+    q_day: np.ndarray,
+    q_end: np.ndarray,
+    counts: dict[str, np.ndarray],
+    labels: Columns,
+    l_keys: np.ndarray,
+    out: np.ndarray,
+    col: dict[str, int],
+) -> None:
+    """Fraud rates per merchant window; ``l_keys``: each label's (merchant, day) key."""
+    # Fraud labels (each transaction once) sorted by that key; a query's window is a contiguous
+    # run of them, of which those known before the query's day count.
+    _, first = np.unique(column(labels, "transaction_id").astype(str), return_index=True)
+    l_key = l_keys[first]
+    l_order = np.argsort(l_key, kind="stable")
+    l_key = l_key[l_order]
+    l_known_day = (column(labels, "available_ms", np.int64)[first] // DAY_MS)[l_order]
+    n = len(q_day)
+    for w, width in MERCHANT_WINDOWS_DAYS.items():
+        hi = np.searchsorted(l_key, q_end, side="left")
+        lo = np.searchsorted(l_key, q_end - width, side="left")
+        run = hi - lo
+        owner = np.repeat(np.arange(n), run)
+        idx = np.repeat(lo - np.concatenate(([0], np.cumsum(run)[:-1])), run) + np.arange(int(run.sum()))
+        known = l_known_day[idx] < q_day[owner]
+        frauds = np.bincount(owner[known], minlength=n).astype(np.float64)
+        # A label for a transaction the counts never saw (feedback on an unknown id) must not
+        # push the rate past 1.
+        out[:, col[f"merchant_fraud_rate_{w}"]] = np.minimum(
+            np.divide(frauds, counts[w], out=np.zeros(n), where=counts[w] > 0), 1.0
+        )
 
 
 def _history_features(
