@@ -225,6 +225,20 @@ def event_order(rows: Iterable[dict[str, Any]], labels: Iterable[Label]) -> Iter
     return heapq.merge(txs, lbs, key=lambda e: e[1])
 
 
+@dataclass
+class _IdempotenceState:
+    """The idempotent producer's state from librdkafka's statistics callback. Its own object, not
+    a method of the publisher: the producer keeps its callback, and a callback holding the
+    publisher would make a cycle that kept the producer (and its connections) alive until a
+    garbage collection, after the publisher was done."""
+
+    state: str | None = None
+
+    def __call__(self, stats_json: str) -> None:
+        if self.state != "Assigned":  # parsed only until then: the stats keep coming
+            self.state = orjson.loads(stats_json).get("eos", {}).get("idemp_state", "Assigned")
+
+
 class Publisher:
     """Sends transactions keyed by ``card_id``; counts broker acknowledgements, not attempts."""
 
@@ -233,21 +247,17 @@ class Publisher:
     ) -> None:
         self.settings = settings
         self.metrics = metrics or ProducerMetrics()
-        #: The idempotent producer's state (librdkafka statistics), until it has its producer id.
-        self._idempotence: str | None = None if producer is None else "Assigned"
+        #: The idempotent producer's state, until it has its producer id.
+        self._idempotence = _IdempotenceState("Assigned" if producer is not None else None)
         self.producer = (
             producer
             if producer is not None
             else kafka.producer(
                 settings,
-                **{"linger.ms": settings.linger_ms, "statistics.interval.ms": 100, "stats_cb": self._on_stats},
+                **{"linger.ms": settings.linger_ms, "statistics.interval.ms": 100, "stats_cb": self._idempotence},
             )
         )
         self.stats = PublishStats()
-
-    def _on_stats(self, stats_json: str) -> None:
-        if self._idempotence != "Assigned":  # parsed only until then: the stats keep coming
-            self._idempotence = orjson.loads(stats_json).get("eos", {}).get("idemp_state", "Assigned")
 
     def wait_ready(self, timeout: float = 10.0) -> bool:
         """Block until the producer can send: connected, and (idempotent) holding its producer id.
@@ -258,9 +268,9 @@ class Publisher:
         """
         self.producer.list_topics(self.settings.transactions_topic, timeout=timeout)
         deadline = time.monotonic() + timeout
-        while self._idempotence != "Assigned" and time.monotonic() < deadline:
+        while self._idempotence.state != "Assigned" and time.monotonic() < deadline:
             self.producer.poll(0.05)
-        return self._idempotence == "Assigned"
+        return self._idempotence.state == "Assigned"
 
     def _delivered(self, err: Any, msg: Any) -> None:
         if err is not None:

@@ -43,7 +43,7 @@ def test_csv_replay_publishes_labels_in_event_time(bootstrap_servers: str, tmp_p
     kafka.ensure_topics(settings, [settings.transactions_topic, settings.labels_topic])
     publisher = Publisher(settings)
     # Ready means the idempotent producer got its id from the broker (librdkafka's statistics).
-    assert publisher.wait_ready() and publisher._idempotence == "Assigned"
+    assert publisher.wait_ready() and publisher._idempotence.state == "Assigned"
     stats = publisher.publish(rows_from_frame(data), labels=events.labels)
     assert stats.failed == stats.labels_failed == 0, stats.errors
     assert stats.acked == len(frame) and stats.labels_acked == len(labels)

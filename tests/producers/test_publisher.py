@@ -7,7 +7,9 @@ real broker.
 
 from __future__ import annotations
 
+import gc
 import time
+import weakref
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -358,3 +360,17 @@ def test_csv_replay_rows_and_labels_together(frame: pd.DataFrame, labels: pd.Dat
     assert stats.sent == len(frame) and stats.labels == len(labels)
     times = [t for _, t in kinds_in_event_time(producer.records)]
     assert times == sorted(times)
+
+
+def test_a_publisher_and_its_producer_go_when_dropped_without_a_collection() -> None:
+    # The statistics callback must not hold the publisher: that cycle kept the producer and its
+    # broker connections alive until some later garbage collection.
+    settings = ProducerSettings(kafka_bootstrap_servers="127.0.0.1:9", metrics_port=0)
+    gc.disable()
+    try:
+        pub = Publisher(settings, ProducerMetrics())
+        gone = weakref.ref(pub)
+        del pub
+        assert gone() is None
+    finally:
+        gc.enable()
