@@ -23,8 +23,9 @@ class Replica(threading.Thread):
     """Reads every partition of ``topic`` from the beginning into ``apply``, then follows it.
 
     ``caught_up`` is set once everything that was in the topic at start has been applied (the
-    view is restored). Records must be absolute values per key, so that applying one again
-    (after a reconnect the topic is read from the beginning once more) changes nothing.
+    view is restored). After an error (the broker went away, say) it resumes after the last
+    record it applied: reading the topic from the beginning again would put older values back
+    for a while, under a view that says it is restored. Records must be absolute values per key.
     """
 
     def __init__(self, settings: KafkaSettings, topic: str, apply: Apply, name: str, **consumer_conf: object) -> None:
@@ -51,8 +52,8 @@ class Replica(threading.Thread):
         return False
 
     def run(self) -> None:
-        # A broker that is down or a topic not created yet is waited for: the view is rebuilt
-        # from the beginning each time (re-applying records is safe, see the class docstring).
+        # A broker that is down or a topic not created yet is waited for, then followed from
+        # where this replica got to.
         said, said_at = "", 0.0
         while not self._stop_event.is_set():
             try:
@@ -87,13 +88,15 @@ class Replica(threading.Thread):
             partitions = sorted(meta.topics[self.topic].partitions)
             if not partitions:
                 raise LookupError(f"topic {self.topic} does not exist (yet)")
-            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
+            consumer.assign(
+                [TopicPartition(self.topic, p, self.positions.get(p, OFFSET_BEGINNING)) for p in partitions]
+            )
             ends = {p: consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)[1] for p in partitions}
             # Restored once every partition was read up to its end as of now. (The embedded
             # broker under-reports an end by the rest of its last record batch, which comes in
             # the same fetch as the reported end, so this still reads everything.) Never on a
             # timeout: a view continued from a partial one would overwrite the real values.
-            pending = {p for p, end in ends.items() if end > 0}
+            pending = {p for p, end in ends.items() if end > self.positions.get(p, 0)}
             while not self._stop_event.is_set():
                 if not pending and not self.caught_up.is_set():
                     self.last_error = None
