@@ -1,6 +1,6 @@
 """Concurrent ``/predict`` requests scored together, on the one scoring thread.
 
-Scoring one transaction costs about as much as scoring sixteen (most of it is per call, not per
+Scoring one transaction costs much of what scoring dozens costs (most of it is per call, not per
 row), and the scoring thread does one call at a time. So requests do not queue for the thread
 one by one: those that arrive while a call runs wait together and go in the next call, up to
 ``max_rows`` (the model's fast-path size, where a row's score does not depend on its batch). At

@@ -88,6 +88,9 @@ class Replica(threading.Thread):
             partitions = sorted(meta.topics[self.topic].partitions)
             if not partitions:
                 raise LookupError(f"topic {self.topic} does not exist (yet)")
+            # Where this replica got to. A position past a partition's end (the topic was
+            # recreated with less in it) is out of range, and auto.offset.reset starts it over;
+            # a topic recreated with as much or more is not told apart from the old one.
             consumer.assign(
                 [TopicPartition(self.topic, p, self.positions.get(p, OFFSET_BEGINNING)) for p in partitions]
             )
