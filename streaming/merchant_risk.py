@@ -65,6 +65,22 @@ class MerchantRisk:
         # ``_activity`` always holds the count in force (own counts are written to both), so
         # readers need only that one.
         self._own: dict[tuple[str, int, int], int] = {}
+        # merchant -> day -> the day's count over all partitions, kept with ``_activity`` (by
+        # ``_set``): what the features read, without summing partitions per batch.
+        self._daily: dict[str, dict[int, int]] = defaultdict(dict)
+
+    def _set(self, merchant: str, slot: tuple[int, int], value: int | None) -> None:
+        """One daily count in force (``None``: gone), and the merchant's day total with it."""
+        slots = self._activity[merchant]
+        old = slots.pop(slot, 0) if value is None else slots.get(slot, 0)
+        if value is not None:
+            slots[slot] = value
+        daily = self._daily[merchant]
+        total = daily.get(slot[0], 0) - old + (value or 0)
+        if total:
+            daily[slot[0]] = total
+        else:
+            daily.pop(slot[0], None)
 
     def apply(self, key: bytes, value: bytes | None) -> None:
         """One record of the topic (``None`` value: a tombstone)."""
@@ -74,10 +90,10 @@ class MerchantRisk:
                 merchant, slot = parts[1], (int(parts[2]), int(parts[3]))
                 own = self._own.get((merchant, *slot))
                 if value is None:
-                    self._activity[merchant].pop(slot, None)
+                    self._set(merchant, slot, None)
                     self._own.pop((merchant, *slot), None)
                 elif own is None:
-                    self._activity[merchant][slot] = int(value)
+                    self._set(merchant, slot, int(value))
             elif parts[0] == "l" and len(parts) == 2:
                 tid = parts[1]
                 old = self._label_merchant.pop(tid, None)
@@ -111,9 +127,10 @@ class MerchantRisk:
         out = []
         with self._lock:
             for (m, day, p), n in added.items():
-                value = self._count(m, day, p) + n
+                slots, daily = self._activity[m], self._daily[m]
+                value = slots[(day, p)] = slots.get((day, p), 0) + n
+                daily[day] = daily.get(day, 0) + n
                 self._own[(m, day, p)] = value
-                self._activity[m][(day, p)] = value
                 out.append((activity_key(m, day, p), str(value).encode()))
         return out
 
@@ -145,13 +162,11 @@ class MerchantRisk:
         known: list[int] = []
         with self._lock:
             for m in set(merchants):
-                # The features add up a day's partitions anyway: one row per day.
-                per_day: dict[int, int] = {}
-                for (day, _), n in self._activity.get(m, {}).items():
-                    per_day[day] = per_day.get(day, 0) + n
-                m_act.extend([m] * len(per_day))
-                days.extend(per_day)
-                counts.extend(per_day.values())
+                daily = self._daily.get(m)
+                if daily:
+                    m_act.extend([m] * len(daily))
+                    days.extend(daily)
+                    counts.extend(daily.values())
                 for tid, (card, tx_day, available, _) in self._labels.get(m, {}).items():
                     tids.append(tid)
                     cards.append(card)
@@ -181,7 +196,7 @@ class MerchantRisk:
         with self._lock:
             for m, slots in self._activity.items():
                 for day, p in [slot for slot in slots if slot[0] < before_day]:
-                    del slots[(day, p)]
+                    self._set(m, (day, p), None)
                     self._own.pop((m, day, p), None)
                     if p in mine:
                         tombstones.append(activity_key(m, day, p))
@@ -192,6 +207,8 @@ class MerchantRisk:
                     self._label_merchant.pop(tid, None)
             for m in [m for m, slots in self._activity.items() if not slots]:
                 del self._activity[m]
+            for m in [m for m, daily in self._daily.items() if not daily]:
+                del self._daily[m]
             for m in [m for m, labels in self._labels.items() if not labels]:
                 del self._labels[m]
         return tombstones

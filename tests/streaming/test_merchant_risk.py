@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -196,3 +197,51 @@ def test_a_new_owner_waits_until_the_replica_has_read_to_the_ends() -> None:
     replica.positions = {0: 10, 1: 3}
     assert replica.wait_until({0: 10, 1: 3, 2: 0}, timeout=0.2)  # empty partitions need nothing
     assert not replica.wait_until({0: 11, 1: 3}, timeout=0.2)
+
+
+def test_day_totals_follow_every_change_of_the_counts() -> None:
+    # The per-day totals the features read are kept up as counts change; check them against a
+    # plain model of "the count in force" (own counts win over the topic until released)
+    # through a random mix of every kind of change.
+    rng = random.Random(7)
+    risk = MerchantRisk()
+    in_force: dict[tuple[str, int, int], int] = {}
+    own: set[tuple[str, int, int]] = set()
+    merchants = ["m1", "m2", "m3"]
+    for step in range(3000):
+        slot = (rng.choice(merchants), rng.randint(100, 105), rng.randint(0, 3))
+        m, day, p = slot
+        op = rng.random()
+        if op < 0.35:
+            k = rng.randint(1, 3)
+            risk.increment([slot] * k)
+            in_force[slot] = in_force.get(slot, 0) + k
+            own.add(slot)
+        elif op < 0.7:
+            value = rng.randint(1, 50)
+            risk.apply(activity_key(m, day, p), str(value).encode())
+            if slot not in own:
+                in_force[slot] = value
+        elif op < 0.8:
+            risk.apply(activity_key(m, day, p), None)
+            in_force.pop(slot, None)
+            own.discard(slot)
+        elif op < 0.9:
+            risk.release([p])
+            own = {s for s in own if s[2] != p}
+        else:
+            before = rng.randint(100, 106)
+            risk.prune(before, owned=[0, 1])
+            in_force = {s: c for s, c in in_force.items() if s[1] >= before}
+            own = {s for s in own if s[1] >= before}
+        if step % 50 == 0 or step == 2999:
+            ctx = risk.context(merchants)
+            got = {
+                (m, int(d)): int(c)
+                for m, d, c in zip(ctx.activity["merchant_id"], ctx.activity["day"], ctx.activity["count"], strict=True)
+            }
+            want: dict[tuple[str, int], int] = {}
+            for (m, d, _), c in in_force.items():
+                want[(m, d)] = want.get((m, d), 0) + c
+            assert got == {k: c for k, c in want.items() if c}
+            assert all(risk.count(*s) == c for s, c in in_force.items())
