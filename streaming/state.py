@@ -125,37 +125,47 @@ def labels_frame(states: Mapping[str, CardState | None]) -> dict[str, np.ndarray
 
 
 def history_frame(
-    states: Mapping[str, CardState | None], extra: Sequence[tuple[str, str, str, int, float]] = ()
+    states: Mapping[str, CardState | None],
+    extra: Sequence[tuple[str, str, str, int, float]] = (),
+    with_ids: bool = True,
 ) -> dict[str, np.ndarray]:
     """One history (columns of ``model.features.HISTORY_COLUMNS``) for several cards, plus
-    ``extra`` rows ``(transaction_id, card_id, merchant_id, ts_ms, amount)`` not stored yet."""
-    ids: list[str] = []
+    ``extra`` rows ``(transaction_id, card_id, merchant_id, ts_ms, amount)`` not stored yet.
+    ``with_ids=False`` leaves out ``transaction_id``, which the features never read (building it
+    is a good part of the cost for long histories)."""
     cards: list[str] = []
+    lengths: list[int] = []
+    ids: list[str] = []
     merchants: list[str] = []
     ts: list[int] = []
     amounts: list[float] = []
     for card, state in states.items():
-        if not state:
+        if not state or not state["ts"]:
             continue
-        ids.extend(state["ids"])
-        cards.extend([card] * len(state["ids"]))
+        cards.append(card)
+        lengths.append(len(state["ts"]))
+        if with_ids:
+            ids.extend(state["ids"])
         merchants.extend(state["mer"])
         ts.extend(state["ts"])
         amounts.extend(state["amt"])
     for tid, card, merchant, t, amount in extra:
-        ids.append(tid)
         cards.append(card)
+        lengths.append(1)
+        if with_ids:
+            ids.append(tid)
         merchants.append(merchant)
         ts.append(t)
         amounts.append(amount)
-    values = (
-        strings(ids),
-        strings(cards),
-        strings(merchants),
-        np.asarray(ts, np.int64),
-        np.asarray(amounts, np.float64),
-    )
-    return dict(zip(HISTORY_COLUMNS, values, strict=True))
+    frame = {
+        "card_id": np.repeat(strings(cards), lengths),
+        "merchant_id": strings(merchants),
+        "ts_ms": np.asarray(ts, np.int64),
+        "amount": np.asarray(amounts, np.float64),
+    }
+    if with_ids:
+        frame["transaction_id"] = strings(ids)
+    return {name: frame[name] for name in HISTORY_COLUMNS if name in frame}
 
 
 def merge(

@@ -69,6 +69,8 @@ log = logging.getLogger("fraudstream.worker")
 
 T = TypeVar("T")
 
+_NO_IDS: CardState = {"ids": []}
+
 #: Days kept past the longest merchant window before merchant risk is pruned (late events).
 RISK_MARGIN_DAYS = 2
 
@@ -172,13 +174,14 @@ class BatchProcessor:
             # Transactions new to their card's state: counted for their merchant, and history
             # for the rest of the batch (a card's second transaction in the batch sees its first;
             # each row's own timestamp bounds what it sees, so no row sees itself).
-            stored_ids = {card: set(state["ids"]) for card, state in states.items() if state}
             seen: set[str] = set()
             fresh: list[tuple[str, str, str, int, float]] = []
             first_time = []
             for tx, p, ts in zip(txs, partitions, queries["ts_ms"].tolist(), strict=True):
                 tid = tx.transaction_id
-                if tid not in seen and tid not in stored_ids.get(tx.card_id, ()):
+                # A scan of the card's stored ids (in C) costs less than a set of them, for the
+                # one or two transactions a card has in a batch.
+                if tid not in seen and tid not in (states.get(tx.card_id) or _NO_IDS)["ids"]:
                     fresh.append((tid, tx.card_id, tx.merchant_id, ts, tx.amount))
                     first_time.append((tx.merchant_id, ts // DAY_MS, p))
                 seen.add(tid)
@@ -188,7 +191,7 @@ class BatchProcessor:
             newest = int(queries["ts_ms"].max())
             self.newest_ms = newest if self.newest_ms is None else max(self.newest_ms, newest)
             risk = self.risk.context(queries["merchant_id"], labels_frame(states))
-            history = history_frame(states, fresh)
+            history = history_frame(states, fresh, with_ids=False)
             batch = scorer.score_frame(queries, history, risk)
             if self.drift is None or self.drift.version != scorer.version:
                 self.drift = DriftMonitor(scorer.artifact.metadata.get("drift_reference"), version=scorer.version)
