@@ -173,32 +173,50 @@ def merge(
     rows: Iterable[tuple[str, int, float, str]],
     grace_ms: int,
     max_entries: int | None = None,
+    fresh: bool = False,
 ) -> CardState:
     """Add ``(transaction_id, ts_ms, amount, merchant_id)`` rows; keep what features can still use.
 
     Entries older than the card's newest timestamp minus the longest window (and the grace for
     late events) are dropped: no in-order transaction can see them any more. ``max_entries``
     keeps only the newest entries of a card busier than that (the whole state is one changelog
-    record, which must stay well under the broker's message size limit).
+    record, which must stay well under the broker's message size limit). Rows whose id is
+    stored already, or came earlier in ``rows``, are left out; ``fresh=True`` says the caller
+    made sure there are none (for a busy card, that check costs more than the rest).
     """
     state = state or empty_state()
     labels = list(state.get("lab", []))
-    # The stored lists are sorted by time; new rows are inserted after any equal timestamp, which
-    # is where a stable sort of (stored, then new in arrival order) would put them.
-    ids, ts, amt, mer = list(state["ids"]), list(state["ts"]), list(state["amt"]), list(state["mer"])
-    known = set(ids)
+    ids, ts, amt, mer = state["ids"], state["ts"], state["amt"], state["mer"]
+    new: list[tuple[str, int, float, str]] = []
+    known = None if fresh else set(ids)
     for tid, t, amount, merchant in rows:
-        if tid in known:
-            continue
-        known.add(tid)
-        at = bisect_right(ts, t)
-        ids.insert(at, tid)
-        ts.insert(at, int(t))
-        amt.insert(at, float(amount))
-        mer.insert(at, merchant)
+        if known is not None:
+            if tid in known:
+                continue
+            known.add(tid)
+        new.append((tid, int(t), float(amount), merchant))
+    new_ts = [row[1] for row in new]
+    # The stored lists are sorted by time; new rows go after any equal timestamp, which is where
+    # a stable sort of (stored, then new in arrival order) would put them.
+    if all(a <= b for a, b in zip(new_ts, new_ts[1:], strict=False)) and (not ts or not new or new_ts[0] >= ts[-1]):
+        # In order, the usual case: appended, one copy of each list.
+        ids = ids + [row[0] for row in new]
+        ts = ts + new_ts
+        amt = amt + [row[2] for row in new]
+        mer = mer + [row[3] for row in new]
+    else:
+        ids, ts, amt, mer = list(ids), list(ts), list(amt), list(mer)
+        for tid, t, amount, merchant in new:
+            at = bisect_right(ts, t)
+            ids.insert(at, tid)
+            ts.insert(at, t)
+            amt.insert(at, amount)
+            mer.insert(at, merchant)
     if not ids:
         return {**empty_state(), "lab": labels}
     start = bisect_left(ts, ts[-1] - HISTORY_SPAN_MS - grace_ms)
     if max_entries is not None:
         start = max(start, len(ids) - max_entries)
+    if start == 0 and new:  # the lists are this call's own already
+        return {"ids": ids, "ts": ts, "amt": amt, "mer": mer, "lab": labels}
     return {"ids": ids[start:], "ts": ts[start:], "amt": amt[start:], "mer": mer[start:], "lab": labels}

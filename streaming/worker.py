@@ -200,10 +200,10 @@ class BatchProcessor:
             decisions = scorer.decision_fields(txs, batch, card_states, utcnow(), self.include_features)
             new_states: dict[str, CardState] = {}
             rows: dict[str, list[tuple[str, int, float, str]]] = {}
-            for tx, ts in zip(txs, queries["ts_ms"], strict=True):
-                rows.setdefault(tx.card_id, []).append((tx.transaction_id, int(ts), tx.amount, tx.merchant_id))
+            for tid, card, merchant, ts, amount in fresh:
+                rows.setdefault(card, []).append((tid, ts, amount, merchant))
             for card, card_rows in rows.items():
-                new_states[card] = merge(states.get(card), card_rows, self.grace_ms, self.max_history)
+                new_states[card] = merge(states.get(card), card_rows, self.grace_ms, self.max_history, fresh=True)
         self.metrics.batch_size.observe(len(txs))
         encoded = [decision_json(d) for d in decisions]
         return ScoredTransactions(
