@@ -131,11 +131,11 @@ def test_state_copy_follows_the_changelog_last_write_wins_and_tombstones() -> No
 
 def test_merge_equals_a_stable_sort_of_stored_then_new_rows() -> None:
     # Against the definition, for rows in order (appended) and out of order (slotted in), with
-    # ties, duplicates and pruning; ``fresh=True`` (the caller vouches for unseen ids) gives the
-    # same state whenever that holds.
+    # ties, duplicates, pruning by time (with grace) and by count; ``fresh=True`` (the caller
+    # vouches for unseen ids) gives the same state whenever that holds.
     rng = random.Random(3)
     for _ in range(300):
-        stored = merge(None, [(f"s{i}", T + rng.randint(0, 40) * HOUR, 1.0, "m") for i in range(rng.randint(0, 6))], 0)
+        stored = merge(None, [(f"s{i}", T + rng.randint(0, 900) * HOUR, 1.0, "m") for i in range(rng.randint(0, 6))], 0)
         base = stored["ts"][-1] if stored["ts"] else T
         rows = [(f"n{i}", base + rng.randint(-3, 3) * HOUR, float(i), f"m{i}") for i in range(rng.randint(0, 4))]
         if rows and rng.random() < 0.3:
@@ -149,7 +149,10 @@ def test_merge_equals_a_stable_sort_of_stored_then_new_rows() -> None:
         entries += [(tid, t, a, m) for tid, t, a, m in rows]
         entries.sort(key=lambda e: e[1])  # stable: stored first, then new in arrival order
         newest = entries[-1][1] if entries else 0
-        kept = [e for e in entries if e[1] >= newest - HISTORY_SPAN_MS]
+        grace = rng.choice([0, HOUR, 24 * HOUR])
+        cap = rng.choice([None, 1, 3, 100])
+        kept = [e for e in entries if e[1] >= newest - HISTORY_SPAN_MS - grace]
+        kept = kept[-cap:] if cap is not None else kept
         want = {
             "ids": [e[0] for e in kept],
             "ts": [e[1] for e in kept],
@@ -157,5 +160,5 @@ def test_merge_equals_a_stable_sort_of_stored_then_new_rows() -> None:
             "mer": [e[3] for e in kept],
             "lab": [],
         }
-        assert merge(stored, dupes, grace_ms=0) == want
-        assert merge(stored, rows, grace_ms=0, fresh=True) == want
+        assert merge(stored, dupes, grace_ms=grace, max_entries=cap) == want
+        assert merge(stored, rows, grace_ms=grace, max_entries=cap, fresh=True) == want
