@@ -113,10 +113,7 @@ class MerchantRisk:
 
     def count(self, merchant: str, day: int, partition: int) -> int:
         with self._lock:
-            return self._count(merchant, day, partition)
-
-    def _count(self, merchant: str, day: int, partition: int) -> int:
-        return self._activity.get(merchant, {}).get((day, partition), 0)
+            return self._activity.get(merchant, {}).get((day, partition), 0)
 
     def increment(self, seen: Iterable[tuple[str, int, int]]) -> list[tuple[bytes, bytes]]:
         """Count transactions ``(merchant, day, source partition)`` this process just saw for the
@@ -127,9 +124,8 @@ class MerchantRisk:
         out = []
         with self._lock:
             for (m, day, p), n in added.items():
-                slots, daily = self._activity[m], self._daily[m]
-                value = slots[(day, p)] = slots.get((day, p), 0) + n
-                daily[day] = daily.get(day, 0) + n
+                value = self._activity[m].get((day, p), 0) + n
+                self._set(m, (day, p), value)
                 self._own[(m, day, p)] = value
                 out.append((activity_key(m, day, p), str(value).encode()))
         return out
