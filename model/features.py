@@ -37,6 +37,8 @@ HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
 #: Count/amount windows over the card's own history.
 WINDOWS_MS: dict[str, int] = {"1h": HOUR_MS, "1d": DAY_MS, "7d": 7 * DAY_MS, "30d": 30 * DAY_MS}
+#: Windows of the card's mean amount (and 1h of its amount sum).
+_MEAN_WINDOWS = ("1d", "7d", "30d")
 #: The longest look-back any feature needs; the stream keeps this much history per card.
 HISTORY_SPAN_MS = max(WINDOWS_MS.values())
 #: Columns a history frame carries (what the worker stores per card).
@@ -64,7 +66,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     *(f"category_{c}" for c in CATEGORY_LEVELS),
     *(f"card_tx_count_{w}" for w in WINDOWS_MS),
     "card_amount_sum_1h",
-    *(f"card_amount_mean_{w}" for w in ("1d", "7d", "30d")),
+    *(f"card_amount_mean_{w}" for w in _MEAN_WINDOWS),
     "amount_to_card_mean_30d",
     "seconds_since_prev_card_tx",
     "card_merchant_count_30d",
@@ -74,6 +76,19 @@ FEATURE_NAMES: tuple[str, ...] = (
 )
 #: The features that need labels or other cards' transactions (dropped by ``--without-merchant-risk``).
 MERCHANT_RISK_FEATURES: tuple[str, ...] = tuple(f for f in FEATURE_NAMES if f.startswith(("merchant_", "card_known_")))
+
+_COLUMN = {name: i for i, name in enumerate(FEATURE_NAMES)}
+_CHANNEL_COLUMN = {c: _COLUMN[f"channel_{c}"] for c in CHANNELS}
+_CATEGORY_COLUMN = {c: _COLUMN[f"category_{c}"] for c in MERCHANT_CATEGORIES}
+
+_CARD_WINDOWS = np.array(list(WINDOWS_MS.values()), dtype=np.int64)
+_CARD_COUNT_COLUMNS = [_COLUMN[f"card_tx_count_{w}"] for w in WINDOWS_MS]
+_SUM_1H = list(WINDOWS_MS).index("1h")
+_MEAN_ROWS = [list(WINDOWS_MS).index(w) for w in _MEAN_WINDOWS]
+_CARD_MEAN_COLUMNS = [_COLUMN[f"card_amount_mean_{w}"] for w in _MEAN_WINDOWS]
+_30D = list(WINDOWS_MS).index("30d")
+_MERCHANT_WINDOWS = np.array(list(MERCHANT_WINDOWS_DAYS.values()), dtype=np.int64)
+_MERCHANT_COUNT_COLUMNS = [_COLUMN[f"merchant_tx_count_{w}"] for w in MERCHANT_WINDOWS_DAYS]
 
 #: Stable reason codes, one per feature group; a decision's reasons are drawn from these.
 REASON_GROUPS: dict[str, tuple[str, ...]] = {
@@ -186,18 +201,38 @@ class _Index:
     def key(self, groups: np.ndarray, ts: np.ndarray) -> np.ndarray:
         return groups.astype(np.int64) * self.span + (ts - self.origin)
 
-    def bounds(self, qkeys: np.ndarray, window_ms: int) -> tuple[np.ndarray, np.ndarray]:
-        """Index range ``[lo, hi)`` of history rows inside ``[t - W, t)`` for each query."""
-        return (
-            np.searchsorted(self.keys, qkeys - window_ms, side="left"),
-            np.searchsorted(self.keys, qkeys, side="left"),
-        )
+    def bounds(self, qkeys: np.ndarray, windows_ms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Index ranges of history rows inside ``[t - W, t)``: ``lo`` has a row per window,
+        ``hi`` (where ``[.., t)`` ends, the same for every window) one per query. Two
+        ``searchsorted`` calls for all windows: for one query, the calls are most of the cost."""
+        hi = np.searchsorted(self.keys, qkeys, side="left")
+        lo = np.searchsorted(self.keys, qkeys[None, :] - windows_ms[:, None], side="left")
+        return lo, hi
+
+
+#: Up to this many values a dict factorises faster than pandas, whose fixed cost (~20 µs a call)
+#: was a third of a one-row ``/predict``'s features.
+SMALL_FACTORIZE = 256
+
+
+def factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Integer codes in order of first appearance, and the distinct values; missing values
+    (None, NaN) get code -1. The same codes as ``pd.factorize(values, sort=False)``."""
+    if len(values) <= SMALL_FACTORIZE:
+        items = values.tolist()
+        integers = values.dtype.kind in "iu"
+        if integers or all(type(v) is str for v in items):  # nothing missing: a dict does it
+            seen: dict[Any, int] = {}
+            codes = np.array([seen.setdefault(v, len(seen)) for v in items], dtype=np.intp)
+            return codes, np.array(list(seen), dtype=values.dtype) if integers else strings(list(seen))
+    codes, uniques = pd.factorize(values, sort=False)
+    return codes, np.asarray(uniques)
 
 
 def _codes(queries: pd.Series | np.ndarray, history: pd.Series | np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     """Integer codes for values shared by both columns (one factorisation), and how many."""
     joined = np.concatenate([np.asarray(queries), np.asarray(history)])
-    codes, uniques = pd.factorize(joined, sort=False)
+    codes, uniques = factorize(joined)
     return codes[: len(queries)], codes[len(queries) :], len(uniques)
 
 
@@ -275,7 +310,7 @@ def compute_features(queries: Columns, history: Columns, risk: RiskContext | Non
     out = np.zeros((n, len(FEATURE_NAMES)), dtype=np.float64)
     if n == 0:
         return out
-    col = {name: i for i, name in enumerate(FEATURE_NAMES)}
+    col = _COLUMN
 
     amount = column(queries, "amount", np.float64)
     ts = column(queries, "ts_ms", np.int64)
@@ -288,20 +323,17 @@ def compute_features(queries: Columns, history: Columns, risk: RiskContext | Non
     out[:, col["is_night"]] = hour < 6
     out[:, col["is_weekend"]] = weekday >= 5
 
-    channel = column(queries, "channel", object)
-    for c in CHANNELS:
-        out[:, col[f"channel_{c}"]] = channel == c
-    # Factorised once, then one integer comparison per level (fast for one row and for millions).
-    codes, levels = pd.factorize(column(queries, "merchant_category", object), use_na_sentinel=True)
-    level_of = np.array([str(v).lower() for v in levels] + [""], dtype=object)[codes]  # -1 (missing) -> ""
-    level_codes, level_names = pd.factorize(level_of)
-    known = np.zeros(n, dtype=bool)
-    for c in MERCHANT_CATEGORIES:
-        hit = np.flatnonzero(level_names == c)
-        is_c = level_codes == hit[0] if len(hit) else np.zeros(n, dtype=bool)
-        out[:, col[f"category_{c}"]] = is_c
-        known |= is_c
-    out[:, col["category_other"]] = ~known
+    # One-hot columns: each distinct value's column is looked up once, then one assignment sets
+    # them all (fast for one row and for millions). A channel outside CHANNELS or missing sets
+    # none; a category is matched lower-cased, and missing or unknown is "other".
+    rows = np.arange(n)
+    codes, levels = factorize(column(queries, "channel", object))
+    hot = np.array([_CHANNEL_COLUMN.get(v, -1) for v in levels.tolist()] + [-1], dtype=np.intp)[codes]
+    out[rows[hot >= 0], hot[hot >= 0]] = 1.0
+    codes, levels = factorize(column(queries, "merchant_category", object))
+    other = col["category_other"]
+    hot = np.array([_CATEGORY_COLUMN.get(str(v).lower(), other) for v in levels.tolist()] + [other], dtype=np.intp)
+    out[rows, hot[codes]] = 1.0
 
     _history_features(queries, history, ts, amount, out, col)
     if risk is not None:
@@ -314,7 +346,7 @@ def _risk_features(queries: Columns, risk: RiskContext, ts: np.ndarray, out: np.
     q_day = ts // DAY_MS
     a_day = column(act, "day", np.int64)
     # One integer code per merchant across queries, activity and labels.
-    codes, _ = pd.factorize(
+    codes, _ = factorize(
         np.concatenate(
             [
                 column(queries, "merchant_id", object),
@@ -337,15 +369,11 @@ def _risk_features(queries: Columns, risk: RiskContext, ts: np.ndarray, out: np.
     a_csum = np.concatenate(([0], np.cumsum(column(act, "count", np.int64)[order])))
     q_end = q_m * span + (q_day - MERCHANT_DELAY_DAYS - origin)  # exclusive: days before d - D
 
-    counts = {
-        w: (
-            a_csum[np.searchsorted(a_key, q_end, side="left")]
-            - a_csum[np.searchsorted(a_key, q_end - width, side="left")]
-        ).astype(np.float64)
-        for w, width in MERCHANT_WINDOWS_DAYS.items()
-    }
-    for w, c in counts.items():
-        out[:, col[f"merchant_tx_count_{w}"]] = c
+    hi = np.searchsorted(a_key, q_end, side="left")
+    lo = np.searchsorted(a_key, q_end[None, :] - _MERCHANT_WINDOWS[:, None], side="left")
+    window_counts = (a_csum[hi] - a_csum[lo]).astype(np.float64)  # a row per window
+    out[:, _MERCHANT_COUNT_COLUMNS] = window_counts.T
+    counts = dict(zip(MERCHANT_WINDOWS_DAYS, window_counts, strict=True))
     if len(l_day):  # else every rate is zero
         _merchant_fraud_rates(q_day, q_end, counts, labels, l_m * span + (l_day - origin), out, col)
 
@@ -420,23 +448,20 @@ def _history_features(
     cents = _cents(column(history, "amount"))[cards.order]
     csum = np.concatenate(([0], np.cumsum(cents)))
     qkey = cards.key(q_card, ts)
-    for w, width in WINDOWS_MS.items():
-        lo, hi = cards.bounds(qkey, width)
-        count = hi - lo
-        out[:, col[f"card_tx_count_{w}"]] = count
-        sums = csum[hi] - csum[lo]
-        if w == "1h":
-            out[:, col["card_amount_sum_1h"]] = sums / 100.0
-        else:
-            mean = np.divide(sums / 100.0, count, out=np.zeros(len(count)), where=count > 0)
-            out[:, col[f"card_amount_mean_{w}"]] = mean
-            if w == "30d":
-                out[:, col["amount_to_card_mean_30d"]] = np.divide(amount, mean, out=np.ones(len(mean)), where=mean > 0)
+    lo, hi = cards.bounds(qkey, _CARD_WINDOWS)
+    counts = hi - lo  # a row per window of WINDOWS_MS
+    sums = (csum[hi] - csum[lo]) / 100.0
+    out[:, _CARD_COUNT_COLUMNS] = counts.T
+    out[:, col["card_amount_sum_1h"]] = sums[_SUM_1H]
+    mean = np.divide(sums, counts, out=np.zeros(sums.shape), where=counts > 0)  # 0 without history
+    out[:, _CARD_MEAN_COLUMNS] = mean[_MEAN_ROWS].T
+    mean_30d = mean[_30D]
+    out[:, col["amount_to_card_mean_30d"]] = np.divide(amount, mean_30d, out=np.ones(len(ts)), where=mean_30d > 0)
 
     # Previous transaction of the card: the last history key strictly before the query's.
     gap = np.full(len(ts), HISTORY_SPAN_MS, dtype=np.int64)
     if len(cards.keys):
-        prev = np.searchsorted(cards.keys, qkey, side="left") - 1
+        prev = hi - 1
         card_start = q_card.astype(np.int64) * span
         prev_key = cards.keys[np.maximum(prev, 0)]
         has_prev = (prev >= 0) & (prev_key >= card_start)
@@ -444,8 +469,8 @@ def _history_features(
     out[:, col["seconds_since_prev_card_tx"]] = gap / 1000.0
 
     pairs = _Index(h_pair, hist_ts, origin, span)
-    lo, hi = pairs.bounds(pairs.key(q_pair, ts), WINDOWS_MS["30d"])
-    out[:, col["card_merchant_count_30d"]] = hi - lo
+    lo, hi = pairs.bounds(pairs.key(q_pair, ts), _CARD_WINDOWS[_30D : _30D + 1])
+    out[:, col["card_merchant_count_30d"]] = hi - lo[0]
 
 
 def history_from_frame(frame: pd.DataFrame) -> pd.DataFrame:

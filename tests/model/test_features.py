@@ -21,11 +21,14 @@ from model.features import (
     HISTORY_SPAN_MS,
     MERCHANT_DELAY_DAYS,
     MERCHANT_WINDOWS_DAYS,
+    SMALL_FACTORIZE,
     RiskContext,
     compute_features,
+    factorize,
     frame_from_transactions,
     history_from_frame,
     risk_context_from_frame,
+    strings,
 )
 from model.schemas import CHANNELS, MERCHANT_CATEGORIES, Transaction
 from streaming.state import history_frame, merge
@@ -385,6 +388,38 @@ def test_local_wall_clock_and_categories() -> None:
     assert sum(v["n"][f"channel_{c}"] for c in CHANNELS) == 0
     for tid in v:  # exactly one category level is hot
         assert sum(v[tid][n] for n in FEATURE_NAMES if n.startswith("category_")) == 1
+
+
+def test_channels_match_exactly_and_unknown_values_set_no_channel() -> None:
+    when = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
+    rows = [
+        Row(tid, "A", "M", when, 5.0, channel, "grocery")
+        for tid, channel in [("a", "POS"), ("b", "wire"), ("c", "atm")]
+    ]
+    x = compute_features(canonical(rows), history_from_frame(canonical(rows)))
+    channels = x[:, [COL[f"channel_{c}"] for c in CHANNELS]]
+    assert channels.sum(axis=1).tolist() == [0, 0, 1]
+    assert x[2, COL["channel_atm"]] == 1
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, SMALL_FACTORIZE, SMALL_FACTORIZE + 1, 2_000])
+def test_factorize_gives_the_codes_of_pandas(n: int) -> None:
+    # Small inputs take a dict, large ones pandas: both must give pandas' codes, in first-seen order.
+    rng = np.random.default_rng(n)
+    ids = [f"id-{i}" for i in rng.integers(0, max(1, n // 3), n)]
+    cases = [
+        strings(ids),
+        rng.integers(-5, 5, n),
+        rng.integers(0, 1 << 40, n).astype(np.int64),
+        strings([None if i % 5 == 0 else v for i, v in enumerate(ids)]),  # missing values: -1
+        strings([math.nan if i % 4 == 1 else v for i, v in enumerate(ids)]),
+        strings([i % 3 if i % 2 else v for i, v in enumerate(ids)]),  # mixed types
+    ]
+    for values in cases:
+        codes, uniques = factorize(values)
+        want_codes, want_uniques = pd.factorize(values, sort=False)
+        assert codes.tolist() == want_codes.tolist()
+        assert uniques.tolist() == list(want_uniques)
 
 
 def test_empty_history_and_empty_queries() -> None:
