@@ -318,7 +318,7 @@ class Publisher:
             self.metrics.fraud.inc()
         self.producer.poll(0)
 
-    def _idle(self, seconds: float) -> None:
+    def idle(self, seconds: float) -> None:
         """Wait while serving delivery callbacks.
 
         librdkafka's poll waits whole milliseconds (a shorter timeout returns at once), so the
@@ -373,7 +373,7 @@ class Publisher:
             else:
                 wait = 0.0
             if wait > 0:
-                self._idle(wait)
+                self.idle(wait)
             if kind == "transaction":
                 self.send(item)
                 i += 1

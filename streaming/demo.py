@@ -164,6 +164,7 @@ def run_demo(options: DemoOptions) -> int:
     broker = EmbeddedBroker(log_file=options.workdir / "broker.log")
     stop = threading.Event()
     follower: threading.Thread | None = None
+    publisher: Publisher | None = None
     observed = Observed()
     sent_valid, sent_bad = 0, 0
     sent: dict[str, dict[str, Any]] = {}  # valid transactions by id, labels included
@@ -211,7 +212,7 @@ def run_demo(options: DemoOptions) -> int:
                     break
                 wait = i / options.rate - (time.monotonic() - start)
                 if wait > 0:
-                    publisher.producer.poll(wait)
+                    publisher.idle(wait)
                 now = epoch_ms(datetime.fromisoformat(row["timestamp"]))
                 while next_label < len(labels) and epoch_ms(labels[next_label].labelled_at) <= now:
                     publisher.send_label(labels[next_label])
@@ -249,6 +250,9 @@ def run_demo(options: DemoOptions) -> int:
         stop.set()
         if follower is not None:
             follower.join(timeout=5)
+        # Dropped before the broker stops: its producer (the last reference) then disconnects
+        # instead of logging failed reconnections to a broker that is gone.
+        publisher = None
         procs.stop()
         broker.stop()
     return _summary(observed, sent_valid, sent_bad, sent, parity, quality)
