@@ -77,18 +77,19 @@ FEATURE_NAMES: tuple[str, ...] = (
 #: The features that need labels or other cards' transactions (dropped by ``--without-merchant-risk``).
 MERCHANT_RISK_FEATURES: tuple[str, ...] = tuple(f for f in FEATURE_NAMES if f.startswith(("merchant_", "card_known_")))
 
-_COLUMN = {name: i for i, name in enumerate(FEATURE_NAMES)}
-_CHANNEL_COLUMN = {c: _COLUMN[f"channel_{c}"] for c in CHANNELS}
-_CATEGORY_COLUMN = {c: _COLUMN[f"category_{c}"] for c in MERCHANT_CATEGORIES}
+#: Each feature's column in the matrix, and the one-hot column of each channel and category.
+COLUMN = {name: i for i, name in enumerate(FEATURE_NAMES)}
+CHANNEL_COLUMN = {c: COLUMN[f"channel_{c}"] for c in CHANNELS}
+CATEGORY_COLUMN = {c: COLUMN[f"category_{c}"] for c in MERCHANT_CATEGORIES}
 
 _CARD_WINDOWS = np.array(list(WINDOWS_MS.values()), dtype=np.int64)
-_CARD_COUNT_COLUMNS = [_COLUMN[f"card_tx_count_{w}"] for w in WINDOWS_MS]
+_CARD_COUNT_COLUMNS = [COLUMN[f"card_tx_count_{w}"] for w in WINDOWS_MS]
 _SUM_1H = list(WINDOWS_MS).index("1h")
 _MEAN_ROWS = [list(WINDOWS_MS).index(w) for w in _MEAN_WINDOWS]
-_CARD_MEAN_COLUMNS = [_COLUMN[f"card_amount_mean_{w}"] for w in _MEAN_WINDOWS]
+_CARD_MEAN_COLUMNS = [COLUMN[f"card_amount_mean_{w}"] for w in _MEAN_WINDOWS]
 _30D = list(WINDOWS_MS).index("30d")
 _MERCHANT_WINDOWS = np.array(list(MERCHANT_WINDOWS_DAYS.values()), dtype=np.int64)
-_MERCHANT_COUNT_COLUMNS = [_COLUMN[f"merchant_tx_count_{w}"] for w in MERCHANT_WINDOWS_DAYS]
+_MERCHANT_COUNT_COLUMNS = [COLUMN[f"merchant_tx_count_{w}"] for w in MERCHANT_WINDOWS_DAYS]
 
 #: Stable reason codes, one per feature group; a decision's reasons are drawn from these.
 REASON_GROUPS: dict[str, tuple[str, ...]] = {
@@ -310,38 +311,37 @@ def compute_features(queries: Columns, history: Columns, risk: RiskContext | Non
     out = np.zeros((n, len(FEATURE_NAMES)), dtype=np.float64)
     if n == 0:
         return out
-    col = _COLUMN
 
     amount = column(queries, "amount", np.float64)
     ts = column(queries, "ts_ms", np.int64)
     local_ms = ts + column(queries, "utc_offset_min", np.int64) * 60_000
     hour = (local_ms // HOUR_MS) % 24
     weekday = (local_ms // DAY_MS + 3) % 7  # 1970-01-01 was a Thursday (weekday 3)
-    out[:, col["amount"]] = amount
-    out[:, col["log_amount"]] = np.log1p(amount)
-    out[:, col["hour"]] = hour
-    out[:, col["is_night"]] = hour < 6
-    out[:, col["is_weekend"]] = weekday >= 5
+    out[:, COLUMN["amount"]] = amount
+    out[:, COLUMN["log_amount"]] = np.log1p(amount)
+    out[:, COLUMN["hour"]] = hour
+    out[:, COLUMN["is_night"]] = hour < 6
+    out[:, COLUMN["is_weekend"]] = weekday >= 5
 
     # One-hot columns: each distinct value's column is looked up once, then one assignment sets
     # them all (fast for one row and for millions). A channel outside CHANNELS or missing sets
     # none; a category is matched lower-cased, and missing or unknown is "other".
     rows = np.arange(n)
     codes, levels = factorize(column(queries, "channel", object))
-    hot = np.array([_CHANNEL_COLUMN.get(v, -1) for v in levels.tolist()] + [-1], dtype=np.intp)[codes]
+    hot = np.array([CHANNEL_COLUMN.get(v, -1) for v in levels.tolist()] + [-1], dtype=np.intp)[codes]
     out[rows[hot >= 0], hot[hot >= 0]] = 1.0
     codes, levels = factorize(column(queries, "merchant_category", object))
-    other = col["category_other"]
-    hot = np.array([_CATEGORY_COLUMN.get(str(v).lower(), other) for v in levels.tolist()] + [other], dtype=np.intp)
+    other = COLUMN["category_other"]
+    hot = np.array([CATEGORY_COLUMN.get(str(v).lower(), other) for v in levels.tolist()] + [other], dtype=np.intp)
     out[rows, hot[codes]] = 1.0
 
-    _history_features(queries, history, ts, amount, out, col)
+    _history_features(queries, history, ts, amount, out)
     if risk is not None:
-        _risk_features(queries, risk, ts, out, col)
+        _risk_features(queries, risk, ts, out)
     return out
 
 
-def _risk_features(queries: Columns, risk: RiskContext, ts: np.ndarray, out: np.ndarray, col: dict[str, int]) -> None:
+def _risk_features(queries: Columns, risk: RiskContext, ts: np.ndarray, out: np.ndarray) -> None:
     act, labels = risk.activity, risk.fraud_labels
     q_day = ts // DAY_MS
     a_day = column(act, "day", np.int64)
@@ -375,7 +375,7 @@ def _risk_features(queries: Columns, risk: RiskContext, ts: np.ndarray, out: np.
     out[:, _MERCHANT_COUNT_COLUMNS] = window_counts.T
     counts = dict(zip(MERCHANT_WINDOWS_DAYS, window_counts, strict=True))
     if len(l_day):  # else every rate is zero
-        _merchant_fraud_rates(q_day, q_end, counts, labels, l_m * span + (l_day - origin), out, col)
+        _merchant_fraud_rates(q_day, q_end, counts, labels, l_m * span + (l_day - origin), out)
 
     # The card's earliest fraud label known strictly before the transaction.
     own = risk.card_labels if risk.card_labels is not None else labels
@@ -385,7 +385,7 @@ def _risk_features(queries: Columns, risk: RiskContext, ts: np.ndarray, out: np.
     q_card, l_card, n_cards = _codes(queries["card_id"], column(own, "card_id", object)[own_first])
     first_known = np.full(n_cards, np.iinfo(np.int64).max, dtype=np.int64)
     np.minimum.at(first_known, l_card, column(own, "available_ms", np.int64)[own_first])
-    out[:, col["card_known_fraud"]] = first_known[q_card] < ts
+    out[:, COLUMN["card_known_fraud"]] = first_known[q_card] < ts
 
 
 def _merchant_fraud_rates(
@@ -395,7 +395,6 @@ def _merchant_fraud_rates(
     labels: Columns,
     l_keys: np.ndarray,
     out: np.ndarray,
-    col: dict[str, int],
 ) -> None:
     """Fraud rates per merchant window; ``l_keys``: each label's (merchant, day) key."""
     # Fraud labels (each transaction once) sorted by that key; a query's window is a contiguous
@@ -416,7 +415,7 @@ def _merchant_fraud_rates(
         frauds = np.bincount(owner[known], minlength=n).astype(np.float64)
         # A label for a transaction the counts never saw (feedback on an unknown id) must not
         # push the rate past 1.
-        out[:, col[f"merchant_fraud_rate_{w}"]] = np.minimum(
+        out[:, COLUMN[f"merchant_fraud_rate_{w}"]] = np.minimum(
             np.divide(frauds, counts[w], out=np.zeros(n), where=counts[w] > 0), 1.0
         )
 
@@ -427,7 +426,6 @@ def _history_features(
     ts: np.ndarray,
     amount: np.ndarray,
     out: np.ndarray,
-    col: dict[str, int],
 ) -> None:
     hist_ts = column(history, "ts_ms", np.int64)
     lo_all = min(int(ts.min()), int(hist_ts.min()) if len(hist_ts) else int(ts.min()))
@@ -452,11 +450,11 @@ def _history_features(
     counts = hi - lo  # a row per window of WINDOWS_MS
     sums = (csum[hi] - csum[lo]) / 100.0
     out[:, _CARD_COUNT_COLUMNS] = counts.T
-    out[:, col["card_amount_sum_1h"]] = sums[_SUM_1H]
+    out[:, COLUMN["card_amount_sum_1h"]] = sums[_SUM_1H]
     mean = np.divide(sums, counts, out=np.zeros(sums.shape), where=counts > 0)  # 0 without history
     out[:, _CARD_MEAN_COLUMNS] = mean[_MEAN_ROWS].T
     mean_30d = mean[_30D]
-    out[:, col["amount_to_card_mean_30d"]] = np.divide(amount, mean_30d, out=np.ones(len(ts)), where=mean_30d > 0)
+    out[:, COLUMN["amount_to_card_mean_30d"]] = np.divide(amount, mean_30d, out=np.ones(len(ts)), where=mean_30d > 0)
 
     # Previous transaction of the card: the last history key strictly before the query's.
     gap = np.full(len(ts), HISTORY_SPAN_MS, dtype=np.int64)
@@ -466,11 +464,11 @@ def _history_features(
         prev_key = cards.keys[np.maximum(prev, 0)]
         has_prev = (prev >= 0) & (prev_key >= card_start)
         gap = np.where(has_prev, np.minimum(ts - (prev_key - card_start + origin), HISTORY_SPAN_MS), gap)
-    out[:, col["seconds_since_prev_card_tx"]] = gap / 1000.0
+    out[:, COLUMN["seconds_since_prev_card_tx"]] = gap / 1000.0
 
     pairs = _Index(h_pair, hist_ts, origin, span)
     lo, hi = pairs.bounds(pairs.key(q_pair, ts), _CARD_WINDOWS[_30D : _30D + 1])
-    out[:, col["card_merchant_count_30d"]] = hi - lo[0]
+    out[:, COLUMN["card_merchant_count_30d"]] = hi - lo[0]
 
 
 def history_from_frame(frame: pd.DataFrame) -> pd.DataFrame:

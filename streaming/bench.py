@@ -54,10 +54,10 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
-from model.features import FEATURE_NAMES
+from model.features import CATEGORY_COLUMN, CHANNEL_COLUMN, COLUMN, FEATURE_NAMES
 
 # Module level: FastAPI resolves the no-op route's annotations from the module's globals.
-from model.schemas import CHANNELS, MERCHANT_CATEGORIES, Decision, Transaction
+from model.schemas import Decision, Transaction
 
 if TYPE_CHECKING:
     from streaming.settings import ProducerSettings
@@ -134,10 +134,6 @@ class BenchOptions:
 
 # --- shared by the limit loop and the naive agent -----------------------------------------------
 
-_COLUMN = {name: i for i, name in enumerate(FEATURE_NAMES)}
-_CHANNEL_COLUMN = {c: _COLUMN[f"channel_{c}"] for c in CHANNELS}
-_CATEGORY_COLUMN = {c: _COLUMN[f"category_{c}"] for c in MERCHANT_CATEGORIES}
-
 
 def raw_features(txs: Sequence[dict[str, Any]]) -> np.ndarray:
     """The transaction-only features of ``model.features`` from parsed wire dicts, history
@@ -154,17 +150,17 @@ def raw_features(txs: Sequence[dict[str, Any]]) -> np.ndarray:
     stamps = [str(t["timestamp"]) for t in txs]
     hour = np.fromiter((int(s[11:13]) for s in stamps), dtype=np.int64, count=n)
     days = np.array([s[:10] for s in stamps], dtype="datetime64[D]").astype(np.int64)
-    out[:, _COLUMN["amount"]] = amount
-    out[:, _COLUMN["log_amount"]] = np.log1p(amount)
-    out[:, _COLUMN["hour"]] = hour
-    out[:, _COLUMN["is_night"]] = hour < 6
-    out[:, _COLUMN["is_weekend"]] = (days + 3) % 7 >= 5  # 1970-01-01 was a Thursday
-    other = _COLUMN["category_other"]
+    out[:, COLUMN["amount"]] = amount
+    out[:, COLUMN["log_amount"]] = np.log1p(amount)
+    out[:, COLUMN["hour"]] = hour
+    out[:, COLUMN["is_night"]] = hour < 6
+    out[:, COLUMN["is_weekend"]] = (days + 3) % 7 >= 5  # 1970-01-01 was a Thursday
+    other = COLUMN["category_other"]
     for i, t in enumerate(txs):
-        channel = _CHANNEL_COLUMN.get(str(t.get("channel") or "").lower())
+        channel = CHANNEL_COLUMN.get(str(t.get("channel") or "").lower())
         if channel is not None:
             out[i, channel] = 1.0
-        out[i, _CATEGORY_COLUMN.get(str(t.get("merchant_category") or "").lower(), other)] = 1.0
+        out[i, CATEGORY_COLUMN.get(str(t.get("merchant_category") or "").lower(), other)] = 1.0
     return out
 
 

@@ -217,6 +217,6 @@ def merge(
     start = bisect_left(ts, ts[-1] - HISTORY_SPAN_MS - grace_ms)
     if max_entries is not None:
         start = max(start, len(ids) - max_entries)
-    if start == 0 and new:  # the lists are this call's own already
+    if start == 0:  # the lists are this call's own already (appended to or copied above)
         return {"ids": ids, "ts": ts, "amt": amt, "mer": mer, "lab": labels}
     return {"ids": ids[start:], "ts": ts[start:], "amt": amt[start:], "mer": mer[start:], "lab": labels}
