@@ -26,7 +26,7 @@ from confluent_kafka import Producer
 from pydantic import ValidationError
 
 from model.schemas import WIRE_FIELDS, Label
-from streaming import kafka
+from streaming.kafka import clients as kafka
 from streaming.metrics import ProducerMetrics
 from streaming.settings import ProducerSettings
 

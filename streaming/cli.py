@@ -64,7 +64,7 @@ def _setup_logging(level: str = "info") -> None:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from streaming.broker import EmbeddedBroker
+    from streaming.kafka.broker import EmbeddedBroker
 
     broker = EmbeddedBroker(port=args.port, host=args.host).start()
     print(f"embedded broker on {broker.bootstrap_servers}")
@@ -137,7 +137,7 @@ def cmd_quality(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from streaming.settings import WorkerSettings
-    from streaming.worker import run_worker
+    from streaming.worker.app import run_worker
 
     settings = WorkerSettings()
     _setup_logging(settings.log_level)
@@ -148,7 +148,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from streaming.api import create_api
+    from streaming.api.app import create_api
     from streaming.settings import ApiSettings
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
@@ -190,7 +190,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
     from model.dataset import load_csv
     from producers.publisher import Progress, Publisher, csv_labels, label_events, rows_from_frame
-    from streaming import kafka
+    from streaming.kafka import clients as kafka
     from streaming.settings import ProducerSettings
 
     settings = ProducerSettings()
@@ -265,7 +265,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from streaming.bench import BenchOptions, format_table, run_bench
+    from benchmarks.bench import BenchOptions, format_table, run_bench
 
     opts = BenchOptions.quick_profile() if args.quick else BenchOptions()
     overrides = {

@@ -28,8 +28,8 @@ from confluent_kafka import TopicPartition
 from model.features import epoch_ms
 from producers.publisher import Progress, Publisher, label_events
 from producers.synthetic import SimConfig, generate, iter_records, labels_for, with_label_columns
-from streaming import kafka
-from streaming.broker import EmbeddedBroker, free_port, wait_http
+from streaming.kafka import clients as kafka
+from streaming.kafka.broker import EmbeddedBroker, free_port, wait_http
 from streaming.settings import ProducerSettings
 
 #: Every this many transactions the demo also sends one malformed message.

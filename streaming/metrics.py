@@ -11,7 +11,7 @@ from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from streaming.validation import DLQ_REASONS
+from streaming.scoring.validation import DLQ_REASONS
 
 # The *_created series double every counter's cardinality and no dashboard or alert uses them.
 disable_created_metrics()

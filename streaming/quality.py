@@ -33,9 +33,9 @@ from confluent_kafka import OFFSET_BEGINNING, TIMESTAMP_NOT_AVAILABLE, KafkaErro
 
 from model.errors import UpstreamUnavailableError
 from model.features import epoch_ms
-from streaming import kafka
+from streaming.kafka import clients as kafka
+from streaming.scoring.validation import Rejected, check_label_record, parse_label
 from streaming.settings import KafkaSettings
-from streaming.validation import Rejected, check_label_record, parse_label
 
 log = logging.getLogger(__name__)
 

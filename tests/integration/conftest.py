@@ -25,8 +25,8 @@ from confluent_kafka import TopicPartition
 
 from model.train import TrainOptions, train
 from producers.synthetic import SimConfig, generate
-from streaming import kafka
-from streaming.broker import EmbeddedBroker, free_port
+from streaming.kafka import clients as kafka
+from streaming.kafka.broker import EmbeddedBroker, free_port
 from streaming.settings import KafkaSettings
 
 pytestmark = pytest.mark.integration

@@ -17,10 +17,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from benchmarks.bench import REQUIRED_KEYS, raw_features
 from model.features import FEATURE_NAMES, compute_features, frame_from_transactions, history_from_frame
 from model.schemas import Transaction
 from producers.synthetic import SimConfig, iter_transactions
-from streaming.bench import REQUIRED_KEYS, raw_features
 
 pytestmark = pytest.mark.integration
 

@@ -9,8 +9,8 @@ import pytest
 from confluent_kafka import TopicPartition
 
 from model.schemas import Label
-from streaming import kafka
-from streaming.validation import parse_label
+from streaming.kafka import clients as kafka
+from streaming.scoring.validation import parse_label
 from tests.integration.conftest import Stack
 
 pytestmark = pytest.mark.integration

@@ -7,7 +7,7 @@ import uuid
 
 from confluent_kafka import TopicPartition
 
-from streaming import kafka
+from streaming.kafka import clients as kafka
 from streaming.settings import KafkaSettings
 
 

@@ -37,8 +37,8 @@ import yaml
 from confluent_kafka import TopicPartition
 
 from producers.publisher import wire_value
-from streaming import kafka
-from streaming.broker import free_port
+from streaming.kafka import clients as kafka
+from streaming.kafka.broker import free_port
 from streaming.settings import KafkaSettings
 from tests.integration.conftest import Stack, produce
 from tests.test_deploy import (

@@ -15,9 +15,9 @@ from model.dataset import load_csv
 from model.schemas import Label
 from producers.publisher import Publisher, csv_labels, rows_from_frame
 from producers.synthetic import SimConfig, generate, labels_for, with_label_columns
-from streaming import kafka
+from streaming.kafka import clients as kafka
+from streaming.scoring.validation import parse_label
 from streaming.settings import ProducerSettings
-from streaming.validation import parse_label
 
 pytestmark = pytest.mark.integration
 

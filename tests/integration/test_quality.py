@@ -11,7 +11,7 @@ import orjson
 import pytest
 from confluent_kafka import TopicPartition
 
-from streaming import kafka
+from streaming.kafka import clients as kafka
 from streaming.quality import format_quality, read_quality
 from streaming.settings import KafkaSettings
 from tests.integration.conftest import make_topics

@@ -31,7 +31,7 @@ from model.features import (
     strings,
 )
 from model.schemas import CHANNELS, MERCHANT_CATEGORIES, Transaction
-from streaming.state import history_frame, merge
+from streaming.scoring.state import history_frame, merge
 
 HOUR = 3_600_000
 DAY = 24 * HOUR

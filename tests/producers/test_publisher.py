@@ -32,8 +32,8 @@ from producers.publisher import (
 )
 from producers.synthetic import SimConfig, generate, iter_records, labels_for, with_label_columns
 from streaming.metrics import ProducerMetrics
+from streaming.scoring.validation import parse_label
 from streaming.settings import ProducerSettings
-from streaming.validation import parse_label
 
 CONFIG = SimConfig(seed=5, n_cards=200, n_merchants=60, days=20.0, start=datetime(2026, 1, 1, tzinfo=UTC))
 

@@ -12,7 +12,7 @@ Offsets: a batch is acknowledged only after the broker acknowledged every output
 (decisions, dead letters, state changelog), so an offset is committed only once its decision or
 dead letter is written. A stop request lets the batch in flight finish first.
 
-Design notes: batches come a fetch at a time from ``streaming.faust_transport``, not through a
+Design notes: batches come a fetch at a time from ``streaming.kafka.faust_transport``, not through a
 Faust agent; one batch is scored while the previous one's outputs are on their way (never
 more), and scale-out is by partitions. Scoring runs in a worker thread so the event loop keeps
 consuming and heartbeating while a batch is scored.
@@ -38,14 +38,14 @@ from model.drift import DriftMonitor
 from model.features import DAY_MS, MERCHANT_SPAN_DAYS, RiskContext, epoch_ms, frame_from_transactions
 from model.schemas import Label, Transaction, decision_json
 from model.scoring import ModelHolder, scoring_executor, utcnow
-from streaming import faust_transport, kafka
-from streaming.merchant_risk import MerchantRisk, label_key
+from streaming.kafka import clients as kafka
+from streaming.kafka import faust_transport
+from streaming.kafka.outputs import OutputBatch, Outputs
+from streaming.kafka.replica import Replica, end_offsets
 from streaming.metrics import WorkerMetrics
-from streaming.outputs import OutputBatch, Outputs
 from streaming.quality import QualityTracker
-from streaming.replica import Replica, end_offsets
-from streaming.settings import WorkerSettings
-from streaming.state import (
+from streaming.scoring.merchant_risk import MerchantRisk, label_key
+from streaming.scoring.state import (
     CARD_TABLE,
     CardState,
     changelog_key,
@@ -57,13 +57,14 @@ from streaming.state import (
     with_fraud_label,
     without_fraud_label,
 )
-from streaming.validation import (
+from streaming.scoring.validation import (
     Rejected,
     check_label_record,
     check_record,
     parse_label,
     parse_transaction,
 )
+from streaming.settings import WorkerSettings
 
 log = logging.getLogger("fraudstream.worker")
 

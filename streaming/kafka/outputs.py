@@ -22,7 +22,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 
-from streaming import kafka
+from streaming.kafka import clients as kafka
 from streaming.settings import KafkaSettings
 
 #: librdkafka's RD_KAFKA_PARTITION_UA, what ``produce`` assumes without a partition: the

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from confluent_kafka import OFFSET_BEGINNING
 
-from streaming import replica as replica_module
-from streaming.replica import Replica
+from streaming.kafka import replica as replica_module
+from streaming.kafka.replica import Replica
 from streaming.settings import KafkaSettings
 
 

@@ -35,7 +35,7 @@ Recovery to the last record. Faust's table recovery reads each changelog partiti
 high watermark the broker reports. The embedded broker reports the last record batch's base
 offset + 1, so recovery stopped inside the last batch and the cards written after its first
 record came back empty. With ``read_ends`` given to :func:`install`, the watermarks recovery
-asks for are raised to the last record actually there (``streaming.kafka.read_ends``), and the
+asks for are raised to the last record actually there (``streaming.kafka.clients.read_ends``), and the
 changelog can be written in ordinary batches.
 """
 

@@ -22,8 +22,8 @@ from model.fast_predict import FAST_MAX_ROWS
 from model.features import frame_from_transactions
 from model.schemas import Decision, Transaction
 from model.scoring import ModelHolder, utcnow
-from streaming.merchant_risk import MerchantRisk
-from streaming.state import CardState, history_frame, labels_frame
+from streaming.scoring.merchant_risk import MerchantRisk
+from streaming.scoring.state import CardState, history_frame, labels_frame
 
 
 @dataclass

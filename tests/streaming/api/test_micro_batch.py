@@ -15,9 +15,9 @@ from model.schemas import Transaction
 from model.scoring import ModelHolder
 from model.train import TrainOptions, train
 from producers.synthetic import SimConfig, generate
-from streaming.merchant_risk import MerchantRisk
-from streaming.micro_batch import MicroBatcher
-from streaming.state import merge
+from streaming.api.micro_batch import MicroBatcher
+from streaming.scoring.merchant_risk import MerchantRisk
+from streaming.scoring.state import merge
 
 
 @pytest.fixture(scope="module")

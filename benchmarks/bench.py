@@ -5,11 +5,11 @@ Every phase runs against the same broker and the same generated transactions (on
 ``producers.synthetic`` run; each phase takes a prefix of it), and every measured program runs
 in its own process so that the numbers are those of one Python process each, as deployed:
 
-1. **limit**: a minimal confluent-kafka + orjson loop (``python -m streaming.bench limit``):
+1. **limit**: a minimal confluent-kafka + orjson loop (``python -m benchmarks.bench limit``):
    consume a pre-filled topic in batches, parse, score the batch with one call of the project's
    trained model on the raw-field features (history features left at zero), produce decisions.
    What Kafka, JSON and one batched model call cost: the ceiling for a Python scorer here.
-2. **naive**: a plain Faust agent in its own tiny app (``python -m streaming.bench naive``): one
+2. **naive**: a plain Faust agent in its own tiny app (``python -m benchmarks.bench naive``): one
    ``predict_proba`` and one ``await topic.send()`` per message, the way the systems this project
    replaces work.
 3. **worker**: ``fraud worker`` itself, with real features, card state and model: saturated
@@ -19,8 +19,8 @@ in its own process so that the numbers are those of one Python process each, as 
 4. **predict**: ``fraud api`` as configured by default (card state from its own copy of the
    card table), the same with card state read from the running worker per request, and,
    beside them, a no-op route with the same body and response models in the same uvicorn setup
-   (``python -m streaming.bench noop``), all driven by an async HTTP client (aiohttp; httpx
-   with ``--http-client httpx``) in a separate process (``python -m streaming.bench http``)
+   (``python -m benchmarks.bench noop``), all driven by an async HTTP client (aiohttp; httpx
+   with ``--http-client httpx``) in a separate process (``python -m benchmarks.bench http``)
    at concurrency 1 and 16.
 5. **train**: ``fraud train`` on a generated CSV of at least ``--rows`` rows: wall time and the
    peak RSS of that process. Its model is the one every other phase scores with.
@@ -200,7 +200,7 @@ def role_limit(args: argparse.Namespace) -> dict[str, Any]:
     from confluent_kafka import TopicPartition
 
     from model.metrics import decide
-    from streaming import kafka
+    from streaming.kafka import clients as kafka
     from streaming.settings import KafkaSettings
 
     estimator, thresholds, version = _load_model(args.model_dir)
@@ -251,7 +251,7 @@ def role_naive(args: argparse.Namespace) -> None:
     import faust
 
     from model.metrics import decide
-    from streaming import faust_transport
+    from streaming.kafka import faust_transport
 
     estimator, thresholds, version = _load_model(args.model_dir)
     app = faust.App(
@@ -556,7 +556,7 @@ class Traffic:
 
 def _prefill(settings: Any, topic: str, records: Sequence[tuple[bytes, bytes]]) -> float:
     """Produce ``records`` to ``topic`` as fast as the client goes; returns msg/s."""
-    from streaming import kafka
+    from streaming.kafka import clients as kafka
 
     producer = kafka.producer(settings)
     errors: list[str] = []
@@ -588,7 +588,7 @@ class DecisionReader:
     def __init__(self, settings: Any, topic: str) -> None:
         from confluent_kafka import TopicPartition
 
-        from streaming import kafka
+        from streaming.kafka import clients as kafka
 
         self.consumer = kafka.consumer(settings, f"bench-reader-{uuid.uuid4().hex[:8]}")
         partitions = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
@@ -719,14 +719,14 @@ class Bench:
         return base.model_copy(update=topics or {})
 
     def topic(self, name: str) -> str:
-        from streaming import kafka
+        from streaming.kafka import clients as kafka
 
         full = f"bench-{self.suffix}-{name}"
         kafka.ensure_topics(self.settings(), [full])
         return full
 
     def run(self) -> dict[str, Any]:
-        from streaming.broker import EmbeddedBroker
+        from streaming.kafka.broker import EmbeddedBroker
 
         opts = self.opts
         model_dir, train = _train(opts, self.workdir, self.children)
@@ -770,7 +770,7 @@ class Bench:
         self.results["produce_tx_per_s"] = rate
         _say(f"limit loop: {n:,} transactions (pre-filled at {rate:,.0f} msg/s) ...")
         argv = _python(
-            "streaming.bench", "limit", "--bootstrap", self.bootstrap, "--topic", source,
+            "benchmarks.bench", "limit", "--bootstrap", self.bootstrap, "--topic", source,
             "--out-topic", sink, "--model-dir", str(self.model_dir), "--count", str(n),
         )  # fmt: skip
         out = _run_json(self.children, "limit", argv, timeout=600)
@@ -785,7 +785,7 @@ class Bench:
         _say(f"naive Faust agent: {n:,} transactions ...")
         result = self.workdir / "naive.json"
         argv = _python(
-            "streaming.bench", "naive", "--bootstrap", self.bootstrap, "--topic", source,
+            "benchmarks.bench", "naive", "--bootstrap", self.bootstrap, "--topic", source,
             "--out-topic", sink, "--model-dir", str(self.model_dir), "--count", str(n),
             "--partitions", str(self.opts.partitions), "--result", str(result),
             "--datadir", str(self.workdir / "naive-data"),
@@ -816,8 +816,8 @@ class Bench:
         return {**env, **self.opts.worker_env}
 
     def phase_worker_and_predict(self) -> None:
-        from streaming import kafka
-        from streaming.broker import free_port
+        from streaming.kafka import clients as kafka
+        from streaming.kafka.broker import free_port
 
         opts = self.opts
         topics = {
@@ -919,7 +919,7 @@ class Bench:
         _say(f"latency: p50 {p50:.0f} ms, p99 {p99:.0f} ms ({seen:,} of {len(ids):,} decided)")
 
     def measure_predict(self, web_port: int, worker: subprocess.Popen[bytes]) -> None:
-        from streaming.broker import free_port, wait_http
+        from streaming.kafka.broker import free_port, wait_http
 
         opts = self.opts
         api_port, api_worker_port, noop_port = free_port(), free_port(), free_port()
@@ -940,7 +940,7 @@ class Bench:
             _python("streaming.cli", "api"),
             _child_env({**api_env, "FRAUD_PORT": str(api_worker_port), "FRAUD_CARD_STATE_SOURCE": "worker"}),
         )
-        noop = self.children.start("noop", _python("streaming.bench", "noop", "--port", str(noop_port)), _child_env())
+        noop = self.children.start("noop", _python("benchmarks.bench", "noop", "--port", str(noop_port)), _child_env())
         for url, proc, what in (
             (f"http://127.0.0.1:{api_port}/ready", api, "api"),
             (f"http://127.0.0.1:{api_worker_port}/ready", api_worker, "api-worker"),
@@ -952,7 +952,7 @@ class Bench:
         bodies.write_bytes(b"\n".join(value for _, value in self.traffic.records[: min(1000, opts.worker_count)]))
         _say(f"/predict and no-op, c=1 and c=16, {opts.http_seconds:g} s each ...")
         argv = _python(
-            "streaming.bench", "http", "--bodies", str(bodies), "--seconds", str(opts.http_seconds),
+            "benchmarks.bench", "http", "--bodies", str(bodies), "--seconds", str(opts.http_seconds),
             "--warmup", str(opts.http_warmup_seconds), "--concurrency", "1", "16",
             "--target", f"noop=http://127.0.0.1:{noop_port}/predict",
             "--target", f"predict=http://127.0.0.1:{api_port}/predict",
@@ -1114,7 +1114,7 @@ def format_table(r: dict[str, Any]) -> str:
 
 
 def _role_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m streaming.bench", description="fraud bench's child processes")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench", description="fraud bench's child processes")
     sub = parser.add_subparsers(dest="role", required=True)
     for role in ("limit", "naive"):
         p = sub.add_parser(role)

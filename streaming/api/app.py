@@ -37,13 +37,13 @@ from model.errors import FraudStreamError, UpstreamUnavailableError
 from model.schemas import Decision, Label, Transaction
 from model.scoring import ModelHolder, Scorer, scoring_executor
 from producers.publisher import label_value
-from streaming import kafka
-from streaming.merchant_risk import MerchantRisk
+from streaming.api.micro_batch import MicroBatcher
+from streaming.kafka import clients as kafka
+from streaming.kafka.replica import Replica
 from streaming.metrics import ApiMetrics
-from streaming.micro_batch import MicroBatcher
-from streaming.replica import Replica
+from streaming.scoring.merchant_risk import MerchantRisk
+from streaming.scoring.state import CardState, CardStateCopy, card_changelog_topic
 from streaming.settings import ApiSettings
-from streaming.state import CardState, CardStateCopy, card_changelog_topic
 
 log = logging.getLogger("fraudstream.api")
 

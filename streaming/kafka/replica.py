@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
-from streaming import kafka
+from streaming.kafka import clients as kafka
 from streaming.settings import KafkaSettings
 
 log = logging.getLogger(__name__)

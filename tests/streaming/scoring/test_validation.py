@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from model.schemas import MAX_MESSAGE_BYTES, Label, Transaction
-from streaming.validation import (
+from streaming.scoring.validation import (
     DLQ_REASONS,
     Rejected,
     check_label_record,

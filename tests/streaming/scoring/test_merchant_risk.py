@@ -24,10 +24,17 @@ from model.schemas import Transaction
 from model.scoring import ModelHolder, Scorer
 from model.train import TrainOptions, train
 from producers.synthetic import SimConfig, generate
-from streaming.merchant_risk import MerchantRisk, activity_key, label_key, label_value
 from streaming.metrics import WorkerMetrics
-from streaming.state import decode_state, history_frame, labels_frame, merge, with_fraud_label, without_fraud_label
-from streaming.worker import BatchProcessor
+from streaming.scoring.merchant_risk import MerchantRisk, activity_key, label_key, label_value
+from streaming.scoring.state import (
+    decode_state,
+    history_frame,
+    labels_frame,
+    merge,
+    with_fraud_label,
+    without_fraud_label,
+)
+from streaming.worker.app import BatchProcessor
 
 DELAY_DAYS = 4.0
 
@@ -188,7 +195,7 @@ def test_a_cards_stored_labels_set_its_own_flag_and_never_other_merchants_rates(
 
 
 def test_a_new_owner_waits_until_the_replica_has_read_to_the_ends() -> None:
-    from streaming.replica import Replica
+    from streaming.kafka.replica import Replica
     from streaming.settings import KafkaSettings
 
     replica = Replica(

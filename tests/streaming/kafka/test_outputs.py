@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from streaming.outputs import OutputBatch
+from streaming.kafka.outputs import OutputBatch
 
 
 class FakeProducer:

@@ -11,7 +11,7 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 from faust.types import TP
 
-from streaming import faust_transport
+from streaming.kafka import faust_transport
 
 
 @pytest.fixture

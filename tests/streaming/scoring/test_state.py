@@ -10,7 +10,7 @@ import numpy as np
 import orjson
 
 from model.features import HISTORY_COLUMNS, HISTORY_SPAN_MS
-from streaming.state import CardStateCopy, changelog_key, empty_state, history_frame, merge
+from streaming.scoring.state import CardStateCopy, changelog_key, empty_state, history_frame, merge
 
 T = 1_767_225_600_000  # 2026-01-01T00:00:00Z in ms
 HOUR = 3_600_000

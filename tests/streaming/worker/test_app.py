@@ -8,8 +8,15 @@ from pathlib import Path
 import faust
 import orjson
 
-from streaming.state import CardStateCopy, card_changelog_topic, changelog_key, decode_state, merge, with_fraud_label
-from streaming.worker import card_table
+from streaming.scoring.state import (
+    CardStateCopy,
+    card_changelog_topic,
+    changelog_key,
+    decode_state,
+    merge,
+    with_fraud_label,
+)
+from streaming.worker.app import card_table
 
 
 def test_changelog_records_decode_as_fausts_own(tmp_path: Path) -> None:
