@@ -21,17 +21,13 @@ quality``); ``format_quality`` renders its report as a table.
 from __future__ import annotations
 
 import logging
-import time
-import uuid
 from collections import OrderedDict
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, TIMESTAMP_NOT_AVAILABLE, KafkaError, Message, TopicPartition
+from confluent_kafka import Message
 
-from model.errors import UpstreamUnavailableError
 from model.features import epoch_ms
 from streaming.kafka import clients as kafka
 from streaming.scoring.validation import Rejected, check_label_record, parse_label
@@ -307,7 +303,7 @@ def read_quality(
             return
         tracker.add_label(label.transaction_id, label.is_fraud)
 
-    beyond = _read_topics(
+    beyond = kafka.read_to_end(
         settings,
         {settings.decisions_topic: on_decision, settings.labels_topic: on_label},
         timeout_s=timeout_s,
@@ -326,82 +322,6 @@ def read_quality(
         "records_beyond_watermark": beyond,
         "by_model_version": summary,
     }
-
-
-def _read_topics(
-    settings: KafkaSettings,
-    handlers: dict[str, Callable[[Message], None]],
-    timeout_s: float,
-    idle_s: float,
-) -> int:
-    """Feed every record of the topics, up to their ends at call time, to the topic's handler.
-    Returns how many records were read past the reported high watermarks (see read_quality)."""
-    cutoff_ms = int(time.time() * 1000)
-    deadline = time.monotonic() + timeout_s
-    consumer = kafka.consumer(settings, f"fraud-quality-{uuid.uuid4().hex[:12]}", **{"enable.auto.offset.store": False})
-    try:
-        highs: dict[tuple[str, int], int] = {}
-        assignment = []
-        for topic in handlers:
-            try:
-                meta = consumer.list_topics(topic, timeout=max(1.0, deadline - time.monotonic()))
-            except Exception as exc:
-                raise UpstreamUnavailableError(f"cannot read metadata of {topic}: {exc}") from exc
-            tmeta = meta.topics.get(topic)
-            if tmeta is None or tmeta.error is not None or not tmeta.partitions:
-                raise ValueError(f"topic {topic!r} does not exist (or has no partitions)")
-            for p in sorted(tmeta.partitions):
-                low, high = consumer.get_watermark_offsets(
-                    TopicPartition(topic, p), timeout=max(1.0, deadline - time.monotonic()), cached=False
-                )
-                if high > low:  # an empty partition has nothing to read at call time
-                    highs[(topic, p)] = high
-                    assignment.append(TopicPartition(topic, p, OFFSET_BEGINNING))
-        if not assignment:
-            return 0
-        consumer.assign(assignment)
-        below = set(highs)  # partitions not yet read up to their watermark
-        tails = set(highs)  # partitions that may still hold records written before the call
-        beyond = 0
-        last_record = time.monotonic()
-        while tails:
-            now = time.monotonic()
-            if below and now > deadline:
-                raise UpstreamUnavailableError(
-                    f"read_quality: {len(below)} partition(s) not read up to their end in {timeout_s} s: "
-                    + ", ".join(f"{t}[{p}]" for t, p in sorted(below))
-                )
-            if not below and (now - last_record >= idle_s or now > deadline):
-                break
-            for msg in consumer.consume(500, 0.2):
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        continue
-                    raise UpstreamUnavailableError(f"reading {msg.topic()}[{msg.partition()}]: {err}")
-                name, partition, offset = msg.topic(), msg.partition(), msg.offset()
-                if name is None or partition is None or offset is None:
-                    continue  # only error events lack them
-                key = (name, partition)
-                if key not in tails:
-                    continue  # paused after its end, fetched before the pause
-                if offset >= highs[key]:
-                    ts_type, ts = msg.timestamp()
-                    if ts_type != TIMESTAMP_NOT_AVAILABLE and ts > cutoff_ms:
-                        # Written after the call: this partition is done.
-                        tails.discard(key)
-                        consumer.pause([TopicPartition(name, partition)])
-                        continue
-                    beyond += 1
-                handlers[name](msg)
-                last_record = time.monotonic()
-                if offset + 1 >= highs[key]:
-                    below.discard(key)
-        if beyond:
-            log.info("read %d record(s) past the reported high watermarks (broker reports them short)", beyond)
-        return beyond
-    finally:
-        consumer.close()
 
 
 # --- report ------------------------------------------------------------------------------------

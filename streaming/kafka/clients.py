@@ -1,15 +1,26 @@
-"""confluent-kafka clients configured from settings, and topic creation."""
+"""confluent-kafka clients configured from settings, topic creation, and reading topics to their end."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+import uuid
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from model.errors import UpstreamUnavailableError
 from streaming.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -127,3 +138,104 @@ def project_topics(settings: KafkaSettings) -> list[str]:
         settings.labels_topic,
         settings.labels_dlq_topic,
     ]
+
+
+def end_offsets(settings: KafkaSettings, topic: str) -> dict[int, int]:
+    """The topic's current end offset per partition."""
+    reader = consumer(settings, f"{topic}-ends", logger=log, log_level=2)
+    try:
+        meta = reader.list_topics(topic, timeout=10)
+        return {
+            p: reader.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in meta.topics[topic].partitions
+        }
+    finally:
+        reader.close()
+
+
+def read_to_end(
+    settings: KafkaSettings,
+    handlers: dict[str, Callable[[Message], None]],
+    timeout_s: float,
+    idle_s: float,
+) -> int:
+    """Feed every record of the topics, from the beginning up to their ends at call time, to the
+    topic's handler (an assigned consumer: no group membership, nothing committed). Returns how
+    many records were read past the reported high watermarks.
+
+    The embedded broker (tansu 0.6.0) reports a partition's high watermark as its last record
+    batch's base offset + 1, so the watermark can sit short of the real end. Once every partition
+    reached its watermark, reading goes on until no record came for ``idle_s`` seconds; past the
+    watermark, a partition stops at the first record whose Kafka timestamp is later than the call
+    (written after it: excluded), so live traffic neither extends the read nor reaches a handler.
+    On Apache Kafka the watermarks are exact and this costs at most ``idle_s``.
+
+    Raises ``UpstreamUnavailableError`` when the watermarks are not reached in ``timeout_s``,
+    ``ValueError`` when a topic does not exist.
+    """
+    cutoff_ms = int(time.time() * 1000)
+    deadline = time.monotonic() + timeout_s
+    reader = consumer(settings, f"fraudstream-read-{uuid.uuid4().hex[:12]}", **{"enable.auto.offset.store": False})
+    try:
+        highs: dict[tuple[str, int], int] = {}
+        assignment = []
+        for topic in handlers:
+            try:
+                meta = reader.list_topics(topic, timeout=max(1.0, deadline - time.monotonic()))
+            except Exception as exc:
+                raise UpstreamUnavailableError(f"cannot read metadata of {topic}: {exc}") from exc
+            tmeta = meta.topics.get(topic)
+            if tmeta is None or tmeta.error is not None or not tmeta.partitions:
+                raise ValueError(f"topic {topic!r} does not exist (or has no partitions)")
+            for p in sorted(tmeta.partitions):
+                low, high = reader.get_watermark_offsets(
+                    TopicPartition(topic, p), timeout=max(1.0, deadline - time.monotonic()), cached=False
+                )
+                if high > low:  # an empty partition has nothing to read at call time
+                    highs[(topic, p)] = high
+                    assignment.append(TopicPartition(topic, p, OFFSET_BEGINNING))
+        if not assignment:
+            return 0
+        reader.assign(assignment)
+        below = set(highs)  # partitions not yet read up to their watermark
+        tails = set(highs)  # partitions that may still hold records written before the call
+        beyond = 0
+        last_record = time.monotonic()
+        while tails:
+            now = time.monotonic()
+            if below and now > deadline:
+                raise UpstreamUnavailableError(
+                    f"{len(below)} partition(s) not read up to their end in {timeout_s} s: "
+                    + ", ".join(f"{t}[{p}]" for t, p in sorted(below))
+                )
+            if not below and (now - last_record >= idle_s or now > deadline):
+                break
+            for msg in reader.consume(500, 0.2):
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise UpstreamUnavailableError(f"reading {msg.topic()}[{msg.partition()}]: {err}")
+                name, partition, offset = msg.topic(), msg.partition(), msg.offset()
+                if name is None or partition is None or offset is None:
+                    continue  # only error events lack them
+                key = (name, partition)
+                if key not in tails:
+                    continue  # paused after its end, fetched before the pause
+                if offset >= highs[key]:
+                    ts_type, ts = msg.timestamp()
+                    if ts_type != TIMESTAMP_NOT_AVAILABLE and ts > cutoff_ms:
+                        # Written after the call: this partition is done.
+                        tails.discard(key)
+                        reader.pause([TopicPartition(name, partition)])
+                        continue
+                    beyond += 1
+                handlers[name](msg)
+                last_record = time.monotonic()
+                if offset + 1 >= highs[key]:
+                    below.discard(key)
+        if beyond:
+            log.info("read %d record(s) past the reported high watermarks (broker reports them short)", beyond)
+        return beyond
+    finally:
+        reader.close()

@@ -121,16 +121,3 @@ class Replica(threading.Thread):
                         pending.discard(p)
         finally:
             consumer.close()
-
-
-def end_offsets(settings: KafkaSettings, topic: str) -> dict[int, int]:
-    """The topic's current end offset per partition."""
-    consumer = kafka.consumer(settings, f"{topic}-ends", logger=log, log_level=2)
-    try:
-        meta = consumer.list_topics(topic, timeout=10)
-        return {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in meta.topics[topic].partitions
-        }
-    finally:
-        consumer.close()

@@ -41,7 +41,7 @@ from model.scoring import ModelHolder, scoring_executor, utcnow
 from streaming.kafka import clients as kafka
 from streaming.kafka import faust_transport
 from streaming.kafka.outputs import OutputBatch, Outputs
-from streaming.kafka.replica import Replica, end_offsets
+from streaming.kafka.replica import Replica
 from streaming.metrics import WorkerMetrics
 from streaming.quality import QualityTracker
 from streaming.scoring.merchant_risk import MerchantRisk, label_key
@@ -343,7 +343,7 @@ def create_app(
         if replica is None:
             return
         loop = asyncio.get_running_loop()
-        ends = await loop.run_in_executor(None, end_offsets, settings, settings.merchant_risk_topic)
+        ends = await loop.run_in_executor(None, kafka.end_offsets, settings, settings.merchant_risk_topic)
         if not await loop.run_in_executor(None, replica.wait_until, ends, 120.0):
             log.critical("merchant-risk replica did not reach %s within 120 s; stopping uncommitted", ends)
             logging.shutdown()
