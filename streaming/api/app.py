@@ -42,6 +42,7 @@ from streaming.kafka import clients as kafka
 from streaming.kafka.replica import Replica
 from streaming.metrics import ApiMetrics
 from streaming.scoring.merchant_risk import MerchantRisk
+from streaming.scoring.service import ScoringService
 from streaming.scoring.state import CardState, CardStateCopy, card_changelog_topic
 from streaming.settings import ApiSettings
 
@@ -176,7 +177,8 @@ class Services:
             lambda: self.cards.stored_bytes,
             lambda: self.card_state_restored,
         )
-        self.batcher = MicroBatcher(self.holder, self.risk, self.executor)
+        self.service = ScoringService(self.holder, self.risk)
+        self.batcher = MicroBatcher(self.service, self.executor)
 
     @property
     def card_state_restored(self) -> bool:
