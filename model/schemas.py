@@ -120,6 +120,11 @@ class Decision(BaseModel):
             "'unavailable': the history could not be reached and the score is stateless."
         ),
     )
+    decided_by: str = Field(
+        default="model",
+        description="What decided: 'model' (the thresholds), 'rule:<id>', 'allow_list:<kind>' or "
+        "'block_list:<kind>' (rules and lists come before the model; the score is the model's either way).",
+    )
     features: dict[str, float] | None = Field(
         default=None,
         description="Feature values the score was computed from; only when the worker runs with "

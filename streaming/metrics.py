@@ -53,7 +53,7 @@ class BatchHistogram(Collector):
 
 
 class ModelMetrics:
-    """What every scoring process says about its model."""
+    """What every scoring process says about its model and the rules ahead of it."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.info = Gauge(
@@ -63,6 +63,19 @@ class ModelMetrics:
         self.reload_failures = Counter(
             "fraud_model_reload_failures_total",
             "Model artifacts refused at load (bad hash, unreadable, wrong features)",
+            registry=registry,
+        )
+        # Rule ids are bounded labels: at most streaming.scoring.rules.MAX_RULES of them.
+        self.rule_hits = Counter(
+            "fraud_rule_hits_total",
+            "Transactions a rule matched, by rule, action and mode (log_only rules included)",
+            ["rule", "action", "mode"],
+            registry=registry,
+        )
+        self.rule_decisions = Counter(
+            "fraud_rule_decisions_total",
+            "Decisions made ahead of the model, by source (rule, allow_list, block_list) and outcome",
+            ["source", "decision"],
             registry=registry,
         )
 

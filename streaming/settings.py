@@ -46,6 +46,8 @@ class KafkaSettings(BaseSettings):
     """Dead-letter topic for label events that fail validation."""
     merchant_risk_topic: str = "fraud-merchant-risk"
     """Internal compacted topic: merchant daily counts and fraud labels, read by every worker and API."""
+    rules_topic: str = "fraud-rules"
+    """Compacted topic of rules and allow/block lists, followed by every worker and API process."""
     topic_partitions: int = Field(default=4, ge=1)
     """Partitions for topics this project creates; the worker's table shards match it."""
     topic_replication_factor: int = Field(default=1, ge=1)

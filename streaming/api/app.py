@@ -38,6 +38,7 @@ from streaming.api.micro_batch import MicroBatcher
 from streaming.kafka.replica import Replica
 from streaming.metrics import ApiMetrics
 from streaming.scoring.merchant_risk import MerchantRisk
+from streaming.scoring.rules import RuleBook
 from streaming.scoring.service import ScoringService
 from streaming.scoring.state import CardState, CardStateCopy, card_changelog_topic
 from streaming.settings import ApiSettings
@@ -62,6 +63,9 @@ class Services:
         # Merchant risk (daily counts, fraud labels) from the workers' compacted topic.
         self.risk = MerchantRisk()
         self.replica = Replica(settings, settings.merchant_risk_topic, self.risk.apply, "merchant-risk")
+        # Rules and lists, as every worker applies them.
+        self.rules = RuleBook()
+        self.rules_replica = Replica(settings, settings.rules_topic, self.rules.apply, "rules")
         # The card table from its changelog: the worker writes it with the decisions, so the copy
         # trails them by one fetch. A short fetch wait keeps that small on brokers that answer
         # a fetch only when the wait is over (the embedded one); Kafka answers as data arrives.
@@ -82,7 +86,7 @@ class Services:
             lambda: self.cards.stored_bytes,
             lambda: self.card_state_restored,
         )
-        self.service = ScoringService(self.holder, self.risk)
+        self.service = ScoringService(self.holder, self.risk, rules=self.rules, metrics=self.metrics)
         self.batcher = MicroBatcher(self.service, self.executor)
 
     @property
@@ -177,6 +181,7 @@ def create_api(settings: ApiSettings | None = None) -> FastAPI:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(services.executor, services.refresh_model)
         services.replica.start()
+        services.rules_replica.start()
         if services.card_replica is not None:
             services.card_replica.start()
         else:
@@ -200,6 +205,7 @@ def create_api(settings: ApiSettings | None = None) -> FastAPI:
                 await services.http.close()
             await loop.run_in_executor(None, services.labels.close)
             services.replica.stop()
+            services.rules_replica.stop()
             if services.card_replica is not None:
                 services.card_replica.stop()
             services.executor.shutdown(wait=False)
@@ -263,6 +269,8 @@ def create_api(settings: ApiSettings | None = None) -> FastAPI:
             else card_replica.last_error,
             # Informational: without it /predict still answers, with merchant features of zero.
             "merchant_risk_restored": services.replica.caught_up.is_set(),
+            # Informational too: until then /predict applies the rules and lists read so far.
+            "rules_restored": services.rules_replica.caught_up.is_set(),
         }
         return JSONResponse(status_code=200 if is_ready else 503, content=body)
 

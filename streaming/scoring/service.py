@@ -2,8 +2,9 @@
 
 A call takes valid transactions and their cards' stored states and returns each transaction's
 decision fields: one feature pass over the batch (card history plus merchant risk), one model
-call, thresholds and reasons. Whatever decides a transaction (the model today; rules, lists and a
-challenger model later) plugs in here once, so the stream and ``/predict`` always decide alike.
+call, thresholds and reasons, then the rules and lists that come before the model
+(:mod:`streaming.scoring.rules`). Whatever decides a transaction plugs in here once, so the
+stream and ``/predict`` always decide alike.
 
 CPU-bound: call it on the scoring thread (:func:`model.scoring.scoring_executor`), never on the
 event loop. One call uses one model throughout, so a model swap happens between calls.
@@ -22,7 +23,9 @@ from model.drift import DriftMonitor
 from model.features import Columns, RiskContext, epoch_ms, frame_from_transactions
 from model.schemas import Decision, Transaction, decision_json
 from model.scoring import ModelHolder, ScoredBatch, utcnow
+from streaming.metrics import ModelMetrics
 from streaming.scoring.merchant_risk import MerchantRisk
+from streaming.scoring.rules import Inputs, RuleBook, Ruleset
 from streaming.scoring.state import CardState, history_frame, labels_frame, merge
 
 #: A history row not stored yet: ``(transaction_id, card_id, merchant_id, ts_ms, amount)``.
@@ -44,9 +47,18 @@ class ScoringService:
     """Scores with the holder's serving model against card state and merchant risk."""
 
     def __init__(
-        self, holder: ModelHolder, risk: MerchantRisk, include_features: bool = False, track_drift: bool = False
+        self,
+        holder: ModelHolder,
+        risk: MerchantRisk,
+        include_features: bool = False,
+        track_drift: bool = False,
+        rules: RuleBook | None = None,
+        metrics: ModelMetrics | None = None,
     ) -> None:
         self.holder, self.risk, self.include_features = holder, risk, include_features
+        #: Rules and lists ahead of the model (None: the model alone decides).
+        self.rules = rules
+        self.metrics = metrics
         #: PSI of the scored traffic against the model's training data (``track_drift``).
         self.drift: DriftMonitor | None = None
         self._track_drift = track_drift
@@ -85,8 +97,29 @@ class ScoringService:
                 self.drift = DriftMonitor(scorer.artifact.metadata.get("drift_reference"), version=scorer.version)
             self.drift.observe(batch.features, batch.scores)
         card_states = [_card_state(tx.card_id, states, unavailable) for tx in txs]
-        fields = scorer.decision_fields(txs, batch, card_states, scored_at or utcnow(), self.include_features)
+        scored_at = scored_at or utcnow()
+        fields = scorer.decision_fields(txs, batch, card_states, scored_at, self.include_features)
+        ruleset = self.rules.snapshot() if self.rules is not None else None
+        if ruleset is not None and not ruleset.empty:
+            self._apply_rules(ruleset, Inputs(txs, queries, batch.features), scored_at, fields)
         return Scored(queries=queries, batch=batch, fields=fields)
+
+    def _apply_rules(self, ruleset: Ruleset, inputs: Inputs, scored_at: datetime, fields: list[dict[str, Any]]) -> None:
+        """Overrule the model where a rule or list decides (precedence: streaming/scoring/rules.py)."""
+        verdicts = ruleset.apply(inputs, int(scored_at.timestamp() * 1000))
+        decided: dict[tuple[str, str], int] = {}
+        for row, action, by in zip(fields, verdicts.actions, verdicts.decided_by, strict=True):
+            if action is None:
+                continue
+            row["decision"], row["decided_by"] = action, by
+            row["reasons"] = [by, *row["reasons"]]
+            key = (by.partition(":")[0], action)
+            decided[key] = decided.get(key, 0) + 1
+        if self.metrics is not None:
+            for (rule, action, mode), n in verdicts.hits.items():
+                self.metrics.rule_hits.labels(rule=rule, action=action, mode=mode).inc(n)
+            for (source, action), n in decided.items():
+                self.metrics.rule_decisions.labels(source=source, decision=action).inc(n)
 
     def decisions(self, scored: Scored) -> list[Decision]:
         """The decisions as validated models (the API's answers)."""

@@ -23,6 +23,7 @@ from streaming.kafka.outputs import Outputs
 from streaming.kafka.replica import Replica
 from streaming.metrics import WorkerMetrics
 from streaming.scoring.merchant_risk import MerchantRisk
+from streaming.scoring.rules import RuleBook
 from streaming.scoring.service import ScoringService
 from streaming.scoring.state import CARD_TABLE, decode_state, empty_state
 from streaming.settings import WorkerSettings
@@ -47,6 +48,7 @@ def create_app(
     risk: MerchantRisk | None = None,
     replica: Replica | None = None,
     exit: Exit | None = None,
+    rules: RuleBook | None = None,
 ) -> faust.App:
     app = faust.App(
         settings.app_id,
@@ -88,7 +90,9 @@ def create_app(
     app.topics.add(inputs)  # subscribed to as an agent's topic would be
     cards = card_table(app)
     executor = scoring_executor()
-    service = ScoringService(holder, risk or MerchantRisk(), settings.include_features, track_drift=True)
+    service = ScoringService(
+        holder, risk or MerchantRisk(), settings.include_features, track_drift=True, rules=rules, metrics=metrics
+    )
     executor.submit(service.warm_up)
     pipeline = Pipeline(
         settings,
@@ -197,6 +201,7 @@ def run_worker(settings: WorkerSettings) -> None:
     metrics.set_version(holder.scorer.version)
     kafka.ensure_topics(settings, kafka.project_topics(settings))
     kafka.ensure_topics(settings, [settings.merchant_risk_topic], config={"cleanup.policy": "compact"})
+    kafka.ensure_topics(settings, [settings.rules_topic], partitions=1, config={"cleanup.policy": "compact"})
     for topic in (settings.transactions_topic, settings.labels_topic):
         found = kafka.partition_count(settings, topic)
         if found != settings.topic_partitions:
@@ -214,8 +219,15 @@ def run_worker(settings: WorkerSettings) -> None:
     if not replica.caught_up.wait(timeout=120):
         raise SystemExit(f"fraud worker: could not read {settings.merchant_risk_topic} within 120 s")
     log.info("merchant risk restored: %d daily counts, %d fraud labels", *risk.size())
+    rules = RuleBook()
+    rules_replica = Replica(settings, settings.rules_topic, rules.apply, "rules")
+    rules_replica.start()
+    # The first batch is decided with the rules and lists in force, not the model alone.
+    if not rules_replica.caught_up.wait(timeout=120):
+        raise SystemExit(f"fraud worker: could not read {settings.rules_topic} within 120 s")
+    log.info("rules restored: %d rules, %d list entries", len(rules.rules()), len(rules.entries()))
     start_http_server(settings.metrics_port, registry=metrics.registry)
-    app = create_app(settings, holder, metrics, risk, replica=replica)
+    app = create_app(settings, holder, metrics, risk, replica=replica, rules=rules)
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
     log.info("worker %s: model %s, metrics on :%d", settings.app_id, holder.scorer.version, settings.metrics_port)
     worker.execute_from_commandline()
