@@ -165,6 +165,8 @@ class ApiSettings(KafkaSettings):
     (the producer gives up on the message at the same time)."""
     model_reload_seconds: float = Field(default=10.0, gt=0)
     """How often the model directory is checked for a new artifact."""
+    backtest_data: Path | None = None
+    """Labelled CSV the console and ``POST /admin/rules/backtest`` test rules on (none: disabled)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level of the API."""
 

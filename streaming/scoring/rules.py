@@ -23,6 +23,7 @@ they all apply the same set within seconds of a change, without a restart.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import threading
@@ -32,6 +33,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 import rule_engine
 import rule_engine.ast as ast
 import rule_engine.errors
@@ -113,22 +115,41 @@ Value = Any  # a numpy array (one value per transaction) or a scalar literal
 
 
 class Inputs:
-    """A batch's columns as rules read them, built on first use."""
+    """A batch's columns as rules read them: numbers from the feature matrix (and ``amount``),
+    strings from the transactions; each column built on first use."""
 
-    def __init__(self, txs: Sequence[Transaction], queries: Mapping[str, np.ndarray], features: np.ndarray) -> None:
-        self.txs, self.queries, self.features = txs, queries, features
-        self.n = len(txs)
-        self._cache: dict[str, np.ndarray] = {}
+    def __init__(self, n: int, amount: np.ndarray, features: np.ndarray, strings: Callable[[str], np.ndarray]) -> None:
+        self.n, self.features, self._strings = n, features, strings
+        self._cache: dict[str, np.ndarray] = {"amount": np.asarray(amount, dtype=np.float64)}
+
+    @classmethod
+    def of_transactions(
+        cls, txs: Sequence[Transaction], queries: Mapping[str, np.ndarray], features: np.ndarray
+    ) -> Inputs:
+        return cls(
+            len(txs),
+            queries["amount"],
+            features,
+            lambda name: np.array([getattr(tx, name) for tx in txs], dtype=object),
+        )
+
+    @classmethod
+    def of_frame(cls, frame: pd.DataFrame, features: np.ndarray) -> Inputs:
+        """A validated dataset frame (``model.dataset``); empty optional fields read as null."""
+
+        def strings(name: str) -> np.ndarray:
+            if name not in frame:
+                return np.full(len(frame), None, dtype=object)
+            values = frame[name].to_numpy(dtype=object)
+            values[pd.isna(values) | (values == "")] = None
+            return values
+
+        return cls(len(frame), frame["amount"].to_numpy(), features, strings)
 
     def get(self, name: str) -> np.ndarray:
         found = self._cache.get(name)
         if found is None:
-            if name == "amount":
-                found = np.asarray(self.queries["amount"], dtype=np.float64)
-            elif name in COLUMN:
-                found = self.features[:, COLUMN[name]]
-            else:
-                found = np.array([getattr(tx, name) for tx in self.txs], dtype=object)
+            found = self.features[:, COLUMN[name]] if name in COLUMN else self._strings(name)
             self._cache[name] = found
         return found
 
@@ -343,8 +364,8 @@ class Ruleset:
     rules: tuple[CompiledRule, ...] = ()
     #: list name -> kind -> value -> expiry (ms since the epoch) or None.
     lists: Mapping[str, Mapping[str, Mapping[str, int | None]]] = field(default_factory=dict)
-    #: Records applied to build this snapshot (changes with every change).
-    version: int = 0
+    #: A fingerprint of the rules and entries in force: equal in every process that applies the same.
+    version: str = "none"
 
     @property
     def empty(self) -> bool:
@@ -394,17 +415,20 @@ class RuleBook:
         self._entries: dict[str, ListEntry] = {}
         #: Records that could not be used, by key (shown by ``fraud rules list``).
         self.invalid: dict[str, str] = {}
-        self._applied = 0
+        #: The record value of every rule and entry in force, by key (for the fingerprint).
+        self._records: dict[str, bytes] = {}
         self._snapshot = Ruleset()
 
     def apply(self, key: bytes, value: bytes | None) -> None:
         """One record of the rules topic; a bad record is logged and kept out, never raised."""
         name = key.decode(errors="replace")
         with self._lock:
-            self._applied += 1
             self.invalid.pop(name, None)
+            self._records.pop(name, None)
             try:
                 self._apply(name, value)
+                if value is not None:
+                    self._records[name] = value
             except (RuleError, ValidationError, ValueError) as exc:
                 self.invalid[name] = str(exc)
                 log.warning("rules topic: ignoring %s: %s", name, exc)
@@ -440,7 +464,10 @@ class RuleBook:
         for entry in self._entries.values():
             until = None if entry.expires_at is None else int(entry.expires_at.timestamp() * 1000)
             lists.setdefault(entry.list, {}).setdefault(entry.kind, {})[entry.value] = until
-        return Ruleset(tuple(enabled), lists, self._applied)
+        digest = hashlib.sha256()
+        for key in sorted(self._records):
+            digest.update(key.encode() + b"\0" + self._records[key] + b"\0")
+        return Ruleset(tuple(enabled), lists, digest.hexdigest()[:12] if self._records else "none")
 
     def snapshot(self) -> Ruleset:
         return self._snapshot

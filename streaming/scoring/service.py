@@ -101,7 +101,7 @@ class ScoringService:
         fields = scorer.decision_fields(txs, batch, card_states, scored_at, self.include_features)
         ruleset = self.rules.snapshot() if self.rules is not None else None
         if ruleset is not None and not ruleset.empty:
-            self._apply_rules(ruleset, Inputs(txs, queries, batch.features), scored_at, fields)
+            self._apply_rules(ruleset, Inputs.of_transactions(txs, queries, batch.features), scored_at, fields)
         return Scored(queries=queries, batch=batch, fields=fields)
 
     def _apply_rules(self, ruleset: Ruleset, inputs: Inputs, scored_at: datetime, fields: list[dict[str, Any]]) -> None:

@@ -139,7 +139,13 @@ def create_app(
 
     @app.page("/health")
     async def health(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
-        return web.json({"status": "ok", "model_version": holder.scorer.version if holder.ready else None})
+        return web.json(
+            {
+                "status": "ok",
+                "model_version": holder.scorer.version if holder.ready else None,
+                "rules_version": rules.snapshot().version if rules is not None else None,
+            }
+        )
 
     @app.page("/ready")
     async def ready(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
