@@ -48,6 +48,10 @@ class KafkaSettings(BaseSettings):
     """Internal compacted topic: merchant daily counts and fraud labels, read by every worker and API."""
     rules_topic: str = "fraud-rules"
     """Compacted topic of rules and allow/block lists, followed by every worker and API process."""
+    review_topic: str = "fraud-review"
+    """Review cases (decision, transaction, features, card history) of every ``review`` decision,
+    keyed by transaction id; the console's review queue reads it."""
+
     topic_partitions: int = Field(default=4, ge=1)
     """Partitions for topics this project creates; the worker's table shards match it."""
     topic_replication_factor: int = Field(default=1, ge=1)

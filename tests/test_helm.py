@@ -363,6 +363,7 @@ TOPIC_VARIABLES = {
     "labelsDlq": "FRAUD_LABELS_DLQ_TOPIC",
     "merchantRisk": "FRAUD_MERCHANT_RISK_TOPIC",
     "rules": "FRAUD_RULES_TOPIC",
+    "review": "FRAUD_REVIEW_TOPIC",
 }
 
 

@@ -31,6 +31,9 @@ from streaming.worker.pipeline import BatchScorer, Pipeline
 
 log = logging.getLogger("fraudstream.worker")
 
+#: How long review cases stay on their topic (an unreviewed case older than this is dropped).
+REVIEW_RETENTION_MS = 30 * 24 * 3600 * 1000
+
 
 def card_table(app: faust.App) -> faust.types.TableT[str, bytes]:
     """The card states. Raw keys: the state-view routing hashes the same bytes as the producers
@@ -208,6 +211,12 @@ def run_worker(settings: WorkerSettings) -> None:
     kafka.ensure_topics(settings, kafka.project_topics(settings))
     kafka.ensure_topics(settings, [settings.merchant_risk_topic], config={"cleanup.policy": "compact"})
     kafka.ensure_topics(settings, [settings.rules_topic], partitions=1, config={"cleanup.policy": "compact"})
+    # One case per review decision, kept for REVIEW_RETENTION_MS (compacted: a redelivery replaces it).
+    kafka.ensure_topics(
+        settings,
+        [settings.review_topic],
+        config={"cleanup.policy": "compact,delete", "retention.ms": str(REVIEW_RETENTION_MS)},
+    )
     for topic in (settings.transactions_topic, settings.labels_topic):
         found = kafka.partition_count(settings, topic)
         if found != settings.topic_partitions:

@@ -108,6 +108,7 @@ def make_topics(bootstrap: str, partitions: int = 2) -> Topics:
         labels_dlq_topic=f"labels-{suffix}.dlq",
         merchant_risk_topic=f"risk-{suffix}",
         rules_topic=f"rules-{suffix}",
+        review_topic=f"review-{suffix}",
         topic_partitions=partitions,
     )
     kafka.ensure_topics(settings, kafka.project_topics(settings))
@@ -182,6 +183,7 @@ class Stack:
             "FRAUD_LABELS_DLQ_TOPIC": s.labels_dlq_topic,
             "FRAUD_MERCHANT_RISK_TOPIC": s.merchant_risk_topic,
             "FRAUD_RULES_TOPIC": s.rules_topic,
+            "FRAUD_REVIEW_TOPIC": s.review_topic,
             "FRAUD_TOPIC_PARTITIONS": str(s.topic_partitions),
             "FRAUD_APP_ID": self.topics.app_id,
             "FRAUD_MODEL_DIR": str(self.model_dir),

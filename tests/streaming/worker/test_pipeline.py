@@ -21,6 +21,8 @@ from streaming.fatal import EXIT_INTERNAL_ERROR
 from streaming.kafka.outputs import OutputBatch
 from streaming.metrics import WorkerMetrics
 from streaming.scoring.merchant_risk import MerchantRisk
+from streaming.scoring.review import ReviewCase
+from streaming.scoring.rules import Rule, RuleBook, rule_record
 from streaming.scoring.service import ScoringService
 from streaming.scoring.state import changelog_key, decode_state
 from streaming.settings import WorkerSettings
@@ -90,11 +92,12 @@ class FailingCards(dict):
 
 
 def make_pipeline(
-    holder: ModelHolder, producer: FakeProducer | None = None, cards: dict | None = None
+    holder: ModelHolder, producer: FakeProducer | None = None, cards: dict | None = None, rules: RuleBook | None = None
 ) -> tuple[Pipeline, FakeProducer, list[Sequence[Any]]]:
     producer = producer or FakeProducer()
     acked: list[Sequence[Any]] = []
-    scorer = BatchScorer(ScoringService(holder, MerchantRisk()), WorkerMetrics(), grace_ms=3_600_000)
+    service = ScoringService(holder, MerchantRisk(), rules=rules)
+    scorer = BatchScorer(service, WorkerMetrics(), grace_ms=3_600_000)
     pipeline = Pipeline(
         SETTINGS,
         scorer,
@@ -237,3 +240,22 @@ def test_a_stalled_merchant_risk_replica_stops_the_worker(holder: ModelHolder, m
     with pytest.raises(Exited):
         asyncio.run(run_batch(pipeline, [tx_message(0)]))
     assert acked == []
+
+
+def test_review_decisions_leave_a_case_with_the_card_history(holder: ModelHolder) -> None:
+    rules = RuleBook()
+    rules.apply(*rule_record(Rule(id="all", expression="amount > 0", action="review")))
+    pipeline, producer, _ = make_pipeline(holder, rules=rules)
+    first, second = tx_message(0), tx_message(1)
+    second.value = second.value.replace(b"10:00:00", b"10:05:00")  # type: ignore[union-attr]  # set above
+    asyncio.run(run_batch(pipeline, [first]))
+    asyncio.run(run_batch(pipeline, [second]))
+
+    cases = {r["key"]: ReviewCase.model_validate_json(r["value"]) for r in producer.on(SETTINGS.review_topic)}
+    assert set(cases) == {b"tx-0", b"tx-1"}
+    case = cases[b"tx-1"]
+    assert case.decision["decision"] == "review" and case.decision["decided_by"] == "rule:all"
+    assert case.transaction["amount"] == 12.5
+    assert [h.transaction_id for h in case.card_history] == ["tx-0"]
+    assert cases[b"tx-0"].card_history == []
+    assert set(case.features) >= {"amount", "card_tx_count_1h"} and case.features["card_tx_count_1h"] == 1.0
