@@ -132,6 +132,24 @@ class Decision(BaseModel):
     )
 
 
+class DecisionOnly(BaseModel):
+    """``/predict``'s answer with ``FRAUD_PREDICT_DECISION_ONLY``: the verdict without the score or
+    reasons a caller could use to learn the thresholds."""
+
+    model_config = ConfigDict(frozen=True)
+
+    schema_version: int = SCHEMA_VERSION
+    transaction_id: str
+    card_id: str
+    decision: Outcome
+    model_version: str
+    scored_at: datetime
+
+    @classmethod
+    def of(cls, decision: Decision) -> DecisionOnly:
+        return cls(**decision.model_dump(include=set(cls.model_fields)))
+
+
 def decision_json(fields: Mapping[str, Any]) -> bytes:
     """A decision's wire bytes from its fields (:class:`Decision`'s, in its field order, ``None``
     left out), without building the model: what ``Decision(**fields).model_dump(mode="json",

@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from streaming import cli_rules as rules_cli
+from streaming import cli_admin
 
 log = logging.getLogger("fraudstream")
 
@@ -503,7 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", type=Path, help="keep logs and data here (default: a temporary directory, removed)")
     p.set_defaults(func=cmd_bench)
 
-    rules_cli.add_parsers(sub, _timestamp)
+    cli_admin.add_parsers(sub, _timestamp)
     return parser
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import pandas as pd
-from fastapi import APIRouter, Depends, Header, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi import Path as PathParam
 from pydantic import AwareDatetime, BaseModel, Field
 
@@ -24,9 +24,10 @@ from streaming.scoring.rules import RULE_ID_PATTERN, Action, ListEntry, ListKind
 router = APIRouter(prefix="/admin", tags=["admin"])
 
 
-async def actor(x_fraud_user: Annotated[str | None, Header(max_length=200)] = None) -> str:
-    """Who makes a change: the caller's name as it says (``X-Fraud-User``), else ``api``."""
-    return x_fraud_user or "api"
+async def actor(request: Request) -> str:
+    """Who makes a change: the name of the caller's API key (``anonymous`` without authentication)."""
+    identity = getattr(request.state, "identity", None)
+    return identity.name if identity is not None else "anonymous"
 
 
 ActorDep = Annotated[str, Depends(actor)]

@@ -20,23 +20,28 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import aiohttp
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from model.errors import FraudStreamError
-from model.schemas import Decision, Label, Transaction
+from model.schemas import Decision, DecisionOnly, Label, Transaction
 from streaming.api import admin
 from streaming.api.feedback import FeedbackAccepted
+from streaming.api.security import AUTH_RESPONSES, Limits
 from streaming.api.services import LabelPublisherDep, ScorerDep, Services, ServicesDep
 from streaming.metrics import ApiMetrics
 from streaming.settings import ApiSettings
 
 log = logging.getLogger("fraudstream.api")
+
+#: What a route taking a JSON body may answer besides its result (FastAPI documents the 422).
+BODY_RESPONSES: dict[int | str, dict[str, Any]] = {400: {"description": "The body is not UTF-8 JSON"}}
 
 #: Routes left out of request metrics: probes and scrapes would drown the real traffic.
 UNMETERED = {"/health", "/ready", "/metrics"}
@@ -123,7 +128,11 @@ def create_api(settings: ApiSettings | None = None) -> FastAPI:
 
     @app.exception_handler(FraudStreamError)
     async def _project_error(request: Request, exc: FraudStreamError) -> JSONResponse:
-        return JSONResponse(status_code=exc.status_code, content={"detail": str(exc), "error": type(exc).__name__})
+        return JSONResponse(
+            status_code=exc.status_code,
+            content={"detail": str(exc), "error": type(exc).__name__},
+            headers=getattr(exc, "headers", None),
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -132,14 +141,29 @@ def create_api(settings: ApiSettings | None = None) -> FastAPI:
         detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
         return JSONResponse(status_code=422, content={"detail": detail})
 
+    app.add_middleware(
+        Limits,
+        max_body_bytes=settings.max_body_bytes,
+        max_concurrent=settings.max_concurrent_requests,
+        exempt=UNMETERED,
+    )
     app.add_middleware(MeterRequests, metrics=services.metrics)
-    app.include_router(admin.router)
+    guard = services.guard
+    app.include_router(admin.router, dependencies=[Depends(guard.require("admin"))], responses=AUTH_RESPONSES)
 
-    @app.post("/predict", response_model=Decision, summary="Score one transaction against its card's current state")
-    async def predict(tx: Transaction, services: ServicesDep, scorer: ScorerDep) -> Decision:
+    @app.post(
+        "/predict",
+        response_model=Decision | DecisionOnly,
+        summary="Score one transaction against its card's current state",
+        responses={**BODY_RESPONSES, **AUTH_RESPONSES, 503: {"description": "No model loaded, or too busy"}},
+        dependencies=[Depends(guard.require("predict"))],
+    )
+    async def predict(tx: Transaction, services: ServicesDep, scorer: ScorerDep) -> Any:
         state = await services.card_state(tx.card_id)
         decision = await services.batcher.score(tx, state)
         services.metrics.decisions.labels(decision=decision.decision, card_state=decision.card_state).inc()
+        if settings.predict_decision_only:
+            return DecisionOnly.of(decision)
         return decision
 
     @app.post(
@@ -147,7 +171,12 @@ def create_api(settings: ApiSettings | None = None) -> FastAPI:
         status_code=202,
         response_model=FeedbackAccepted,
         summary="Publish a label (chargeback, investigation verdict, ...) to the labels topic",
-        responses={503: {"description": "The broker did not acknowledge the label in time"}},
+        responses={
+            **BODY_RESPONSES,
+            **AUTH_RESPONSES,
+            503: {"description": "The broker did not acknowledge the label in time"},
+        },
+        dependencies=[Depends(guard.require("feedback"))],
     )
     async def feedback(label: Label, labels: LabelPublisherDep) -> FeedbackAccepted:
         return await labels.publish(label)

@@ -4,7 +4,7 @@ routes declare (``Annotated[..., Depends()]``)."""
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 import aiohttp
 import orjson
@@ -13,6 +13,7 @@ from fastapi import Depends, Request
 from model.scoring import ModelHolder, Scorer, scoring_executor
 from streaming.api.feedback import LabelPublisher
 from streaming.api.micro_batch import MicroBatcher
+from streaming.api.security import Guard, KeyListError, KeyRing, RateLimiter, parse_keys
 from streaming.kafka.replica import Replica
 from streaming.metrics import ApiMetrics
 from streaming.scoring.merchant_risk import MerchantRisk
@@ -43,6 +44,10 @@ class Services:
         self.rules = RuleBook()
         self.rules_replica = Replica(settings, settings.rules_topic, self.rules.apply, "rules")
         self.rule_admin = RuleAdmin(settings, self.rules)
+        self.guard = Guard(
+            None if settings.auth_disabled else KeyRing(load_keys(settings)),
+            RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
+        )
         # The card table from its changelog: the worker writes it with the decisions, so the copy
         # trails them by one fetch. A short fetch wait keeps that small on brokers that answer
         # a fetch only when the wait is over (the embedded one); Kafka answers as data arrives.
@@ -121,3 +126,20 @@ async def get_rule_admin(services: ServicesDep) -> RuleAdmin:
 
 
 RuleAdminDep = Annotated[RuleAdmin, Depends(get_rule_admin)]
+
+
+def load_keys(settings: ApiSettings) -> dict[str, Any]:
+    """The key list from FRAUD_API_KEYS and FRAUD_API_KEYS_FILE; refuses to run without one."""
+    text = settings.api_keys.get_secret_value() if settings.api_keys is not None else ""
+    if settings.api_keys_file is not None:
+        try:
+            text += "\n" + settings.api_keys_file.read_text()
+        except OSError as exc:
+            raise KeyListError(f"cannot read FRAUD_API_KEYS_FILE {settings.api_keys_file}: {exc}") from exc
+    keys = parse_keys(text)
+    if not keys:
+        raise KeyListError(
+            "no API keys: set FRAUD_API_KEYS or FRAUD_API_KEYS_FILE (`fraud keys create` makes one), "
+            "or FRAUD_AUTH_DISABLED=true to serve without authentication"
+        )
+    return keys

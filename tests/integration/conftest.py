@@ -169,6 +169,8 @@ class Stack:
     metrics_port: int = field(default_factory=free_port)
     api_port: int = field(default_factory=free_port)
     card_state_source: str = "replica"
+    #: The API's key list (FRAUD_API_KEYS); None: the API runs without authentication.
+    api_keys: str | None = None
     services: list[Service] = field(default_factory=list)
 
     def env(self) -> dict[str, str]:
@@ -196,6 +198,7 @@ class Stack:
             "FRAUD_CARD_STATE_SOURCE": self.card_state_source,
             "FRAUD_WORKER_URL": f"http://127.0.0.1:{self.web_port}",
             "FRAUD_STATE_TIMEOUT_SECONDS": "2",
+            **({"FRAUD_API_KEYS": self.api_keys} if self.api_keys else {"FRAUD_AUTH_DISABLED": "true"}),
         }
 
     def start_worker(self) -> Service:

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from model.schemas import wire_value
+from streaming.api.security import key_line, new_key
 from streaming.scoring.backtest import backtest
 from tests.integration.conftest import Stack, consume, decisions_by_id, produce
 
@@ -52,9 +53,13 @@ def versions(stack: Stack) -> tuple[str, str]:
 
 def test_a_rule_and_a_list_decide_alike_in_the_stream_and_predict(stack: Stack, traffic_frame: pd.DataFrame) -> None:
     rows = traffic_frame.iloc[:60].to_dict("records")
+    key = new_key()
+    stack.api_keys = key_line("analyst-1", key, ["predict", "admin"])
     stack.start_worker()
     stack.start_api()
     api = f"http://127.0.0.1:{stack.api_port}"
+    auth = {"Authorization": f"Bearer {key}"}
+    json_auth = {**auth, "content-type": "application/json"}
 
     out = fraud(stack, "rules", "add", "big-ecom", "--expr", "amount > 0 and card_tx_count_1h >= 0", "--action",
                 "block", "--description", "everything, for the test")  # fmt: skip
@@ -63,8 +68,7 @@ def test_a_rule_and_a_list_decide_alike_in_the_stream_and_predict(stack: Stack, 
     assert "big-ecom: block when" in fraud(stack, "rules", "list")
 
     allowed = rows[0]["card_id"]
-    resp = httpx.put(f"{api}/admin/lists/allow/card/{allowed}", json={"note": "known good"},
-                     headers={"X-Fraud-User": "analyst-1"})  # fmt: skip
+    resp = httpx.put(f"{api}/admin/lists/allow/card/{allowed}", json={"note": "known good"}, headers=auth)
     assert resp.status_code == 200 and resp.json()["updated_by"] == "analyst-1"
     until("the list entry in both processes", lambda: len(set(versions(stack))) == 1)
 
@@ -77,7 +81,7 @@ def test_a_rule_and_a_list_decide_alike_in_the_stream_and_predict(stack: Stack, 
         assert (streamed["decision"], streamed["decided_by"]) == expected
         assert streamed["reasons"][0] == expected[1]
     for row in rows[:5] + [r for r in rows if r["card_id"] == allowed][:2]:
-        answer = httpx.post(f"{api}/predict", content=wire_value(row), headers={"content-type": "application/json"})
+        answer = httpx.post(f"{api}/predict", content=wire_value(row), headers=json_auth)
         streamed = got[row["transaction_id"]]
         assert (answer.json()["decision"], answer.json()["decided_by"]) == (
             streamed["decision"],
@@ -89,17 +93,18 @@ def test_a_rule_and_a_list_decide_alike_in_the_stream_and_predict(stack: Stack, 
     assert 'fraud_rule_decisions_total{decision="allow",source="allow_list"}' in metrics
 
     # A rule naming an unknown field is refused, naming it, and nothing is written.
-    bad = httpx.put(f"{api}/admin/rules/oops", json={"expression": "amuont > 3", "action": "block"})
+    bad = httpx.put(f"{api}/admin/rules/oops", json={"expression": "amuont > 3", "action": "block"}, headers=auth)
     assert bad.status_code == 422 and "amuont" in bad.json()["detail"]
-    assert httpx.get(f"{api}/admin/rules").json()["rules"][0]["id"] == "big-ecom"
+    assert httpx.get(f"{api}/admin/rules", headers=auth).json()["rules"][0]["id"] == "big-ecom"
+    assert httpx.get(f"{api}/admin/rules").status_code == 401
 
     # Deleted: the model decides again, in both processes.
     fraud(stack, "rules", "delete", "big-ecom")
-    assert httpx.delete(f"{api}/admin/lists/allow/card/{allowed}").status_code == 204
+    assert httpx.delete(f"{api}/admin/lists/allow/card/{allowed}", headers=auth).status_code == 204
     until("the deletion in both processes", lambda: versions(stack) == ("none", "none"))
-    answer = httpx.post(f"{api}/predict", content=wire_value(rows[1]), headers={"content-type": "application/json"})
+    answer = httpx.post(f"{api}/predict", content=wire_value(rows[1]), headers=json_auth)
     assert answer.json()["decided_by"] == "model"
-    assert httpx.delete(f"{api}/admin/rules/big-ecom").status_code == 404
+    assert httpx.delete(f"{api}/admin/rules/big-ecom", headers=auth).status_code == 404
 
 
 def test_backtest_counts_match_a_hand_count(model_dir: Path, train_frame: pd.DataFrame, tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
-"""``fraud rules`` and ``fraud lists``: the decision layer from the command line.
+"""``fraud rules``, ``fraud lists`` and ``fraud keys``: the decision layer and API keys from the
+command line.
 
-Changes are written to the rules topic (``FRAUD_RULES_TOPIC``) and take effect in every worker
+Rule and list changes are written to the rules topic (``FRAUD_RULES_TOPIC``) and take effect in every worker
 and API process within seconds, without a restart.
 """
 
@@ -97,6 +98,20 @@ def add_parsers(sub: Any, timestamp: Callable[[str], pd.Timestamp]) -> None:
     p.add_argument("kind", choices=("card", "merchant", "country"))
     p.add_argument("value")
     p.set_defaults(func=cmd_lists_remove)
+
+    keys = sub.add_parser("keys", help="API keys for `fraud api`")
+    ksub = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = ksub.add_parser(
+        "create",
+        help="make a new API key: prints the key (give it to the caller) and its line for FRAUD_API_KEYS",
+    )
+    p.add_argument("name", help="who the key is for (recorded as who made a change)")
+    p.add_argument(
+        "--scopes",
+        default="predict",
+        help="comma-separated: predict, feedback, admin, console (default %(default)s)",
+    )
+    p.set_defaults(func=cmd_keys_create)
 
 
 def _admin() -> Any:
@@ -200,4 +215,17 @@ def cmd_lists_add(args: argparse.Namespace) -> int:
 def cmd_lists_remove(args: argparse.Namespace) -> int:
     _admin().delete_entry(args.list, args.kind, args.value)
     print(f"removed {args.kind} {args.value} from the {args.list} list")
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    from streaming.api.security import SCOPES, KeyListError, key_line, new_key
+
+    scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+    unknown = set(scopes) - set(SCOPES)
+    if unknown or not scopes or any(c.isspace() for c in args.name):
+        raise KeyListError(f"scopes must be among {', '.join(SCOPES)}, and the name one word")
+    key = new_key()
+    print(f"key (give it to {args.name}; it is not stored anywhere): {key}")
+    print(f"line for FRAUD_API_KEYS / FRAUD_API_KEYS_FILE: {key_line(args.name, key, scopes)}")
     return 0
