@@ -173,3 +173,13 @@ class Label(BaseModel):
 
 #: Fields of a transaction on the wire, in contract order; anything else (labels) stays off it.
 WIRE_FIELDS: tuple[str, ...] = tuple(Transaction.model_fields)
+
+
+def wire_value(row: Mapping[str, Any]) -> bytes:
+    """The JSON a transaction travels as: wire fields only, labels stripped, None and NaN left out."""
+    return orjson.dumps({k: row[k] for k in WIRE_FIELDS if k in row and row[k] is not None and row[k] == row[k]})
+
+
+def label_value(label: Label) -> bytes:
+    """The JSON a label event travels as: the :class:`Label` contract's fields."""
+    return orjson.dumps(label.model_dump(mode="json"))
