@@ -23,8 +23,9 @@ BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2000)
 
 class BatchHistogram(Collector):
     """A histogram observed a batch at a time: one numpy pass per batch instead of one
-    ``Histogram.observe`` per value (~3 µs each: two per decision was ~5% of the worker's event
-    loop when saturated). Exposed exactly like a ``prometheus_client.Histogram`` without labels."""
+    ``Histogram.observe`` per value (a few µs each, two per decision: a visible share of the
+    saturated worker's event loop). Exposed exactly like a ``prometheus_client.Histogram`` without
+    labels."""
 
     def __init__(self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry) -> None:
         self.name, self.documentation = name, documentation

@@ -202,7 +202,7 @@ class ProducerSettings(KafkaSettings):
     linger_ms: float = Field(default=5.0, ge=0)
     """How long the producer gathers records into one batch per partition (librdkafka's
     ``linger.ms``). Records are stamped when sent, so this much counts towards their measured
-    latency; longer batches cost the broker less per record (see the README's Performance)."""
+    latency; longer batches cost the broker less per record (see docs/performance.md)."""
 
 
 def env_help(settings_class: type[BaseSettings]) -> str:
