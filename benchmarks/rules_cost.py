@@ -24,7 +24,7 @@ from model.scoring import ModelHolder
 from model.train import TrainOptions, train
 from producers.synthetic import SimConfig, generate
 from streaming.scoring.merchant_risk import MerchantRisk
-from streaming.scoring.rules import Rule, RuleBook, rule_record
+from streaming.scoring.rules import Action, Rule, RuleBook, rule_record
 from streaming.scoring.service import ScoringService
 from streaming.scoring.state import merge
 
@@ -41,7 +41,7 @@ def rule_book(count: int) -> RuleBook:
     book = RuleBook()
     for i in range(count):
         text = TEMPLATES[i % len(TEMPLATES)].format(n=1000 + 37 * i, k=2 + i % 5)
-        action = ("block", "review", "review", "allow", "block")[i % 5]
+        action: Action = ("block", "review", "review", "allow", "block")[i % 5]
         book.apply(*rule_record(Rule(id=f"r{i}", expression=text, action=action)))
     return book
 
@@ -87,12 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         f"rules_{n}": {"us_per_tx": round(statistics.median(t), 2), "tx_per_s": round(1e6 / statistics.median(t))}
         for n, t in timings.items()
     }
-    result["batch"] = args.batch  # type: ignore[assignment]  # a plain number beside the rows
-    print(json.dumps(result))
+    print(json.dumps({**result, "batch": args.batch}))
     for n in sizes:
         row = result[f"rules_{n}"]
         print(
-            f"{n:>3} active rules: {row['us_per_tx']:8.2f} µs per transaction, {row['tx_per_s']:>8,} tx/s (batches of {args.batch})"
+            f"{n:>3} active rules: {row['us_per_tx']:8.2f} µs/tx, {row['tx_per_s']:>8,} tx/s (batches of {args.batch})"
         )
     if args.json is not None:
         args.json.write_text(json.dumps({**result, "batch": args.batch}, indent=2) + "\n")

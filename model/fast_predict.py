@@ -35,7 +35,7 @@ class FastTrees:
     """All trees of a binary HistGradientBoostingClassifier as flat arrays, walked together."""
 
     def __init__(self, estimator: HistGradientBoostingClassifier) -> None:
-        trees = [iteration[0] for iteration in estimator._predictors]
+        trees = [iteration[0] for iteration in estimator._predictors]  # noqa: SLF001  # the fitted trees; no public accessor
         sizes = np.array([len(t.nodes) for t in trees])
         offsets = np.concatenate(([0], np.cumsum(sizes)[:-1]))
         nodes = np.concatenate([t.nodes for t in trees])
@@ -56,7 +56,7 @@ class FastTrees:
         self.value = nodes["value"].astype(np.float64)
         #: Steps from a root to the deepest leaf.
         self.depth = int(nodes["depth"].max())
-        self.baseline = float(np.asarray(estimator._baseline_prediction).ravel()[0])
+        self.baseline = float(np.asarray(estimator._baseline_prediction).ravel()[0])  # noqa: SLF001  # the raw score before the trees; no public accessor
 
     @classmethod
     def supports(cls, estimator: Any) -> bool:
@@ -64,7 +64,7 @@ class FastTrees:
             isinstance(estimator, HistGradientBoostingClassifier)
             and getattr(estimator, "n_trees_per_iteration_", 0) == 1
             and getattr(estimator, "is_categorical_", None) is None
-            and all(not iteration[0].nodes["is_categorical"].any() for iteration in estimator._predictors)
+            and all(not iteration[0].nodes["is_categorical"].any() for iteration in estimator._predictors)  # noqa: SLF001  # the fitted trees; no public accessor
         )
 
     def predict(self, x: np.ndarray) -> np.ndarray:

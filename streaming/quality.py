@@ -273,7 +273,7 @@ def read_quality(
     report. On Apache Kafka the watermarks are exact and this costs at most ``idle_s``.
 
     Raises ``UpstreamUnavailableError`` when the watermarks are not reached in ``timeout_s``
-    (a partial report would be wrong), ``ValueError`` when a topic does not exist.
+    (a partial report would be wrong), ``TopicNotFoundError`` when a topic does not exist.
     """
     tracker = QualityTracker(max_decisions=None, max_pending=None)
     records = {"decisions": 0, "labels": 0}

@@ -24,7 +24,7 @@ from typing import Any, Literal
 from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from model.errors import FraudStreamError
+from model.errors import FraudStreamError, UserInputError
 
 Scope_ = Literal["predict", "feedback", "admin", "console"]
 SCOPES: tuple[Scope_, ...] = ("predict", "feedback", "admin", "console")
@@ -55,7 +55,7 @@ class RateLimitedError(FraudStreamError):
         self.headers = {"Retry-After": str(max(1, math.ceil(retry_after)))}
 
 
-class KeyListError(FraudStreamError):
+class KeyListError(UserInputError):
     """The configured key list cannot be used (the API does not start)."""
 
 

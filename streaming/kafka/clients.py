@@ -20,7 +20,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from model.errors import UpstreamUnavailableError
+from model.errors import TopicNotFoundError, UpstreamUnavailableError
 from streaming.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ def read_to_end(
     On Apache Kafka the watermarks are exact and this costs at most ``idle_s``.
 
     Raises ``UpstreamUnavailableError`` when the watermarks are not reached in ``timeout_s``,
-    ``ValueError`` when a topic does not exist.
+    ``TopicNotFoundError`` when a topic does not exist.
     """
     cutoff_ms = int(time.time() * 1000)
     deadline = time.monotonic() + timeout_s
@@ -186,7 +186,7 @@ def read_to_end(
                 raise UpstreamUnavailableError(f"cannot read metadata of {topic}: {exc}") from exc
             tmeta = meta.topics.get(topic)
             if tmeta is None or tmeta.error is not None or not tmeta.partitions:
-                raise ValueError(f"topic {topic!r} does not exist (or has no partitions)")
+                raise TopicNotFoundError(f"topic {topic!r} does not exist (or has no partitions)")
             for p in sorted(tmeta.partitions):
                 low, high = reader.get_watermark_offsets(
                     TopicPartition(topic, p), timeout=max(1.0, deadline - time.monotonic()), cached=False
@@ -213,7 +213,7 @@ def read_to_end(
             for msg in reader.consume(500, 0.2):
                 err = msg.error()
                 if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
+                    if err.code() == KafkaError._PARTITION_EOF:  # noqa: SLF001  # librdkafka's local error codes start with an underscore
                         continue
                     raise UpstreamUnavailableError(f"reading {msg.topic()}[{msg.partition()}]: {err}")
                 name, partition, offset = msg.topic(), msg.partition(), msg.offset()

@@ -107,7 +107,7 @@ class Replica(threading.Thread):
                 for msg in consumer.consume(1000, 0.2):
                     error = msg.error()
                     if error is not None:
-                        if error.code() != KafkaError._PARTITION_EOF:
+                        if error.code() != KafkaError._PARTITION_EOF:  # noqa: SLF001  # librdkafka's local error codes start with an underscore
                             log.warning("%s replica: %s", self.what, error)
                         continue
                     key = msg.key()

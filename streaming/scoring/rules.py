@@ -39,7 +39,7 @@ import rule_engine.ast as ast
 import rule_engine.errors
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
-from model.errors import FraudStreamError
+from model.errors import UserInputError
 from model.features import COLUMN, FEATURE_NAMES
 from model.schemas import Transaction
 
@@ -61,7 +61,7 @@ PRECEDENCE: tuple[Action, ...] = ("allow", "block", "review")
 _LIST_FIELD: dict[str, str] = {"card": "card_id", "merchant": "merchant_id", "country": "country"}
 
 
-class RuleError(FraudStreamError):
+class RuleError(UserInputError):
     """A rule or list entry that cannot be accepted (bad syntax, unknown field, wrong type)."""
 
     status_code = 422

@@ -162,8 +162,9 @@ def create_app(
     async def report_progress() -> None:
         consumer = app.consumer
         try:
-            # Faust keeps the last committed offsets here; no public accessor in 0.15.
-            committed: dict[Any, int | None] = getattr(consumer, "_committed_offset", {})
+            # Faust keeps the last committed offsets here; no public accessor in 0.15 (checked at
+            # start-up with the transport's other internals: faust_transport.INTERNALS).
+            committed: dict[Any, int | None] = consumer._committed_offset  # type: ignore[attr-defined]  # noqa: SLF001  # ConsumerT omits it
             await pipeline.report_progress(owned(), consumer.highwater, committed)
         except Exception:  # metrics are best effort; an exception in a Faust timer stops the app
             log.warning("could not update progress metrics", exc_info=True)
