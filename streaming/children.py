@@ -126,19 +126,17 @@ def start(
     return Child(name, proc, log_path, stop_signal, stop_timeout)
 
 
-def wait_for(child: Child | None, ready: Callable[[], bool], what: str, timeout: float, interval: float = 0.2) -> None:
+def wait_for(child: Child, ready: Callable[[], bool], what: str, timeout: float, interval: float = 0.2) -> None:
     """Call ``ready`` until it is true. Raises ``RuntimeError`` as soon as ``child`` exits and
     ``TimeoutError`` after ``timeout`` seconds, each naming ``what`` and ending with the log tail."""
     deadline = time.monotonic() + timeout
     while True:
-        if child is not None and not child.running():
+        if not child.running():
             raise RuntimeError(f"{child.name} exited with code {child.returncode} before {what}{child.explain()}")
         if ready():
             return
         if time.monotonic() >= deadline:
-            name = child.name if child is not None else "child"
-            tail = child.explain() if child is not None else ""
-            raise TimeoutError(f"{name}: no {what} after {timeout:.0f}s{tail}")
+            raise TimeoutError(f"{child.name}: no {what} after {timeout:.0f}s{child.explain()}")
         if interval:
             time.sleep(interval)
 
@@ -153,7 +151,7 @@ def http_ok(url: str) -> bool:
         return False
 
 
-def wait_http(url: str, child: Child | None, timeout: float = 90.0) -> None:
+def wait_http(url: str, child: Child, timeout: float = 90.0) -> None:
     """Wait until ``url`` answers 200; fail at once if ``child`` exits (see :func:`wait_for`)."""
     wait_for(child, partial(http_ok, url), f"answer from {url}", timeout)
 

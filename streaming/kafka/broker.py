@@ -44,12 +44,12 @@ class EmbeddedBroker:
         url = f"tcp://{self.host}:{self.port}"
         argv = [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
         argv += ["--storage-engine", "memory://tansu/"]
-        self.child = children.start("embedded broker", argv, self.log_file, stop_timeout=10)
-        self.wait_ready(timeout)
-        log.info("embedded broker listening on %s (pid %d)", self.bootstrap_servers, self.child.pid)
+        self.child = child = children.start("embedded broker", argv, self.log_file, stop_timeout=10)
+        self.wait_ready(child, timeout)
+        log.info("embedded broker listening on %s (pid %d)", self.bootstrap_servers, child.pid)
         return self
 
-    def wait_ready(self, timeout: float) -> None:
+    def wait_ready(self, child: Child, timeout: float) -> None:
         last: list[Exception] = []
 
         def answers() -> bool:
@@ -64,7 +64,7 @@ class EmbeddedBroker:
                 return False
 
         try:
-            children.wait_for(self.child, answers, f"answer on {self.bootstrap_servers}", timeout, interval=0.1)
+            children.wait_for(child, answers, f"answer on {self.bootstrap_servers}", timeout, interval=0.1)
         except TimeoutError as exc:
             self.stop()
             raise TimeoutError(f"{exc}\nlast error: {last[0] if last else None}") from None
