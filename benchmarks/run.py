@@ -352,6 +352,8 @@ class Bench:
         api_port, api_worker_port, noop_port = free_port(), free_port(), free_port()
         api_env = {
             "FRAUD_HOST": "127.0.0.1",
+            # The driver sends no key: measured without the key check (a hash and a look-up).
+            "FRAUD_AUTH_DISABLED": "true",
             "FRAUD_MODEL_DIR": str(self.model_dir),
             "FRAUD_APP_ID": f"bench-{self.suffix}",
             "FRAUD_WORKER_URL": f"http://127.0.0.1:{web_port}",

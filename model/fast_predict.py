@@ -23,9 +23,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-#: Up to this many rows the fast path is used (scikit-learn's compiled loop, on the one thread the
-#: scoring thread allows it, was faster from ~150 rows of a 200-tree model on: 128 rows 1.6
-#: against 2.1 ms, 192 rows 3.5 against 2.2 ms; the cost of both grows with the trees).
+#: Up to this many rows the fast path is used; from a little above it, scikit-learn's compiled loop
+#: (on the one thread the scoring thread allows it) is faster for a 200-tree model. The cost of both
+#: grows with the trees; measurements in docs/performance.md.
 FAST_MAX_ROWS = 128
 #: Walkers that reached a leaf are dropped from the walk every this many steps.
 COMPACT_EVERY = 3
@@ -72,8 +72,8 @@ class FastTrees:
         n_trees = len(self.roots)
         # One walker per (row, tree), flattened. Walkers at a leaf stay there (leaves are their
         # own children); every COMPACT_EVERY steps they are dropped from the arrays the steps
-        # work on (most trees end well above the deepest one). Compacting every step cost more
-        # than it saved: 1 row 127 -> 87 µs, 17 rows 405 -> 297 µs, 64 rows 1.12 -> 0.88 ms.
+        # work on (most trees end well above the deepest one). Compacting every step costs more
+        # than it saves (docs/performance.md).
         node = np.tile(self.roots, n)
         walking = np.arange(n * n_trees)
         current = node

@@ -120,11 +120,34 @@ class Decision(BaseModel):
             "'unavailable': the history could not be reached and the score is stateless."
         ),
     )
+    decided_by: str = Field(
+        default="model",
+        description="What decided: 'model' (the thresholds), 'rule:<id>', 'allow_list:<kind>' or "
+        "'block_list:<kind>' (rules and lists come before the model; the score is the model's either way).",
+    )
     features: dict[str, float] | None = Field(
         default=None,
         description="Feature values the score was computed from; only when the worker runs with "
         "FRAUD_INCLUDE_FEATURES=true (audit and parity checks).",
     )
+
+
+class DecisionOnly(BaseModel):
+    """``/predict``'s answer with ``FRAUD_PREDICT_DECISION_ONLY``: the verdict without the score or
+    reasons a caller could use to learn the thresholds."""
+
+    model_config = ConfigDict(frozen=True)
+
+    schema_version: int = SCHEMA_VERSION
+    transaction_id: str
+    card_id: str
+    decision: Outcome
+    model_version: str
+    scored_at: datetime
+
+    @classmethod
+    def of(cls, decision: Decision) -> DecisionOnly:
+        return cls(**decision.model_dump(include=set(cls.model_fields)))
 
 
 def decision_json(fields: Mapping[str, Any]) -> bytes:
@@ -173,3 +196,13 @@ class Label(BaseModel):
 
 #: Fields of a transaction on the wire, in contract order; anything else (labels) stays off it.
 WIRE_FIELDS: tuple[str, ...] = tuple(Transaction.model_fields)
+
+
+def wire_value(row: Mapping[str, Any]) -> bytes:
+    """The JSON a transaction travels as: wire fields only, labels stripped, None and NaN left out."""
+    return orjson.dumps({k: row[k] for k in WIRE_FIELDS if k in row and row[k] is not None and row[k] == row[k]})
+
+
+def label_value(label: Label) -> bytes:
+    """The JSON a label event travels as: the :class:`Label` contract's fields."""
+    return orjson.dumps(label.model_dump(mode="json"))

@@ -25,7 +25,7 @@ import pandas as pd
 from confluent_kafka import Producer
 from pydantic import ValidationError
 
-from model.schemas import WIRE_FIELDS, Label
+from model.schemas import Label, label_value, wire_value
 from streaming.kafka import clients as kafka
 from streaming.metrics import ProducerMetrics
 from streaming.settings import ProducerSettings
@@ -88,11 +88,6 @@ class Progress:
             self.stream.flush()
 
 
-def wire_value(row: dict[str, Any]) -> bytes:
-    """The JSON a transaction travels as: wire fields only, labels stripped, None left out."""
-    return orjson.dumps({k: row[k] for k in WIRE_FIELDS if k in row and row[k] is not None and row[k] == row[k]})
-
-
 def _iso(ts_ms: int, offset_min: int) -> str:
     """An instant (ms since the epoch) as ISO-8601 in the given UTC offset, to the millisecond."""
     tz = timezone(timedelta(minutes=offset_min))
@@ -115,11 +110,6 @@ def rows_from_frame(frame: pd.DataFrame) -> Iterator[dict[str, Any]]:
             "is_fraud": int(rec.is_fraud),
         }
         yield row
-
-
-def label_value(label: Label) -> bytes:
-    """The JSON a label event travels as: the :class:`~model.schemas.Label` contract's fields."""
-    return orjson.dumps(label.model_dump(mode="json"))
 
 
 def label_events(labels: pd.DataFrame) -> list[Label]:

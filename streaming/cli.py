@@ -18,6 +18,8 @@ from typing import Any
 
 import pandas as pd
 
+from streaming import cli_admin
+
 log = logging.getLogger("fraudstream")
 
 
@@ -501,6 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workdir", type=Path, help="keep logs and data here (default: a temporary directory, removed)")
     p.set_defaults(func=cmd_bench)
+
+    cli_admin.add_parsers(sub, _timestamp)
     return parser
 
 

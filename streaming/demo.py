@@ -26,6 +26,7 @@ from confluent_kafka import TopicPartition
 from model.features import epoch_ms
 from producers.publisher import Progress, Publisher, label_events
 from producers.synthetic import SimConfig, generate, iter_records, labels_for, with_label_columns
+from streaming.api.security import SCOPES, key_line, new_key
 from streaming.children import Children, free_port, python_module, wait_http
 from streaming.kafka import clients as kafka
 from streaming.kafka.broker import EmbeddedBroker
@@ -146,6 +147,7 @@ def run_demo(options: DemoOptions) -> int:
         settings = ProducerSettings(kafka_bootstrap_servers=broker.bootstrap_servers, metrics_port=0)
         kafka.ensure_topics(settings, kafka.project_topics(settings))
         web_port, api_port, metrics_port = free_port(), free_port(), free_port()
+        api_key = new_key()
         env = {
             **os.environ,
             "FRAUD_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
@@ -154,6 +156,8 @@ def run_demo(options: DemoOptions) -> int:
             "FRAUD_METRICS_PORT": str(metrics_port),
             "FRAUD_DATA_DIR": str(options.workdir / "worker-data"),
             "FRAUD_PORT": str(api_port),
+            # The demo's own key, every scope; a deployment lists its callers' keys instead.
+            "FRAUD_API_KEYS": key_line("demo", api_key, SCOPES),
         }
         # SIGTERM on the way out: the worker commits and leaves the group.
         worker = procs.start("worker", python_module("streaming.cli", "worker"), env)
@@ -161,6 +165,7 @@ def run_demo(options: DemoOptions) -> int:
         wait_http(f"http://127.0.0.1:{web_port}/ready", worker)
         wait_http(f"http://127.0.0.1:{api_port}/ready", api)
         print(f"worker (state view :{web_port}) and API (http://127.0.0.1:{api_port}/docs) are up")
+        print(f"API key for this demo (all scopes): {api_key}")
         follower = threading.Thread(target=_follow, args=(settings, observed, stop), daemon=True)
         follower.start()
 
@@ -213,7 +218,7 @@ def run_demo(options: DemoOptions) -> int:
             time.sleep(5)
         progress.update(sent_valid, f"decided {len(observed.decisions)}", force=True)
         progress.close()
-        parity = _predict_check(api_port, observed, sent)
+        parity = _predict_check(api_port, api_key, observed, sent)
         quality = _live_quality(metrics_port, next_label)
     finally:
         stop.set()
@@ -227,7 +232,7 @@ def run_demo(options: DemoOptions) -> int:
     return _summary(observed, sent_valid, sent_bad, sent, parity, quality)
 
 
-def _predict_check(api_port: int, observed: Observed, sent: dict[str, dict[str, Any]]) -> str:
+def _predict_check(api_port: int, api_key: str, observed: Observed, sent: dict[str, dict[str, Any]]) -> str:
     """Ask /predict about a transaction the stream already decided; the scores must agree."""
     from model.schemas import Transaction
 
@@ -238,7 +243,8 @@ def _predict_check(api_port: int, observed: Observed, sent: dict[str, dict[str, 
         return "no decision to compare"
     tx_id = sample[0]["transaction_id"]
     body = Transaction.model_validate(sent[tx_id]).model_dump(mode="json")
-    resp = httpx.post(f"http://127.0.0.1:{api_port}/predict", json=body, timeout=5)
+    headers = {"Authorization": f"Bearer {api_key}"}
+    resp = httpx.post(f"http://127.0.0.1:{api_port}/predict", json=body, headers=headers, timeout=5)
     if resp.status_code != 200:
         return f"/predict on {tx_id}: HTTP {resp.status_code}: {resp.text[:200]}"
     api_score = float(resp.json()["score"])

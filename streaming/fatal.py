@@ -21,12 +21,12 @@ EXIT_INTERNAL_ERROR = 70
 Exit = Callable[[int], NoReturn]
 
 
-def _exit_now(status: int) -> NoReturn:
+def exit_now(status: int) -> NoReturn:
     logging.shutdown()
     os._exit(status)
 
 
-def stop_uncommitted(why: str, exc_info: bool = False, exit: Exit = _exit_now) -> NoReturn:
+def stop_uncommitted(why: str, exc_info: bool = False, exit: Exit = exit_now) -> NoReturn:
     """Log ``why`` as critical and end the process with :data:`EXIT_INTERNAL_ERROR`."""
     log.critical("%s; stopping without committing", why, exc_info=exc_info)
     exit(EXIT_INTERNAL_ERROR)

@@ -47,7 +47,7 @@ CountKey = tuple[str, str, bool]
 #: A retained decision: (model_version, decision, score, event_ms, label), the label being the
 #: latest one joined to it (None: not labelled yet). A plain tuple of atomic values, which the
 #: garbage collector stops tracking: with objects (even slotted ones) every full collection walked
-#: all retained decisions, a pause that grew to ~80 ms with 130k of them.
+#: all retained decisions, a pause that grew with their number.
 _Entry = tuple[str, str, float, int, bool | None]
 
 

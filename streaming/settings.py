@@ -46,6 +46,12 @@ class KafkaSettings(BaseSettings):
     """Dead-letter topic for label events that fail validation."""
     merchant_risk_topic: str = "fraud-merchant-risk"
     """Internal compacted topic: merchant daily counts and fraud labels, read by every worker and API."""
+    rules_topic: str = "fraud-rules"
+    """Compacted topic of rules and allow/block lists, followed by every worker and API process."""
+    review_topic: str = "fraud-review"
+    """Review cases (decision, transaction, features, card history) of every ``review`` decision,
+    keyed by transaction id; the console's review queue reads it."""
+
     topic_partitions: int = Field(default=4, ge=1)
     """Partitions for topics this project creates; the worker's table shards match it."""
     topic_replication_factor: int = Field(default=1, ge=1)
@@ -163,6 +169,27 @@ class ApiSettings(KafkaSettings):
     (the producer gives up on the message at the same time)."""
     model_reload_seconds: float = Field(default=10.0, gt=0)
     """How often the model directory is checked for a new artifact."""
+    auth_disabled: bool = False
+    """Serve without API keys. Off by default: the API refuses to start without keys unless this
+    is set explicitly (for a laptop or a test, never on a network)."""
+    api_keys: SecretStr | None = None
+    """Accepted API keys, one per line: ``NAME SHA256 SCOPE[,SCOPE...]`` (scopes: predict, feedback,
+    admin, console); ``fraud keys create`` prints a key and its line. Never logged."""
+    api_keys_file: Path | None = None
+    """A file with the key list (a mounted secret), read at start; adds to ``FRAUD_API_KEYS``."""
+    rate_limit_per_second: float = Field(default=200.0, gt=0)
+    """Requests a second each key may make on average (429 with Retry-After past it)."""
+    rate_limit_burst: int = Field(default=400, ge=1)
+    """Requests a key may make at once above its rate."""
+    max_body_bytes: int = Field(default=65_536, ge=1024)
+    """Largest request body accepted (413 past it); a transaction is at most 16 KiB."""
+    max_concurrent_requests: int = Field(default=256, ge=1)
+    """Requests in flight at once (probes excepted); more get 503 at once instead of queueing."""
+    predict_decision_only: bool = False
+    """Answer /predict with the decision alone (allow/review/block and ids), no score or reasons:
+    for callers who must not learn how close to a threshold a transaction was."""
+    backtest_data: Path | None = None
+    """Labelled CSV the console and ``POST /admin/rules/backtest`` test rules on (none: disabled)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level of the API."""
 
@@ -175,7 +202,7 @@ class ProducerSettings(KafkaSettings):
     linger_ms: float = Field(default=5.0, ge=0)
     """How long the producer gathers records into one batch per partition (librdkafka's
     ``linger.ms``). Records are stamped when sent, so this much counts towards their measured
-    latency; longer batches cost the broker less per record (see the README's Performance)."""
+    latency; longer batches cost the broker less per record (see docs/performance.md)."""
 
 
 def env_help(settings_class: type[BaseSettings]) -> str:

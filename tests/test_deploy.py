@@ -473,11 +473,15 @@ def test_compose_topics_service_creates_every_topic(tmp_path: Path) -> None:
     assert set(created) == set(topics.values()), f"created {sorted(created)}, settings name {sorted(topics.values())}"
     for name, args in created.items():
         assert "--if-not-exists" in args, name
-        # The labels topic must match the transactions topic's partitions; all share the setting.
-        assert args[args.index("--partitions") + 1] == env["FRAUD_TOPIC_PARTITIONS"], name
+        # The labels topic must match the transactions topic's partitions; all share the setting
+        # but the rules topic's single partition.
+        partitions = "1" if name == topics["FRAUD_RULES_TOPIC"] else env["FRAUD_TOPIC_PARTITIONS"]
+        assert args[args.index("--partitions") + 1] == partitions, name
         assert args[args.index("--replication-factor") + 1] == env["FRAUD_TOPIC_REPLICATION_FACTOR"], name
         configs = [args[i + 1] for i, arg in enumerate(args) if arg == "--config"]
-        if name == topics["FRAUD_MERCHANT_RISK_TOPIC"]:
+        if name == topics["FRAUD_REVIEW_TOPIC"]:
+            assert configs == ["cleanup.policy=compact,delete", "retention.ms=2592000000"], name
+        elif name in (topics["FRAUD_MERCHANT_RISK_TOPIC"], topics["FRAUD_RULES_TOPIC"]):
             assert configs == ["cleanup.policy=compact"], f"{name} must be log-compacted"
         else:
             assert configs == [], f"{name} has configs {configs}"

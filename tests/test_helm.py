@@ -311,6 +311,7 @@ def test_worker_deployment(render: Render) -> None:
     assert env["FRAUD_LABELS_TOPIC"] == kafka["topics"]["labels"]
     assert env["FRAUD_LABELS_DLQ_TOPIC"] == kafka["topics"]["labelsDlq"]
     assert env["FRAUD_MERCHANT_RISK_TOPIC"] == kafka["topics"]["merchantRisk"]
+    assert env["FRAUD_RULES_TOPIC"] == kafka["topics"]["rules"]
     assert env["FRAUD_TOPIC_PARTITIONS"] == str(kafka["partitions"])
     assert env["FRAUD_APP_ID"] == worker["appId"]
     assert env["FRAUD_MODEL_DIR"] == f"{model['mountPath']}/{model['subPath']}"
@@ -361,6 +362,8 @@ TOPIC_VARIABLES = {
     "labels": "FRAUD_LABELS_TOPIC",
     "labelsDlq": "FRAUD_LABELS_DLQ_TOPIC",
     "merchantRisk": "FRAUD_MERCHANT_RISK_TOPIC",
+    "rules": "FRAUD_RULES_TOPIC",
+    "review": "FRAUD_REVIEW_TOPIC",
 }
 
 
@@ -687,7 +690,7 @@ def test_notes_render(helm: str) -> None:
         assert f"service/{RELEASE}-fraudstream-api" in notes, notes
         values = _values(*([ALL_FEATURES] if args else []))
         assert f'Labels from "{values["kafka"]["topics"]["labels"]}"' in notes, notes
-        assert f'"{values["kafka"]["topics"]["merchantRisk"]}" (compacted' in notes, notes
+        assert f'"{values["kafka"]["topics"]["rules"]}" (both compacted' in notes, notes
         assert "<no value>" not in notes, notes
 
 

@@ -17,193 +17,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Any
 
 import aiohttp
-import orjson
-from confluent_kafka import KafkaError, KafkaException, Producer
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from model.errors import FraudStreamError, UpstreamUnavailableError
-from model.schemas import Decision, Label, Transaction
-from model.scoring import ModelHolder, Scorer, scoring_executor
-from producers.publisher import label_value
-from streaming.api.micro_batch import MicroBatcher
-from streaming.kafka import clients as kafka
-from streaming.kafka.replica import Replica
+from model.errors import FraudStreamError
+from model.schemas import Decision, DecisionOnly, Label, Transaction
+from streaming.api import admin
+from streaming.api.feedback import FeedbackAccepted
+from streaming.api.security import AUTH_RESPONSES, Limits
+from streaming.api.services import LabelPublisherDep, ScorerDep, Services, ServicesDep
 from streaming.metrics import ApiMetrics
-from streaming.scoring.merchant_risk import MerchantRisk
-from streaming.scoring.state import CardState, CardStateCopy, card_changelog_topic
 from streaming.settings import ApiSettings
 
 log = logging.getLogger("fraudstream.api")
 
+#: What a route taking a JSON body may answer besides its result (FastAPI documents the 422).
+BODY_RESPONSES: dict[int | str, dict[str, Any]] = {400: {"description": "The body is not UTF-8 JSON"}}
+
 #: Routes left out of request metrics: probes and scrapes would drown the real traffic.
 UNMETERED = {"/health", "/ready", "/metrics"}
-
-
-class FeedbackAccepted(BaseModel):
-    """Where the broker stored an accepted label."""
-
-    transaction_id: str
-    topic: str
-    partition: int
-    offset: int
-
-
-class LabelPublisher:
-    """Publishes label events and awaits the broker's acknowledgement without blocking the event loop.
-
-    The confluent-kafka producer is created on first use (a process that never receives feedback
-    never connects for it). A daemon thread polls it; each delivery callback hands its result to
-    the waiting request's future through ``loop.call_soon_threadsafe``. The producer gives up on a
-    message after the feedback timeout, so a 503 means it will not be written later either
-    (barring a broker that wrote it without its ack arriving: a retried label may then be stored
-    twice, which the label consumers absorb since they key labels by transaction id).
-    """
-
-    def __init__(self, settings: ApiSettings) -> None:
-        self.settings = settings
-        self.timeout = settings.feedback_timeout_seconds
-        self._producer: Producer | None = None
-        self._poller: threading.Thread | None = None
-        self._stop = threading.Event()
-
-    def _ensure_producer(self) -> Producer:
-        if self._producer is None:
-            self._stop = threading.Event()
-            timeout_ms = max(1, round(self.timeout * 1000))
-            self._producer = kafka.producer(self.settings, **{"message.timeout.ms": timeout_ms, "linger.ms": 0})
-            self._poller = threading.Thread(target=self._poll, name="feedback-producer-poll", daemon=True)
-            self._poller.start()
-        return self._producer
-
-    def _poll(self) -> None:
-        producer = self._producer
-        while producer is not None and not self._stop.is_set():
-            producer.poll(0.1)
-
-    async def publish(self, label: Label) -> FeedbackAccepted:
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[Any] = loop.create_future()
-
-        def resolve(err: Any, msg: Any) -> None:  # on the event loop
-            if done.done():  # the request gave up (timeout) or went away
-                return
-            if err is None:
-                done.set_result(msg)
-            elif err.code() == KafkaError._MSG_TIMED_OUT:
-                done.set_exception(UpstreamUnavailableError(self._late(f" ({err.str()})")))
-            else:
-                done.set_exception(UpstreamUnavailableError(f"the broker refused the label: {err.str()}"))
-
-        def on_delivery(err: Any, msg: Any) -> None:  # on the poll thread
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-                loop.call_soon_threadsafe(resolve, err, msg)
-
-        topic = self.settings.labels_topic
-        try:
-            self._ensure_producer().produce(
-                topic, key=label.card_id.encode(), value=label_value(label), on_delivery=on_delivery
-            )
-        except (BufferError, KafkaException) as exc:
-            raise UpstreamUnavailableError(f"cannot queue the label for {topic}: {exc}") from exc
-        try:
-            # The producer reports its own timeout first; the margin only guards against a lost callback.
-            msg = await asyncio.wait_for(done, self.timeout + 1.0)
-        except TimeoutError as exc:
-            raise UpstreamUnavailableError(self._late("")) from exc
-        return FeedbackAccepted(
-            transaction_id=label.transaction_id, topic=msg.topic(), partition=msg.partition(), offset=msg.offset()
-        )
-
-    def _late(self, why: str) -> str:
-        return f"the broker did not acknowledge the label within {self.timeout:g} s{why}; retry later"
-
-    def close(self, timeout: float = 5.0) -> None:
-        """Deliver what is queued (up to ``timeout`` seconds), then stop polling."""
-        if self._producer is None:
-            return
-        left = self._producer.flush(timeout)
-        if left:
-            log.warning("%d label(s) not delivered at shutdown", left)
-        self._stop.set()
-        if self._poller is not None:
-            self._poller.join(timeout=2.0)
-        self._producer = self._poller = None  # dropping the last reference destroys the client
-
-
-class Services:
-    """Process-wide objects the routes depend on."""
-
-    def __init__(self, settings: ApiSettings) -> None:
-        self.settings = settings
-        self.holder = ModelHolder(settings.model_dir)
-        self.metrics = ApiMetrics()
-        self.executor = scoring_executor()
-        # aiohttp rather than httpx for the per-request state look-up: ~0.5 ms less per call.
-        self.http: aiohttp.ClientSession | None = None
-        self.labels = LabelPublisher(settings)
-        # Merchant risk (daily counts, fraud labels) from the workers' compacted topic.
-        self.risk = MerchantRisk()
-        self.replica = Replica(settings, settings.merchant_risk_topic, self.risk.apply, "merchant-risk")
-        # The card table from its changelog: the worker writes it with the decisions, so the copy
-        # trails them by one fetch. A short fetch wait keeps that small on brokers that answer
-        # a fetch only when the wait is over (the embedded one); Kafka answers as data arrives.
-        self.cards = CardStateCopy()
-        self.card_replica = (
-            Replica(
-                settings,
-                card_changelog_topic(settings.app_id),
-                self.cards.apply,
-                "card-state",
-                **{"fetch.wait.max.ms": 20},
-            )
-            if settings.card_state_source == "replica"
-            else None
-        )
-        self.metrics.watch_card_states(
-            lambda: len(self.cards),
-            lambda: self.cards.stored_bytes,
-            lambda: self.card_state_restored,
-        )
-        self.batcher = MicroBatcher(self.holder, self.risk, self.executor)
-
-    @property
-    def card_state_restored(self) -> bool:
-        """The card state copy has read its topic to the end (always true with the ``worker`` source)."""
-        return self.card_replica is None or self.card_replica.caught_up.is_set()
-
-    def refresh_model(self) -> None:
-        before = self.holder.reload_failures
-        if self.holder.load():
-            self.metrics.set_version(self.holder.scorer.version)
-        self.metrics.reload_failures.inc(self.holder.reload_failures - before)
-
-    async def card_state(self, card_id: str) -> CardState | None:
-        """The card's stored history, or None when the copy is not restored yet or the worker
-        cannot be reached in time."""
-        if self.card_replica is not None:
-            return self.cards.get(card_id) if self.card_replica.caught_up.is_set() else None
-        try:
-            if self.http is None:
-                raise RuntimeError("the API is not started")
-            async with self.http.get("/cards/history", params={"card_id": card_id}) as resp:
-                resp.raise_for_status()
-                state: CardState = (await resp.json(loads=orjson.loads))["history"]
-            return state
-        except (aiohttp.ClientError, TimeoutError, RuntimeError, ValueError, KeyError) as exc:
-            log.warning("card state unavailable for predict: %s", exc)
-            return None
 
 
 class MeterRequests:
@@ -239,28 +80,6 @@ class MeterRequests:
 
 # The dependencies are ``async def``: FastAPI runs a plain ``def`` dependency in its thread pool,
 # a thread hop per dependency per request (most of /predict's overhead over a no-op route).
-async def get_services(request: Request) -> Services:
-    services: Services = request.app.state.services
-    return services
-
-
-ServicesDep = Annotated[Services, Depends(get_services)]
-
-
-async def get_scorer(services: ServicesDep) -> Scorer:
-    return services.holder.scorer  # raises ModelNotReadyError (503) when no model is loaded
-
-
-ScorerDep = Annotated[Scorer, Depends(get_scorer)]
-
-
-async def get_label_publisher(services: ServicesDep) -> LabelPublisher:
-    return services.labels
-
-
-LabelPublisherDep = Annotated[LabelPublisher, Depends(get_label_publisher)]
-
-
 def create_api(settings: ApiSettings | None = None) -> FastAPI:
     settings = settings or ApiSettings()
     services = Services(settings)
@@ -270,6 +89,7 @@ def create_api(settings: ApiSettings | None = None) -> FastAPI:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(services.executor, services.refresh_model)
         services.replica.start()
+        services.rules_replica.start()
         if services.card_replica is not None:
             services.card_replica.start()
         else:
@@ -293,6 +113,7 @@ def create_api(settings: ApiSettings | None = None) -> FastAPI:
                 await services.http.close()
             await loop.run_in_executor(None, services.labels.close)
             services.replica.stop()
+            services.rules_replica.stop()
             if services.card_replica is not None:
                 services.card_replica.stop()
             services.executor.shutdown(wait=False)
@@ -307,7 +128,11 @@ def create_api(settings: ApiSettings | None = None) -> FastAPI:
 
     @app.exception_handler(FraudStreamError)
     async def _project_error(request: Request, exc: FraudStreamError) -> JSONResponse:
-        return JSONResponse(status_code=exc.status_code, content={"detail": str(exc), "error": type(exc).__name__})
+        return JSONResponse(
+            status_code=exc.status_code,
+            content={"detail": str(exc), "error": type(exc).__name__},
+            headers=getattr(exc, "headers", None),
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -316,13 +141,29 @@ def create_api(settings: ApiSettings | None = None) -> FastAPI:
         detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
         return JSONResponse(status_code=422, content={"detail": detail})
 
+    app.add_middleware(
+        Limits,
+        max_body_bytes=settings.max_body_bytes,
+        max_concurrent=settings.max_concurrent_requests,
+        exempt=UNMETERED,
+    )
     app.add_middleware(MeterRequests, metrics=services.metrics)
+    guard = services.guard
+    app.include_router(admin.router, dependencies=[Depends(guard.require("admin"))], responses=AUTH_RESPONSES)
 
-    @app.post("/predict", response_model=Decision, summary="Score one transaction against its card's current state")
-    async def predict(tx: Transaction, services: ServicesDep, scorer: ScorerDep) -> Decision:
+    @app.post(
+        "/predict",
+        response_model=Decision | DecisionOnly,
+        summary="Score one transaction against its card's current state",
+        responses={**BODY_RESPONSES, **AUTH_RESPONSES, 503: {"description": "No model loaded, or too busy"}},
+        dependencies=[Depends(guard.require("predict"))],
+    )
+    async def predict(tx: Transaction, services: ServicesDep, scorer: ScorerDep) -> Any:
         state = await services.card_state(tx.card_id)
         decision = await services.batcher.score(tx, state)
         services.metrics.decisions.labels(decision=decision.decision, card_state=decision.card_state).inc()
+        if settings.predict_decision_only:
+            return DecisionOnly.of(decision)
         return decision
 
     @app.post(
@@ -330,7 +171,12 @@ def create_api(settings: ApiSettings | None = None) -> FastAPI:
         status_code=202,
         response_model=FeedbackAccepted,
         summary="Publish a label (chargeback, investigation verdict, ...) to the labels topic",
-        responses={503: {"description": "The broker did not acknowledge the label in time"}},
+        responses={
+            **BODY_RESPONSES,
+            **AUTH_RESPONSES,
+            503: {"description": "The broker did not acknowledge the label in time"},
+        },
+        dependencies=[Depends(guard.require("feedback"))],
     )
     async def feedback(label: Label, labels: LabelPublisherDep) -> FeedbackAccepted:
         return await labels.publish(label)
@@ -356,6 +202,9 @@ def create_api(settings: ApiSettings | None = None) -> FastAPI:
             else card_replica.last_error,
             # Informational: without it /predict still answers, with merchant features of zero.
             "merchant_risk_restored": services.replica.caught_up.is_set(),
+            # Informational too: until then /predict applies the rules and lists read so far.
+            "rules_restored": services.rules_replica.caught_up.is_set(),
+            "rules_version": services.rules.snapshot().version,
         }
         return JSONResponse(status_code=200 if is_ready else 503, content=body)
 

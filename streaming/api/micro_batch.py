@@ -16,14 +16,10 @@ import asyncio
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
-import numpy as np
-
 from model.fast_predict import FAST_MAX_ROWS
-from model.features import frame_from_transactions
 from model.schemas import Decision, Transaction
-from model.scoring import ModelHolder, utcnow
-from streaming.scoring.merchant_risk import MerchantRisk
-from streaming.scoring.state import CardState, history_frame, labels_frame
+from streaming.scoring.service import ScoringService
+from streaming.scoring.state import CardState
 
 
 @dataclass
@@ -35,10 +31,8 @@ class _Request:
 
 
 class MicroBatcher:
-    def __init__(
-        self, holder: ModelHolder, risk: MerchantRisk, executor: Executor, max_rows: int = FAST_MAX_ROWS
-    ) -> None:
-        self.holder, self.risk, self.executor, self.max_rows = holder, risk, executor, max_rows
+    def __init__(self, service: ScoringService, executor: Executor, max_rows: int = FAST_MAX_ROWS) -> None:
+        self.service, self.executor, self.max_rows = service, executor, max_rows
         self._pending: list[_Request] = []
         self._running: asyncio.Task[None] | None = None
         self.calls = 0
@@ -76,19 +70,9 @@ class MicroBatcher:
                     req.future.set_result(decision)
 
     def _score(self, batch: list[_Request]) -> list[Decision]:
-        """On the scoring thread: one feature pass and one model call for the whole batch."""
-        scorer = self.holder.scorer
+        """On the scoring thread: one call to the scoring service for the whole batch."""
         txs = [req.tx for req in batch]
         states = {req.tx.card_id: req.state for req in batch if req.state}
-        queries = frame_from_transactions(txs)
-        history = history_frame(states)
-        # A transaction may already be in its card's state (the stream scored it): leave it out,
-        # so the answer is the score the stream gave, not one that counts it twice.
-        keep = ~np.isin(history["transaction_id"], queries["transaction_id"])
-        history = {name: values[keep] for name, values in history.items()}
-        risk = self.risk.context(queries["merchant_id"], labels_frame(states))
-        scored = scorer.score_frame(queries, history, risk)
-        card_states = [
-            "unavailable" if req.state is None else ("used" if req.state["ids"] else "empty") for req in batch
-        ]
-        return scorer.decisions(txs, scored, card_states, utcnow())
+        unavailable = {req.tx.card_id for req in batch if req.state is None}
+        scored = self.service.score(txs, states, unavailable=unavailable, exclude_scored=True)
+        return self.service.decisions(scored)

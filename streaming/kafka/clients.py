@@ -239,3 +239,24 @@ def read_to_end(
         return beyond
     finally:
         reader.close()
+
+
+def produce_and_wait(
+    settings: KafkaSettings, topic: str, records: Iterable[tuple[bytes, bytes | None]], timeout: float = 10.0
+) -> None:
+    """Write ``records`` (key, value; None: a tombstone) and return once the broker acknowledged
+    every one; raises ``UpstreamUnavailableError`` naming the first failure otherwise. Blocking:
+    for commands and off-loop calls."""
+    errors: list[str] = []
+
+    def delivered(err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            errors.append(err.str())
+
+    client = producer(settings, **{"linger.ms": 0, "message.timeout.ms": max(1, round(timeout * 1000))})
+    for key, value in records:
+        client.produce(topic, key=key, value=value, on_delivery=delivered)
+    left = client.flush(timeout + 1.0)
+    if errors or left:
+        why = errors[0] if errors else f"{left} record(s) not acknowledged within {timeout:g} s"
+        raise UpstreamUnavailableError(f"cannot write to {topic}: {why}")

@@ -104,6 +104,8 @@ def make_topics(bootstrap: str, partitions: int = 2) -> Topics:
         labels_topic=f"labels-{suffix}",
         labels_dlq_topic=f"labels-{suffix}.dlq",
         merchant_risk_topic=f"risk-{suffix}",
+        rules_topic=f"rules-{suffix}",
+        review_topic=f"review-{suffix}",
         topic_partitions=partitions,
     )
     kafka.ensure_topics(settings, kafka.project_topics(settings))
@@ -120,6 +122,8 @@ class Stack:
     metrics_port: int = field(default_factory=free_port)
     api_port: int = field(default_factory=free_port)
     card_state_source: str = "replica"
+    #: The API's key list (FRAUD_API_KEYS); None: the API runs without authentication.
+    api_keys: str | None = None
     children: Children = field(init=False)
 
     def __post_init__(self) -> None:
@@ -141,6 +145,8 @@ class Stack:
             "FRAUD_LABELS_TOPIC": s.labels_topic,
             "FRAUD_LABELS_DLQ_TOPIC": s.labels_dlq_topic,
             "FRAUD_MERCHANT_RISK_TOPIC": s.merchant_risk_topic,
+            "FRAUD_RULES_TOPIC": s.rules_topic,
+            "FRAUD_REVIEW_TOPIC": s.review_topic,
             "FRAUD_TOPIC_PARTITIONS": str(s.topic_partitions),
             "FRAUD_APP_ID": self.topics.app_id,
             "FRAUD_MODEL_DIR": str(self.model_dir),
@@ -153,6 +159,7 @@ class Stack:
             "FRAUD_CARD_STATE_SOURCE": self.card_state_source,
             "FRAUD_WORKER_URL": f"http://127.0.0.1:{self.web_port}",
             "FRAUD_STATE_TIMEOUT_SECONDS": "2",
+            **({"FRAUD_API_KEYS": self.api_keys} if self.api_keys else {"FRAUD_AUTH_DISABLED": "true"}),
         }
 
     def start(self, command: str, ready_url: str) -> Child:

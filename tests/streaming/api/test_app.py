@@ -41,6 +41,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def client(model_dir: Path) -> TestClient:
     # No worker listens at this URL: every prediction is the stateless one.
     settings = ApiSettings(
+        auth_disabled=True,
         model_dir=model_dir,
         card_state_source="worker",
         worker_url=f"http://127.0.0.1:{free_port()}",
@@ -96,7 +97,7 @@ def test_probes(client: TestClient) -> None:
 
 def test_not_ready_until_the_card_state_copy_is_restored(model_dir: Path) -> None:
     # The default source: a copy of the card table from its changelog, on a broker that is not there.
-    settings = ApiSettings(model_dir=model_dir, kafka_bootstrap_servers=f"127.0.0.1:{free_port()}")
+    settings = ApiSettings(auth_disabled=True, model_dir=model_dir, kafka_bootstrap_servers=f"127.0.0.1:{free_port()}")
     with TestClient(create_api(settings)) as c:
         ready = c.get("/ready")
         assert ready.status_code == 503
@@ -108,7 +109,7 @@ def test_not_ready_until_the_card_state_copy_is_restored(model_dir: Path) -> Non
 
 
 def test_not_ready_without_a_model(tmp_path: Path) -> None:
-    settings = ApiSettings(model_dir=tmp_path / "nothing", worker_url="http://127.0.0.1:9")
+    settings = ApiSettings(auth_disabled=True, model_dir=tmp_path / "nothing", worker_url="http://127.0.0.1:9")
     with TestClient(create_api(settings)) as c:
         assert c.get("/ready").status_code == 503
         resp = c.post("/predict", json=GOOD)
@@ -155,6 +156,7 @@ def test_feedback_label_known_before_its_transaction_is_a_422(client: TestClient
 
 def test_feedback_without_a_broker_is_a_503_after_the_timeout(model_dir: Path) -> None:
     settings = ApiSettings(
+        auth_disabled=True,
         model_dir=model_dir,
         card_state_source="worker",
         worker_url="http://127.0.0.1:9",

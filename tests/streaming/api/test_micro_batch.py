@@ -17,6 +17,7 @@ from model.train import TrainOptions, train
 from producers.synthetic import SimConfig, generate
 from streaming.api.micro_batch import MicroBatcher
 from streaming.scoring.merchant_risk import MerchantRisk
+from streaming.scoring.service import ScoringService
 from streaming.scoring.state import merge
 
 
@@ -45,11 +46,11 @@ def test_concurrent_requests_share_calls_and_equal_lone_answers(setup: tuple) ->
     risk = MerchantRisk()
 
     async def alone() -> list:
-        batcher = MicroBatcher(holder, risk, executor)
+        batcher = MicroBatcher(ScoringService(holder, risk), executor)
         return [await batcher.score(tx, states.get(tx.card_id)) for tx in txs]
 
     async def together() -> tuple[list, int]:
-        batcher = MicroBatcher(holder, risk, executor, max_rows=16)
+        batcher = MicroBatcher(ScoringService(holder, risk), executor, max_rows=16)
         got = await asyncio.gather(*(batcher.score(tx, states.get(tx.card_id)) for tx in txs))
         return list(got), batcher.calls
 
@@ -64,7 +65,7 @@ def test_concurrent_requests_share_calls_and_equal_lone_answers(setup: tuple) ->
 
 def test_a_failure_reaches_every_waiting_request(tmp_path: Path) -> None:
     holder = ModelHolder(tmp_path)  # nothing loaded: every call fails with 503's error
-    batcher = MicroBatcher(holder, MerchantRisk(), ThreadPoolExecutor(max_workers=1))
+    batcher = MicroBatcher(ScoringService(holder, MerchantRisk()), ThreadPoolExecutor(max_workers=1))
     tx = Transaction(
         transaction_id="t", timestamp=datetime(2026, 1, 1, tzinfo=UTC), card_id="c", merchant_id="m", amount=1.0,
         currency="USD",

@@ -26,6 +26,7 @@ from model.train import TrainOptions, train
 from producers.synthetic import SimConfig, generate
 from streaming.metrics import WorkerMetrics
 from streaming.scoring.merchant_risk import MerchantRisk, activity_key, label_key, label_value
+from streaming.scoring.service import ScoringService
 from streaming.scoring.state import (
     decode_state,
     history_frame,
@@ -34,7 +35,7 @@ from streaming.scoring.state import (
     with_fraud_label,
     without_fraud_label,
 )
-from streaming.worker.app import BatchProcessor
+from streaming.worker.pipeline import BatchScorer
 
 DELAY_DAYS = 4.0
 
@@ -106,7 +107,9 @@ def test_worker_batches_with_labels_give_the_training_features_and_scores(labell
     frame = load_csv(data).frame
     holder = ModelHolder(model_dir)
     assert holder.load()
-    processor = BatchProcessor(holder, WorkerMetrics(), grace_ms=3_600_000, include_features=True)
+    processor = BatchScorer(
+        ScoringService(holder, MerchantRisk(), include_features=True), WorkerMetrics(), grace_ms=3_600_000
+    )
 
     states: dict[str, bytes | None] = {}  # as the worker's table holds them
     # Every label is delivered before the transactions (a label counts only from when it was

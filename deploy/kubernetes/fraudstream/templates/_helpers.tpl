@@ -116,6 +116,10 @@ no partition and does no work.
   value: {{ $kafka.topics.labelsDlq | quote }}
 - name: FRAUD_MERCHANT_RISK_TOPIC
   value: {{ $kafka.topics.merchantRisk | quote }}
+- name: FRAUD_RULES_TOPIC
+  value: {{ $kafka.topics.rules | quote }}
+- name: FRAUD_REVIEW_TOPIC
+  value: {{ $kafka.topics.review | quote }}
 - name: FRAUD_TOPIC_PARTITIONS
   value: {{ $kafka.partitions | quote }}
 - name: FRAUD_TOPIC_REPLICATION_FACTOR

@@ -1,0 +1,155 @@
+"""The one scoring service: the worker's batches and the API's requests are both decided here.
+
+A call takes valid transactions and their cards' stored states and returns each transaction's
+decision fields: one feature pass over the batch (card history plus merchant risk), one model
+call, thresholds and reasons, then the rules and lists that come before the model
+(:mod:`streaming.scoring.rules`). Whatever decides a transaction plugs in here once, so the
+stream and ``/predict`` always decide alike.
+
+CPU-bound: call it on the scoring thread (:func:`model.scoring.scoring_executor`), never on the
+event loop. One call uses one model throughout, so a model swap happens between calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+from model.drift import DriftMonitor
+from model.features import Columns, RiskContext, epoch_ms, frame_from_transactions
+from model.schemas import Decision, Transaction, decision_json
+from model.scoring import ModelHolder, ScoredBatch, utcnow
+from streaming.metrics import ModelMetrics
+from streaming.scoring.merchant_risk import MerchantRisk
+from streaming.scoring.rules import Inputs, RuleBook, Ruleset
+from streaming.scoring.state import CardState, history_frame, labels_frame, merge
+
+#: A history row not stored yet: ``(transaction_id, card_id, merchant_id, ts_ms, amount)``.
+HistoryRow = tuple[str, str, str, int, float]
+
+
+@dataclass(frozen=True)
+class Scored:
+    """What a call decided, in the order of its transactions."""
+
+    #: The transactions as canonical columns (``model.features.CANONICAL_COLUMNS``).
+    queries: Columns
+    batch: ScoredBatch
+    #: Each decision as :class:`model.schemas.Decision`'s fields, in its field order.
+    fields: list[dict[str, Any]]
+
+
+class ScoringService:
+    """Scores with the holder's serving model against card state and merchant risk."""
+
+    def __init__(
+        self,
+        holder: ModelHolder,
+        risk: MerchantRisk,
+        include_features: bool = False,
+        track_drift: bool = False,
+        rules: RuleBook | None = None,
+        metrics: ModelMetrics | None = None,
+    ) -> None:
+        self.holder, self.risk, self.include_features = holder, risk, include_features
+        #: Rules and lists ahead of the model (None: the model alone decides).
+        self.rules = rules
+        self.metrics = metrics
+        #: PSI of the scored traffic against the model's training data (``track_drift``).
+        self.drift: DriftMonitor | None = None
+        self._track_drift = track_drift
+
+    def score(
+        self,
+        txs: Sequence[Transaction],
+        states: Mapping[str, CardState | None],
+        new_rows: Sequence[HistoryRow] = (),
+        unavailable: Collection[str] = (),
+        exclude_scored: bool = False,
+        scored_at: datetime | None = None,
+        queries: Columns | None = None,
+    ) -> Scored:
+        """Decide ``txs`` against ``states`` (their cards' stored states; missing or None: none).
+
+        ``new_rows``: history not stored yet (the worker's batch, so a card's second transaction in
+        it sees its first; each row's own timestamp bounds what it sees, so no row sees itself).
+        ``unavailable``: cards whose state could not be read (their decisions say so).
+        ``exclude_scored``: leave the scored transactions out of the stored history, for a
+        transaction the stream may have stored already (``/predict`` then answers what the stream
+        answered instead of counting it twice). ``queries``: ``txs`` as canonical columns, when
+        the caller built them already.
+        """
+        scorer = self.holder.scorer
+        if queries is None:
+            queries = frame_from_transactions(txs)
+        history = history_frame(states, new_rows, with_ids=exclude_scored)
+        if exclude_scored:
+            keep = ~np.isin(history["transaction_id"], queries["transaction_id"])
+            history = {name: values[keep] for name, values in history.items()}
+        risk = self.risk.context(queries["merchant_id"], labels_frame(states))
+        batch = scorer.score_frame(queries, history, risk)
+        if self._track_drift:
+            if self.drift is None or self.drift.version != scorer.version:
+                self.drift = DriftMonitor(scorer.artifact.metadata.get("drift_reference"), version=scorer.version)
+            self.drift.observe(batch.features, batch.scores)
+        card_states = [_card_state(tx.card_id, states, unavailable) for tx in txs]
+        scored_at = scored_at or utcnow()
+        fields = scorer.decision_fields(txs, batch, card_states, scored_at, self.include_features)
+        ruleset = self.rules.snapshot() if self.rules is not None else None
+        if ruleset is not None and not ruleset.empty:
+            self._apply_rules(ruleset, Inputs.of_transactions(txs, queries, batch.features), scored_at, fields)
+        return Scored(queries=queries, batch=batch, fields=fields)
+
+    def _apply_rules(self, ruleset: Ruleset, inputs: Inputs, scored_at: datetime, fields: list[dict[str, Any]]) -> None:
+        """Overrule the model where a rule or list decides (precedence: streaming/scoring/rules.py)."""
+        verdicts = ruleset.apply(inputs, int(scored_at.timestamp() * 1000))
+        decided: dict[tuple[str, str], int] = {}
+        for row, action, by in zip(fields, verdicts.actions, verdicts.decided_by, strict=True):
+            if action is None:
+                continue
+            row["decision"], row["decided_by"] = action, by
+            row["reasons"] = [by, *row["reasons"]]
+            key = (by.partition(":")[0], action)
+            decided[key] = decided.get(key, 0) + 1
+        if self.metrics is not None:
+            for (rule, action, mode), n in verdicts.hits.items():
+                self.metrics.rule_hits.labels(rule=rule, action=action, mode=mode).inc(n)
+            for (source, action), n in decided.items():
+                self.metrics.rule_decisions.labels(source=source, decision=action).inc(n)
+
+    def decisions(self, scored: Scored) -> list[Decision]:
+        """The decisions as validated models (the API's answers)."""
+        return [Decision(**fields) for fields in scored.fields]
+
+    def drift_values(self) -> dict[str, float]:
+        """PSI per signal (call on the scoring thread, which owns the drift buffers)."""
+        return self.drift.values() if self.drift else {}
+
+    def warm_up(self) -> None:
+        """Run the scoring path once on a made-up transaction, off the books (no metrics, no
+        state, no drift): first calls into numpy and the model are several times slower, and
+        without this the first real requests after a start pay for it."""
+        tx = Transaction(
+            transaction_id="warm-up",
+            timestamp=utcnow(),
+            card_id="warm-up",
+            merchant_id="warm-up",
+            amount=1.0,
+            currency="USD",
+        )
+        scorer = self.holder.scorer
+        queries = frame_from_transactions([tx])
+        history = history_frame({tx.card_id: merge(None, [("w0", epoch_ms(tx.timestamp) - 1, 1.0, "m")], 0)})
+        batch = scorer.score_frame(queries, history, RiskContext.empty())
+        decision_json(scorer.decision_fields([tx], batch, ["used"], utcnow(), self.include_features)[0])
+
+
+def _card_state(card_id: str, states: Mapping[str, CardState | None], unavailable: Collection[str]) -> str:
+    if card_id in unavailable:
+        return "unavailable"
+    state = states.get(card_id)
+    return "used" if state and state["ids"] else "empty"
