@@ -128,7 +128,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
     print("Ctrl-C to stop (storage is in memory and is lost on exit)", flush=True)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        while broker.process is not None and broker.process.poll() is None:
+        while broker.running():
             time.sleep(0.5)
         return 1
     except KeyboardInterrupt:
@@ -321,7 +321,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from benchmarks.bench import BenchOptions, format_table, run_bench
+    from benchmarks.report import format_table
+    from benchmarks.run import BenchOptions, run_bench
 
     opts = BenchOptions.quick_profile() if args.quick else BenchOptions()
     overrides = {

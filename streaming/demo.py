@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 import numpy as np
@@ -29,8 +27,9 @@ from model.features import epoch_ms
 from producers.publisher import Progress, Publisher, label_events
 from producers.synthetic import SimConfig, generate, iter_records, labels_for, with_label_columns
 from streaming.api.security import SCOPES, key_line, new_key
+from streaming.children import Children, free_port, python_module, wait_http
 from streaming.kafka import clients as kafka
-from streaming.kafka.broker import EmbeddedBroker, free_port, wait_http
+from streaming.kafka.broker import EmbeddedBroker
 from streaming.settings import ProducerSettings
 
 #: Every this many transactions the demo also sends one malformed message.
@@ -108,34 +107,6 @@ def _follow(settings: ProducerSettings, observed: Observed, stop: threading.Even
         consumer.close()
 
 
-class Processes:
-    """Child processes of the demo; all stopped on exit."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.children: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = []
-
-    def start(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        log = (self.workdir / f"{name}.log").open("wb")
-        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and CLI
-            [sys.executable, "-m", "streaming.cli", *args], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-        self.children.append((name, proc, log))
-        return proc
-
-    def stop(self) -> None:
-        for _, proc, _ in reversed(self.children):
-            if proc.poll() is None:
-                proc.terminate()  # SIGTERM: the worker commits and leaves the group
-        for _, proc, log in reversed(self.children):
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log.close()
-
-
 def _ensure_model(options: DemoOptions) -> None:
     from model.artifact import load_artifact
     from model.errors import ModelLoadError
@@ -161,7 +132,8 @@ def _ensure_model(options: DemoOptions) -> None:
 def run_demo(options: DemoOptions) -> int:
     options.workdir.mkdir(parents=True, exist_ok=True)
     _ensure_model(options)
-    procs = Processes(options.workdir)
+    # Each demo run's logs replace the previous run's.
+    procs = Children(options.workdir, append=False)
     broker = EmbeddedBroker(log_file=options.workdir / "broker.log")
     stop = threading.Event()
     follower: threading.Thread | None = None
@@ -187,14 +159,11 @@ def run_demo(options: DemoOptions) -> int:
             # The demo's own key, every scope; a deployment lists its callers' keys instead.
             "FRAUD_API_KEYS": key_line("demo", api_key, SCOPES),
         }
-        worker = procs.start("worker", ["worker"], env)
-        api = procs.start("api", ["api"], env)
-        for url, proc, what in (
-            (f"http://127.0.0.1:{web_port}/ready", worker, "worker"),
-            (f"http://127.0.0.1:{api_port}/ready", api, "api"),
-        ):
-            log = options.workdir / f"{what}.log"
-            wait_http(url, proc, what, partial("see {}".format, log))
+        # SIGTERM on the way out: the worker commits and leaves the group.
+        worker = procs.start("worker", python_module("streaming.cli", "worker"), env)
+        api = procs.start("api", python_module("streaming.cli", "api"), env)
+        wait_http(f"http://127.0.0.1:{web_port}/ready", worker)
+        wait_http(f"http://127.0.0.1:{api_port}/ready", api)
         print(f"worker (state view :{web_port}) and API (http://127.0.0.1:{api_port}/docs) are up")
         print(f"API key for this demo (all scopes): {api_key}")
         follower = threading.Thread(target=_follow, args=(settings, observed, stop), daemon=True)
@@ -258,7 +227,7 @@ def run_demo(options: DemoOptions) -> int:
         # Dropped before the broker stops: its producer (the last reference) then disconnects
         # instead of logging failed reconnections to a broker that is gone.
         publisher = None
-        procs.stop()
+        procs.stop_all()
         broker.stop()
     return _summary(observed, sent_valid, sent_bad, sent, parity, quality)
 

@@ -8,9 +8,6 @@ Broker choice: ``KAFKA_BOOTSTRAP_SERVERS`` when set; testcontainers' Kafka when
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,15 +15,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
 import orjson
 import pytest
 from confluent_kafka import TopicPartition
 
 from model.train import TrainOptions, train
 from producers.synthetic import SimConfig, generate
+from streaming.children import Child, Children, free_port, python_module, wait_http
 from streaming.kafka import clients as kafka
-from streaming.kafka.broker import EmbeddedBroker, free_port
+from streaming.kafka.broker import EmbeddedBroker
 from streaming.settings import KafkaSettings
 
 pytestmark = pytest.mark.integration
@@ -117,50 +114,6 @@ def make_topics(bootstrap: str, partitions: int = 2) -> Topics:
 
 
 @dataclass
-class Service:
-    """A `fraud` subcommand in its own process, with its log kept for failure messages."""
-
-    name: str
-    env: dict[str, str]
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Service:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streaming.cli", self.name], env=self.env, stdout=log, stderr=subprocess.STDOUT
-        )
-        log.close()
-        return self
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def wait_http(self, url: str, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None and self.proc.poll() is None, f"{self.name} died:\n{self.log()}"
-            try:
-                if httpx.get(url, timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"{self.name} not ready at {url}:\n{self.log()}")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return int(self.proc.returncode)
-
-
-@dataclass
 class Stack:
     topics: Topics
     model_dir: Path
@@ -171,7 +124,15 @@ class Stack:
     card_state_source: str = "replica"
     #: The API's key list (FRAUD_API_KEYS); None: the API runs without authentication.
     api_keys: str | None = None
-    services: list[Service] = field(default_factory=list)
+    children: Children = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.children = Children(self.workdir)
+
+    @property
+    def services(self) -> list[Child]:
+        """The `fraud` processes started, in order."""
+        return self.children.started
 
     def env(self) -> dict[str, str]:
         s = self.topics.settings
@@ -201,21 +162,17 @@ class Stack:
             **({"FRAUD_API_KEYS": self.api_keys} if self.api_keys else {"FRAUD_AUTH_DISABLED": "true"}),
         }
 
-    def start_worker(self) -> Service:
-        worker = Service("worker", self.env(), self.workdir / "worker.log").start()
-        self.services.append(worker)
-        worker.wait_http(f"http://127.0.0.1:{self.web_port}/ready")
-        return worker
+    def start(self, command: str, ready_url: str) -> Child:
+        """`fraud COMMAND` in its own process, once ``ready_url`` answers."""
+        child = self.children.start(command, python_module("streaming.cli", command), self.env())
+        wait_http(ready_url, child, timeout=60)
+        return child
 
-    def start_api(self) -> Service:
-        api = Service("api", self.env(), self.workdir / "api.log").start()
-        self.services.append(api)
-        api.wait_http(f"http://127.0.0.1:{self.api_port}/ready")
-        return api
+    def start_worker(self) -> Child:
+        return self.start("worker", f"http://127.0.0.1:{self.web_port}/ready")
 
-    def stop_all(self) -> None:
-        for svc in reversed(self.services):
-            svc.stop()
+    def start_api(self) -> Child:
+        return self.start("api", f"http://127.0.0.1:{self.api_port}/ready")
 
 
 @pytest.fixture
@@ -224,7 +181,7 @@ def stack(bootstrap_servers: str, model_dir: Path, tmp_path: Path) -> Iterator[S
     try:
         yield s
     finally:
-        s.stop_all()
+        s.children.stop_all()
 
 
 def produce(settings: KafkaSettings, messages: list[tuple[bytes | None, bytes]], topic: str | None = None) -> None:

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from model.train import TrainOptions, train
 from producers.synthetic import SimConfig, generate
 from streaming.api.app import create_api
-from streaming.kafka.broker import free_port
+from streaming.children import free_port
 from streaming.settings import ApiSettings
 
 GOOD = {

@@ -15,7 +15,7 @@ from model.train import TrainOptions, train
 from producers.synthetic import SimConfig, generate
 from streaming.api.app import create_api
 from streaming.api.security import KeyListError, Limits, RateLimitedError, RateLimiter, key_line, new_key, parse_keys
-from streaming.kafka.broker import free_port
+from streaming.children import free_port
 from streaming.settings import ApiSettings
 
 GOOD = {
