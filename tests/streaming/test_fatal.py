@@ -6,26 +6,16 @@ import logging
 import subprocess
 import sys
 import textwrap
-from typing import NoReturn
 
 import pytest
 
 from streaming.fatal import EXIT_INTERNAL_ERROR, stop_uncommitted
-
-
-class Exited(Exception):
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
-
-
-def _exit(status: int) -> NoReturn:
-    raise Exited(status)
+from tests.conftest import Exited, exit_raises
 
 
 def test_logs_why_as_critical_and_exits_with_the_internal_error_status(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.CRITICAL, logger="fraudstream"), pytest.raises(Exited) as exited:
-        stop_uncommitted("the seek failed", exit=_exit)
+        stop_uncommitted("the seek failed", exit=exit_raises)
     assert exited.value.status == EXIT_INTERNAL_ERROR == 70
     [record] = caplog.records
     assert record.levelno == logging.CRITICAL and record.name == "fraudstream"
@@ -38,7 +28,7 @@ def test_exc_info_carries_the_exception_being_handled(caplog: pytest.LogCaptureF
         try:
             raise RuntimeError("broker gone")
         except RuntimeError:
-            stop_uncommitted("the seek failed", exc_info=True, exit=_exit)
+            stop_uncommitted("the seek failed", exc_info=True, exit=exit_raises)
     [record] = caplog.records
     assert record.exc_info is not None and isinstance(record.exc_info[1], RuntimeError)
 

@@ -5,14 +5,11 @@ from __future__ import annotations
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from model.train import TrainOptions, train
-from producers.synthetic import SimConfig, generate
 from streaming.api.app import create_api
 from streaming.children import free_port
 from streaming.settings import ApiSettings
@@ -29,12 +26,8 @@ GOOD = {
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("api-model")
-    frame = generate(SimConfig(seed=3, n_cards=120, n_merchants=30, days=12, start=datetime(2026, 1, 1, tzinfo=UTC)))
-    frame.to_csv(root / "train.csv", index=False)
-    train(root / "train.csv", root / "model", TrainOptions(model_type="logreg"))
-    return root / "model"
+def model_dir(small_model_dir: Path) -> Path:
+    return small_model_dir
 
 
 @pytest.fixture

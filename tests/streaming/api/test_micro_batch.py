@@ -7,14 +7,13 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from model.errors import ModelNotReadyError
 from model.features import epoch_ms
 from model.schemas import Transaction
 from model.scoring import ModelHolder
-from model.train import TrainOptions, train
-from producers.synthetic import SimConfig, generate
 from streaming.api.micro_batch import MicroBatcher
 from streaming.scoring.merchant_risk import MerchantRisk
 from streaming.scoring.service import ScoringService
@@ -22,12 +21,9 @@ from streaming.scoring.state import merge
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelHolder, list[Transaction], dict]:
-    root = tmp_path_factory.mktemp("micro")
-    frame = generate(SimConfig(seed=4, n_cards=60, n_merchants=20, days=10, start=datetime(2026, 1, 1, tzinfo=UTC)))
-    frame.to_csv(root / "d.csv", index=False)
-    train(root / "d.csv", root / "m", TrainOptions(model_type="logreg"))
-    holder = ModelHolder(root / "m")
+def setup(small_frame: pd.DataFrame, small_model_dir: Path) -> tuple[ModelHolder, list[Transaction], dict]:
+    frame = small_frame
+    holder = ModelHolder(small_model_dir)
     assert holder.load()
     txs = [Transaction.model_validate(r) for r in frame.iloc[-40:].to_dict("records")]
     past = frame.iloc[:-40]

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from model.train import TrainOptions, train
-from producers.synthetic import SimConfig, generate
 from streaming.api.app import create_api
 from streaming.api.security import KeyListError, Limits, RateLimitedError, RateLimiter, key_line, new_key, parse_keys
 from streaming.children import free_port
@@ -31,12 +28,8 @@ KEYS = "\n".join(["# callers", key_line("shop", PREDICTOR, ["predict"]), key_lin
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("security")
-    frame = generate(SimConfig(seed=4, n_cards=60, n_merchants=20, days=10, start=datetime(2026, 1, 1, tzinfo=UTC)))
-    frame.to_csv(root / "d.csv", index=False)
-    train(root / "d.csv", root / "m", TrainOptions(model_type="logreg"))
-    return root / "m"
+def model_dir(small_model_dir: Path) -> Path:
+    return small_model_dir
 
 
 def settings_for(model_dir: Path, **extra: object) -> ApiSettings:

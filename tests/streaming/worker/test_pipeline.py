@@ -8,15 +8,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 from confluent_kafka import KafkaError
 
 from model.scoring import ModelHolder
-from model.train import TrainOptions, train
-from producers.synthetic import SimConfig, generate
 from streaming.fatal import EXIT_INTERNAL_ERROR
 from streaming.kafka.outputs import OutputBatch
 from streaming.metrics import WorkerMetrics
@@ -27,18 +26,15 @@ from streaming.scoring.service import ScoringService
 from streaming.scoring.state import changelog_key, decode_state
 from streaming.settings import WorkerSettings
 from streaming.worker.pipeline import BatchScorer, Pipeline
+from tests.conftest import Exited, exit_raises
 
 SETTINGS = WorkerSettings()
 CHANGELOG = "fraudstream-cards-changelog"
 
 
 @pytest.fixture(scope="module")
-def holder(tmp_path_factory: pytest.TempPathFactory) -> ModelHolder:
-    root = tmp_path_factory.mktemp("pipeline")
-    frame = generate(SimConfig(seed=4, n_cards=60, n_merchants=20, days=10, start=datetime(2026, 1, 1, tzinfo=UTC)))
-    frame.to_csv(root / "d.csv", index=False)
-    train(root / "d.csv", root / "m", TrainOptions(model_type="logreg"))
-    holder = ModelHolder(root / "m")
+def holder(small_model_dir: Path) -> ModelHolder:
+    holder = ModelHolder(small_model_dir)
     assert holder.load()
     return holder
 
@@ -51,16 +47,6 @@ class Msg:
     timestamp: float
     key: bytes | None
     value: bytes | None
-
-
-class Exited(Exception):
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
-
-
-def exit_raises(status: int) -> NoReturn:
-    raise Exited(status)
 
 
 class FakeProducer:
