@@ -48,6 +48,9 @@ TRAIN_CONFIG = SimConfig(seed=7, days=45.0, start=datetime(2026, 1, 1, tzinfo=UT
 TRAFFIC_CONFIG = SimConfig(seed=11, days=30.0, start=datetime(2026, 2, 15, tzinfo=UTC), label_delay_days=1.0)
 
 
+#: How long the demo waits for the worker and the API to be ready.
+READY_SECONDS = 240.0
+
 @dataclass
 class DemoOptions:
     count: int = 10_000
@@ -162,8 +165,9 @@ def run_demo(options: DemoOptions) -> int:
         # SIGTERM on the way out: the worker commits and leaves the group.
         worker = procs.start("worker", python_module("streaming.cli", "worker"), env)
         api = procs.start("api", python_module("streaming.cli", "api"), env)
-        wait_http(f"http://127.0.0.1:{web_port}/ready", worker)
-        wait_http(f"http://127.0.0.1:{api_port}/ready", api)
+        # Generous: a worker on a busy machine may take a minute to import and join its group.
+        wait_http(f"http://127.0.0.1:{web_port}/ready", worker, timeout=READY_SECONDS)
+        wait_http(f"http://127.0.0.1:{api_port}/ready", api, timeout=READY_SECONDS)
         print(f"worker (state view :{web_port}) and API (http://127.0.0.1:{api_port}/docs) are up")
         print(f"API key for this demo (all scopes): {api_key}")
         follower = threading.Thread(target=_follow, args=(settings, observed, stop), daemon=True)
