@@ -25,3 +25,7 @@ class UpstreamUnavailableError(FraudStreamError):
     """A dependency (broker, worker state view) did not answer in time."""
 
     status_code = 503
+
+
+class ConfigurationError(FraudStreamError):
+    """Settings that cannot work together; the process refuses to start and says which."""

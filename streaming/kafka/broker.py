@@ -49,9 +49,17 @@ def broker_binary() -> str:
 class EmbeddedBroker:
     """A tansu broker subprocess with memory storage; a context manager that stops it on exit."""
 
-    def __init__(self, port: int | None = None, host: str = "127.0.0.1", log_file: Path | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        log_file: Path | None = None,
+        advertised_port: int | None = None,
+    ) -> None:
         self.host = host
         self.port = port or free_port(host)
+        #: The port clients are told to connect to (a proxy in front of the broker); default: its own.
+        self.advertised_port = advertised_port or self.port
         self.log_file = log_file
         self.process: subprocess.Popen[bytes] | None = None
         self._log_fh: IO[bytes] | None = None
@@ -68,7 +76,7 @@ class EmbeddedBroker:
             "--listener-url",
             url,
             "--advertised-listener-url",
-            url,
+            f"tcp://{self.host}:{self.advertised_port}",
             "--storage-engine",
             "memory://tansu/",
         ]
