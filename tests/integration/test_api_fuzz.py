@@ -23,6 +23,7 @@ EXAMPLES = int(os.environ.get("FRAUD_TEST_FUZZ_EXAMPLES", "25"))
 def test_no_operation_answers_a_server_error(stack: Stack) -> None:
     # No keys (FRAUD_AUTH_DISABLED=true, the stack's default) and no rate limit to hit: the fuzzer
     # is after the handlers, not the guard (tests/streaming/api/test_security.py covers that).
+    stack.start_worker()  # creates the topics the API follows (rules, card changelog)
     env = {**stack.env(), "FRAUD_RATE_LIMIT_PER_SECOND": "100000", "FRAUD_RATE_LIMIT_BURST": "100000"}
     api = Service("api", env, stack.workdir / "api.log").start()
     stack.services.append(api)
