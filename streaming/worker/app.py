@@ -74,6 +74,10 @@ def create_app(
         web_host=settings.web_host,
         web_port=settings.web_port,
         web_in_thread=False,
+        # Faust's own views would serve any table key (/table/...) and the cluster's partition
+        # map (/router/) to anyone: card state goes only through the token-guarded view below.
+        web_tables_enabled=False,
+        web_router_enabled=False,
     )
 
     # One stream of both inputs: labels and transactions of a card share a partition number (and

@@ -150,3 +150,20 @@ def test_state_token_is_shared_and_secret(monkeypatch: pytest.MonkeyPatch) -> No
     for s in (WorkerSettings(), ApiSettings()):
         assert s.state_token is not None and s.state_token.get_secret_value() == PASSWORD
         assert PASSWORD not in repr(s) and PASSWORD not in s.model_dump_json()
+
+
+def test_librdkafka_takes_the_security_settings_and_uses_the_ca_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """librdkafka validates its configuration when a client is built: the keys are real ones, and
+    a CA file that is not there fails the client, so TLS settings are used, not ignored."""
+    from confluent_kafka import KafkaException, Producer
+
+    monkeypatch.setenv("FRAUD_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("FRAUD_KAFKA_SASL_MECHANISM", "SCRAM-SHA-256")
+    monkeypatch.setenv("FRAUD_KAFKA_SASL_USERNAME", "scorer")
+    monkeypatch.setenv("FRAUD_KAFKA_SASL_PASSWORD", PASSWORD)
+    Producer(KafkaSettings().confluent_config()).flush(0)  # system CA store: builds
+    monkeypatch.setenv("FRAUD_KAFKA_SSL_CAFILE", str(tmp_path / "missing-ca.pem"))
+    with pytest.raises(KafkaException, match="ssl.ca.location|missing-ca"):
+        Producer(KafkaSettings().confluent_config())
