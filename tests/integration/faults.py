@@ -169,6 +169,20 @@ def without_scored_at(value: bytes) -> bytes:
     return blanked
 
 
+def changed_fields(first: dict, again: dict, prefix: str = "") -> list[str]:
+    """Names of the fields (``features.x`` for nested ones) two decisions differ in, scored_at aside."""
+    out: list[str] = []
+    for name in sorted(set(first) | set(again)):
+        a, b = first.get(name), again.get(name)
+        if name == "scored_at" or a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += changed_fields(a, b, f"{prefix}{name}.")
+        else:
+            out.append(prefix + name)
+    return out
+
+
 def extra_worker(stack: Stack, name: str, **env: str | None) -> tuple[Service, int]:
     """Another worker process in the stack's group: its own ports and data dir, ``env`` on top
     (None: unset). Returns the service (not yet started) and its web port."""

@@ -43,7 +43,7 @@ def test_worker_without_a_state_token_refuses_every_state_request(stack: Stack) 
     worker, web_port = extra_worker(stack, "tokenless", FRAUD_STATE_TOKEN=None)
     start_service(stack, worker, web_port)
     url = f"http://127.0.0.1:{web_port}/cards/history"
-    for headers in ({}, {"Authorization": "Bearer "}, {"Authorization": "Bearer test-state-token"}):
+    for headers in ({}, {"Authorization": "Bearer x"}, {"Authorization": "Bearer test-state-token"}):
         resp = httpx.get(url, params={"card_id": "c1"}, headers=headers)
         assert resp.status_code == 403
         assert "FRAUD_STATE_TOKEN" in resp.json()["error"]
