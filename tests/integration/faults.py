@@ -78,6 +78,7 @@ class Watcher:
         self.topic = topic
         self.records: list[Record] = []
         self.ids: set[str] = set()
+        self.errors: list[str] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"watch-{topic}", daemon=True)
@@ -98,6 +99,7 @@ class Watcher:
             while not self._stop.is_set():
                 for msg in consumer.consume(500, 0.3):
                     if msg.error() is not None:
+                        self.errors.append(str(msg.error()))
                         continue
                     value = msg.value() or b""
                     with self._lock:
@@ -120,11 +122,15 @@ class Watcher:
             time.sleep(0.2)
         assert self.distinct() >= distinct, f"{self.distinct()} of {distinct} on {self.topic} after {timeout:.0f} s"
 
-    def wait_records(self, count: int, timeout: float) -> None:
+    def wait_records(self, count: int, timeout: float, alive: Service | None = None) -> None:
         deadline = time.monotonic() + timeout
         while len(self.snapshot()) < count and time.monotonic() < deadline:
+            if alive is not None:
+                assert alive.proc is not None and alive.proc.poll() is None, f"{alive.name} died:\n{alive.log()}"
             time.sleep(0.2)
-        assert len(self.snapshot()) >= count, f"{len(self.snapshot())} of {count} records on {self.topic}"
+        assert len(self.snapshot()) >= count, (
+            f"{len(self.snapshot())} of {count} records on {self.topic}; consumer errors: {self.errors[-3:]}"
+        )
 
     def snapshot(self) -> list[Record]:
         with self._lock:

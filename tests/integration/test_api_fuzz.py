@@ -8,6 +8,7 @@ import os
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance
@@ -54,6 +55,8 @@ def test_no_operation_answers_a_server_error(stack: Stack) -> None:
 
             try:
                 fuzz()
+            except Unsatisfiable:
+                continue  # nothing to make invalid (no parameters, no body): no negative cases
             except (Exception, BaseExceptionGroup) as exc:  # collected: one report for every operation
                 failures.append(f"{operation.label} ({mode.value}): {str(exc)[:800]}")
 

@@ -264,3 +264,10 @@ def test_codes_are_uppercase_letters(client: TestClient, field: str, value: str)
     resp = client.post("/predict", json={**GOOD, field: value})
     assert resp.status_code == 422 and resp.json()["detail"][0]["loc"][-1] == field
     assert client.post("/predict", json={**GOOD, "schema_version": 1, "country": "FR"}).status_code == 200
+
+
+def test_a_list_value_breaking_the_entry_rules_is_a_422(client: TestClient) -> None:
+    """Found by the OpenAPI fuzzing run: the path's value was validated only inside the handler."""
+    resp = client.put("/admin/lists/allow/merchant/%F0%9D%95%8B%20x", json={"note": "n"})
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["detail"][0]["loc"] == ["path", "value"]
