@@ -206,7 +206,8 @@ class Label(BaseModel):
 
 
 #: Fields of a transaction on the wire, in contract order; anything else (labels) stays off it.
-WIRE_FIELDS: tuple[str, ...] = tuple(Transaction.model_fields)
+#: ``schema_version`` is optional and left out: version 1 is what an absent one means.
+WIRE_FIELDS: tuple[str, ...] = tuple(f for f in Transaction.model_fields if f != "schema_version")
 
 
 def wire_value(row: Mapping[str, Any]) -> bytes:
