@@ -46,3 +46,7 @@ class TopicNotFoundError(UserInputError):
 
 class DependencyMismatchError(FraudStreamError):
     """An installed library lacks an internal the project relies on (a version outside the tested range)."""
+
+
+class ConfigurationError(UserInputError):
+    """Settings that cannot work together; the process refuses to start and says which."""

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 
 #: Channels a transaction can arrive through; anything else is a validation error.
 CHANNELS: tuple[str, ...] = ("pos", "ecommerce", "atm")
@@ -47,10 +47,20 @@ MAX_MESSAGE_BYTES = 16 * 1024
 Outcome = Literal["allow", "review", "block"]
 
 
+def _exactly_version_1(v: object) -> object:
+    # JSON 1 only: not true, 1.0 or "1", and never a huge integer (which would not fit the
+    # 64-bit integers the JSON encoder writes: a server error instead of a 422).
+    if type(v) is not int or v != SCHEMA_VERSION:
+        raise ValueError(f"schema_version must be the integer {SCHEMA_VERSION}")
+    return v
+
+
 class Transaction(BaseModel):
     """A card or payment transaction to score."""
 
     model_config = ConfigDict(extra="ignore", frozen=True, str_strip_whitespace=True)
+
+    schema_version: Literal[1] = Field(default=SCHEMA_VERSION, description="Contract version; optional, 1.")
 
     transaction_id: str = Field(
         min_length=1, max_length=128, pattern=ID_PATTERN, description="Unique id; decisions are idempotent by it."
@@ -66,10 +76,14 @@ class Transaction(BaseModel):
         strict=True,
         description="Amount in the currency's major unit, a JSON number; > 0 and at most 1e9.",
     )
-    currency: str = Field(min_length=3, max_length=3, description="ISO-4217 code.")
+    currency: str = Field(pattern=r"^[A-Z]{3}$", description="ISO-4217 code: three uppercase letters.")
     merchant_category: str | None = Field(default=None, max_length=64)
     channel: Literal["pos", "ecommerce", "atm"] | None = None
-    country: str | None = Field(default=None, min_length=2, max_length=2, description="ISO-3166 alpha-2.")
+    country: str | None = Field(
+        default=None, pattern=r"^[A-Z]{2}$", description="ISO-3166 alpha-2 code: two uppercase letters."
+    )
+
+    _version = field_validator("schema_version", mode="before")(_exactly_version_1)
 
     @field_validator("timestamp", mode="before")
     @classmethod
@@ -90,11 +104,6 @@ class Transaction(BaseModel):
         if not math.isfinite(v):
             raise ValueError("amount must be finite")
         return v
-
-    @field_validator("currency", "country")
-    @classmethod
-    def _upper(cls, v: str | None) -> str | None:
-        return v.upper() if v is not None else v
 
 
 class Decision(BaseModel):
@@ -171,7 +180,7 @@ class Label(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True, str_strip_whitespace=True)
 
-    schema_version: int = SCHEMA_VERSION
+    schema_version: Literal[1] = Field(default=SCHEMA_VERSION, description="Contract version; optional, 1.")
     transaction_id: str = Field(min_length=1, max_length=128, pattern=ID_PATTERN)
     card_id: str = Field(min_length=1, max_length=128, pattern=ID_PATTERN)
     merchant_id: str = Field(min_length=1, max_length=128, pattern=ID_PATTERN)
@@ -179,6 +188,8 @@ class Label(BaseModel):
     timestamp: AwareDatetime = Field(description="The labelled transaction's own timestamp.")
     labelled_at: AwareDatetime = Field(description="When the label became known; not before `timestamp`.")
     source: LabelSource = Field(description="Where the label came from.")
+
+    _version = field_validator("schema_version", mode="before")(_exactly_version_1)
 
     @field_validator("timestamp", "labelled_at", mode="before")
     @classmethod
@@ -195,7 +206,8 @@ class Label(BaseModel):
 
 
 #: Fields of a transaction on the wire, in contract order; anything else (labels) stays off it.
-WIRE_FIELDS: tuple[str, ...] = tuple(Transaction.model_fields)
+#: ``schema_version`` is optional and left out: version 1 is what an absent one means.
+WIRE_FIELDS: tuple[str, ...] = tuple(f for f in Transaction.model_fields if f != "schema_version")
 
 
 def wire_value(row: Mapping[str, Any]) -> bytes:

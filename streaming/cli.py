@@ -254,7 +254,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
     kafka.ensure_topics(settings, [settings.transactions_topic, *([settings.labels_topic] if args.labels else [])])
     publisher = Publisher(settings)
     if settings.metrics_port:
-        start_http_server(settings.metrics_port, registry=publisher.metrics.registry)
+        start_http_server(settings.metrics_port, addr=settings.metrics_bind, registry=publisher.metrics.registry)
     if args.from_csv is not None:
         dataset = load_csv(args.from_csv)
         if dataset.invalid.count:

@@ -51,6 +51,7 @@ TRAFFIC_CONFIG = SimConfig(seed=11, days=30.0, start=datetime(2026, 2, 15, tzinf
 #: How long the demo waits for the worker and the API to be ready.
 READY_SECONDS = 240.0
 
+
 @dataclass
 class DemoOptions:
     count: int = 10_000

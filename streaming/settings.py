@@ -125,6 +125,11 @@ class WorkerSettings(KafkaSettings):
     """Port of the worker's state view."""
     metrics_port: int = 9101
     """Port of the worker's Prometheus /metrics."""
+    metrics_bind: str = "127.0.0.1"
+    """Interface the worker's Prometheus /metrics listens on (containers: 0.0.0.0)."""
+    state_token: SecretStr | None = None
+    """Bearer token guarding the worker's card state view (``/cards/history``), shared by the
+    workers and an API with ``card_state_source=worker``; without it the view answers 403. Never logged."""
     data_dir: Path = Path(".fraudstream")
     """Local data directory of the Faust app."""
     model_reload_seconds: float = Field(default=10.0, gt=0)
@@ -161,6 +166,10 @@ class ApiSettings(KafkaSettings):
     worker_url: str = "http://127.0.0.1:6066"
     """Base URL of a worker's state view (``worker`` source); requests are routed to the worker
     owning the card."""
+    state_token: SecretStr | None = None
+    """Bearer token guarding the worker's card state view (``/cards/history``), shared by the
+    workers and an API with ``card_state_source=worker``; with that source the API refuses to
+    start without it. Never logged."""
     state_timeout_seconds: float = Field(default=0.5, gt=0)
     """How long /predict waits for card state from the worker (``worker`` source) before
     answering with the stateless score."""
@@ -199,6 +208,8 @@ class ProducerSettings(KafkaSettings):
 
     metrics_port: int = 9102
     """Port of the producer's Prometheus /metrics (0 disables it)."""
+    metrics_bind: str = "127.0.0.1"
+    """Interface the producer's Prometheus /metrics listens on (containers: 0.0.0.0)."""
     linger_ms: float = Field(default=5.0, ge=0)
     """How long the producer gathers records into one batch per partition (librdkafka's
     ``linger.ms``). Records are stamped when sent, so this much counts towards their measured

@@ -15,7 +15,8 @@ from typing import Annotated, Any
 import pandas as pd
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi import Path as PathParam
-from pydantic import AwareDatetime, BaseModel, Field
+from fastapi.exceptions import RequestValidationError
+from pydantic import AwareDatetime, BaseModel, Field, ValidationError
 
 from model.errors import FraudStreamError
 from streaming.api.services import RuleAdminDep, ServicesDep
@@ -97,7 +98,12 @@ async def list_entries(admin: RuleAdminDep) -> list[ListEntry]:
 async def put_entry(
     name: ListName, kind: ListKind, value: str, body: EntryBody, admin: RuleAdminDep, by: ActorDep
 ) -> ListEntry:
-    entry = ListEntry(list=name, kind=kind, value=value, **body.model_dump())
+    try:
+        entry = ListEntry(list=name, kind=kind, value=value, **body.model_dump())
+    except ValidationError as exc:  # the path's value breaks the entry's rules: a 422, not a 500
+        raise RequestValidationError(
+            [{**e, "loc": ("path", *e["loc"])} for e in exc.errors(include_url=False)]
+        ) from exc
     return await asyncio.get_running_loop().run_in_executor(None, admin.put_entry, entry, by)
 
 

@@ -10,6 +10,7 @@ import aiohttp
 import orjson
 from fastapi import Depends, Request
 
+from model.errors import ConfigurationError
 from model.scoring import ModelHolder, Scorer, scoring_executor
 from streaming.api.feedback import LabelPublisher
 from streaming.api.micro_batch import MicroBatcher
@@ -63,6 +64,7 @@ class Services:
             if settings.card_state_source == "replica"
             else None
         )
+        self.state_headers = state_headers(settings)
         self.metrics.watch_card_states(
             lambda: len(self.cards),
             lambda: self.cards.stored_bytes,
@@ -90,13 +92,25 @@ class Services:
         try:
             if self.http is None:
                 raise RuntimeError("the API is not started")
-            async with self.http.get("/cards/history", params={"card_id": card_id}) as resp:
+            async with self.http.get("/cards/history", params={"card_id": card_id}, headers=self.state_headers) as resp:
                 resp.raise_for_status()
                 state: CardState = (await resp.json(loads=orjson.loads))["history"]
             return state
         except (aiohttp.ClientError, TimeoutError, RuntimeError, ValueError, KeyError) as exc:
             log.warning("card state unavailable for predict: %s", exc)
             return None
+
+
+def state_headers(settings: ApiSettings) -> dict[str, str]:
+    """The header that opens the workers' card state view; the ``worker`` source needs a token."""
+    if settings.card_state_source != "worker":
+        return {}
+    if settings.state_token is None:
+        raise ConfigurationError(
+            "FRAUD_CARD_STATE_SOURCE=worker needs FRAUD_STATE_TOKEN "
+            "(the workers' state view refuses requests without it)"
+        )
+    return {"Authorization": f"Bearer {settings.state_token.get_secret_value()}"}
 
 
 async def get_services(request: Request) -> Services:

@@ -23,9 +23,17 @@ def broker_binary() -> str:
 class EmbeddedBroker:
     """A tansu broker subprocess with memory storage; a context manager that stops it on exit."""
 
-    def __init__(self, port: int | None = None, host: str = "127.0.0.1", log_file: Path | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        log_file: Path | None = None,
+        advertised_port: int | None = None,
+    ) -> None:
         self.host = host
         self.port = port or free_port(host)
+        #: The port clients are told to connect to (a proxy in front of the broker); default: its own.
+        self.advertised_port = advertised_port or self.port
         self.log_file = log_file
         self.child: Child | None = None
 
@@ -42,7 +50,8 @@ class EmbeddedBroker:
 
     def start(self, timeout: float = 30.0) -> EmbeddedBroker:
         url = f"tcp://{self.host}:{self.port}"
-        argv = [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
+        argv = [broker_binary(), "broker", "--listener-url", url]
+        argv += ["--advertised-listener-url", f"tcp://{self.host}:{self.advertised_port}"]
         argv += ["--storage-engine", "memory://tansu/"]
         self.child = child = children.start("embedded broker", argv, self.log_file, stop_timeout=10)
         self.wait_ready(child, timeout)

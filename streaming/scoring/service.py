@@ -96,7 +96,7 @@ class ScoringService:
             if self.drift is None or self.drift.version != scorer.version:
                 self.drift = DriftMonitor(scorer.artifact.metadata.get("drift_reference"), version=scorer.version)
             self.drift.observe(batch.features, batch.scores)
-        card_states = [_card_state(tx.card_id, states, unavailable) for tx in txs]
+        card_states = _card_states(txs, queries["ts_ms"].tolist(), states, new_rows, unavailable)
         scored_at = scored_at or utcnow()
         fields = scorer.decision_fields(txs, batch, card_states, scored_at, self.include_features)
         ruleset = self.rules.snapshot() if self.rules is not None else None
@@ -148,8 +148,37 @@ class ScoringService:
         decision_json(scorer.decision_fields([tx], batch, ["used"], utcnow(), self.include_features)[0])
 
 
-def _card_state(card_id: str, states: Mapping[str, CardState | None], unavailable: Collection[str]) -> str:
-    if card_id in unavailable:
-        return "unavailable"
-    state = states.get(card_id)
-    return "used" if state and state["ids"] else "empty"
+def _card_states(
+    txs: Sequence[Transaction],
+    ts_ms: Sequence[int],
+    states: Mapping[str, CardState | None],
+    new_rows: Sequence[HistoryRow],
+    unavailable: Collection[str],
+) -> list[str]:
+    """``used`` when the card has another transaction no later than this one, stored or earlier in
+    the batch; else ``empty``. Not "the stored state is non-empty": after a crash the state
+    holds the redelivered transactions themselves, and their decisions must read as before."""
+    batch: dict[str, list[tuple[int, str]]] = {}
+    for tid, card, _merchant, ts, _amount in new_rows:
+        batch.setdefault(card, []).append((ts, tid))
+    out = []
+    for tx, ts in zip(txs, ts_ms, strict=True):
+        if tx.card_id in unavailable:
+            out.append("unavailable")
+            continue
+        tid = tx.transaction_id
+        earlier = _stored_earlier(states.get(tx.card_id), tid, ts) or any(
+            t <= ts and other != tid for t, other in batch.get(tx.card_id, ())
+        )
+        out.append("used" if earlier else "empty")
+    return out
+
+
+def _stored_earlier(state: CardState | None, tid: str, ts: int) -> bool:
+    # The stored lists are sorted by time: the oldest entry that is not this transaction decides.
+    if not state:
+        return False
+    for other, t in zip(state["ids"][:2], state["ts"][:2], strict=True):
+        if other != tid:
+            return bool(t <= ts)
+    return False

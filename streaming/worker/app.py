@@ -9,11 +9,14 @@ changelog and the web server; the batches come a fetch at a time from
 from __future__ import annotations
 
 import functools
+import hmac
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import faust
 from prometheus_client import start_http_server
+from pydantic import SecretStr
 
 from model.scoring import ModelHolder, scoring_executor
 from streaming.fatal import Exit
@@ -71,6 +74,10 @@ def create_app(
         web_host=settings.web_host,
         web_port=settings.web_port,
         web_in_thread=False,
+        # Faust's own views would serve any table key (/table/...) and the cluster's partition
+        # map (/router/) to anyone: card state goes only through the token-guarded view below.
+        web_tables_enabled=False,
+        web_router_enabled=False,
     )
 
     # One stream of both inputs: labels and transactions of a card share a partition number (and
@@ -128,6 +135,7 @@ def create_app(
         await pipeline.run(faust_transport.take_batches(app, settings.batch_size))
 
     @app.page("/cards/history")
+    @state_guard(settings.state_token)
     @app.table_route(table=cards, query_param="card_id")
     async def card_history(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
         """A card's stored history, served by the worker that owns the card (others proxy)."""
@@ -186,6 +194,36 @@ def create_app(
     return app
 
 
+def state_view_refusal(token: SecretStr | None, authorization: str | None) -> str | None:
+    """Why a request for card state is refused (403), or None to serve it. Card histories are
+    personal data and the view proxies to other workers: only holders of the shared token."""
+    if token is None:
+        return "the card state view is disabled: set FRAUD_STATE_TOKEN on the workers and the API"
+    expected = f"Bearer {token.get_secret_value()}".encode()
+    if authorization is None or not hmac.compare_digest(authorization.encode(), expected):
+        return "a valid state token is required (Authorization: Bearer <FRAUD_STATE_TOKEN>)"
+    return None
+
+
+ViewFn = TypeVar("ViewFn", bound=Callable[..., Awaitable[Any]])
+
+
+def state_guard(token: SecretStr | None) -> Callable[[ViewFn], ViewFn]:
+    """Refuse (403) before a request is routed to the worker owning the card."""
+
+    def wrap(fn: ViewFn) -> ViewFn:
+        @functools.wraps(fn)
+        async def guarded(web: faust.web.View, request: faust.web.Request, *args: Any, **kwargs: Any) -> Any:
+            refusal = state_view_refusal(token, request.headers.get("Authorization"))
+            if refusal is not None:
+                return web.json({"error": refusal}, status=403)
+            return await fn(web, request, *args, **kwargs)
+
+        return guarded  # type: ignore[return-value]  # same call signature as fn
+
+    return wrap
+
+
 class _MetricsSensor(faust.Sensor):
     """Commit and rebalance counts from Faust's sensor hooks."""
 
@@ -242,8 +280,14 @@ def run_worker(settings: WorkerSettings) -> None:
     if not rules_replica.caught_up.wait(timeout=120):
         raise SystemExit(f"fraud worker: could not read {settings.rules_topic} within 120 s")
     log.info("rules restored: %d rules, %d list entries", len(rules.rules()), len(rules.entries()))
-    start_http_server(settings.metrics_port, registry=metrics.registry)
+    start_http_server(settings.metrics_port, addr=settings.metrics_bind, registry=metrics.registry)
     app = create_app(settings, holder, metrics, risk, replica=replica, rules=rules)
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
-    log.info("worker %s: model %s, metrics on :%d", settings.app_id, holder.scorer.version, settings.metrics_port)
+    log.info(
+        "worker %s: model %s, metrics on %s:%d",
+        settings.app_id,
+        holder.scorer.version,
+        settings.metrics_bind,
+        settings.metrics_port,
+    )
     worker.execute_from_commandline()

@@ -159,6 +159,7 @@ class Stack:
             "FRAUD_CARD_STATE_SOURCE": self.card_state_source,
             "FRAUD_WORKER_URL": f"http://127.0.0.1:{self.web_port}",
             "FRAUD_STATE_TIMEOUT_SECONDS": "2",
+            "FRAUD_STATE_TOKEN": "test-state-token",
             **({"FRAUD_API_KEYS": self.api_keys} if self.api_keys else {"FRAUD_AUTH_DISABLED": "true"}),
         }
 

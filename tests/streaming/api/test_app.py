@@ -37,6 +37,7 @@ def client(model_dir: Path) -> TestClient:
         auth_disabled=True,
         model_dir=model_dir,
         card_state_source="worker",
+        state_token="state-token",  # noqa: S106 - test value
         worker_url=f"http://127.0.0.1:{free_port()}",
         state_timeout_seconds=0.2,
     )
@@ -152,6 +153,7 @@ def test_feedback_without_a_broker_is_a_503_after_the_timeout(model_dir: Path) -
         auth_disabled=True,
         model_dir=model_dir,
         card_state_source="worker",
+        state_token="state-token",  # noqa: S106 - test value
         worker_url="http://127.0.0.1:9",
         kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",  # nothing listens there
         feedback_timeout_seconds=0.5,
@@ -175,3 +177,90 @@ def test_feedback_without_a_broker_is_a_503_after_the_timeout(model_dir: Path) -
         metrics = c.get("/metrics").text
         assert 'fraud_api_requests_total{method="POST",route="/feedback",status="503"} 1.0' in metrics
     assert time.monotonic() - start < 10.0  # shutdown flushes and stops the producer promptly
+
+
+def test_the_worker_source_needs_a_state_token(model_dir: Path) -> None:
+    from model.errors import ConfigurationError
+
+    settings = ApiSettings(auth_disabled=True, model_dir=model_dir, card_state_source="worker")
+    with pytest.raises(ConfigurationError, match="needs FRAUD_STATE_TOKEN"):
+        create_api(settings)
+
+
+def test_the_state_token_travels_as_a_bearer_header(model_dir: Path) -> None:
+    """A real HTTP server stands in for the worker's state view and checks the header."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from streaming.scoring.state import empty_state
+
+    seen: list[str | None] = []
+
+    class StateView(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            seen.append(self.headers.get("Authorization"))
+            ok = self.headers.get("Authorization") == "Bearer right-token"
+            body = json.dumps({"history": empty_state()} if ok else {"error": "no"}).encode()
+            self.send_response(200 if ok else 403)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), StateView)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for token, expected in (("right-token", "empty"), ("wrong-token", "unavailable")):
+            settings = ApiSettings(
+                auth_disabled=True,
+                model_dir=model_dir,
+                card_state_source="worker",
+                state_token=token,
+                worker_url=f"http://127.0.0.1:{server.server_port}",
+                kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
+            )
+            with TestClient(create_api(settings)) as c:
+                resp = c.post("/predict", json=GOOD)
+            assert resp.status_code == 200 and resp.json()["card_state"] == expected
+            assert seen[-1] == f"Bearer {token}"
+    finally:
+        server.shutdown()
+
+
+LABEL = {
+    "transaction_id": "t-1",
+    "card_id": "card-1",
+    "merchant_id": "m-1",
+    "is_fraud": True,
+    "timestamp": "2026-01-10T12:00:00+01:00",
+    "labelled_at": "2026-01-11T12:00:00+01:00",
+    "source": "chargeback",
+}
+
+
+@pytest.mark.parametrize("route,body", [("/predict", GOOD), ("/feedback", LABEL)])
+@pytest.mark.parametrize("version", ["1180591620717411303424", "-1180591620717411303424", "2", "true", "1.0", '"1"'])
+def test_schema_version_other_than_1_is_a_422_never_a_500(
+    client: TestClient, route: str, body: dict, version: str
+) -> None:
+    raw = json.dumps(body)[:-1] + f', "schema_version": {version}}}'
+    resp = client.post(route, content=raw, headers={"content-type": "application/json"})
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["detail"][0]["loc"][-1] == "schema_version"
+
+
+@pytest.mark.parametrize("field,value", [("currency", "eur"), ("currency", "EU1"), ("country", "fr"), ("country", "F")])
+def test_codes_are_uppercase_letters(client: TestClient, field: str, value: str) -> None:
+    resp = client.post("/predict", json={**GOOD, field: value})
+    assert resp.status_code == 422 and resp.json()["detail"][0]["loc"][-1] == field
+    assert client.post("/predict", json={**GOOD, "schema_version": 1, "country": "FR"}).status_code == 200
+
+
+def test_a_list_value_breaking_the_entry_rules_is_a_422(client: TestClient) -> None:
+    """Found by the OpenAPI fuzzing run: the path's value was validated only inside the handler."""
+    resp = client.put("/admin/lists/allow/merchant/%F0%9D%95%8B%20x", json={"note": "n"})
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["detail"][0]["loc"] == ["path", "value"]

@@ -37,6 +37,7 @@ def settings_for(model_dir: Path, **extra: object) -> ApiSettings:
         "model_dir": model_dir,
         "card_state_source": "worker",
         "worker_url": "http://127.0.0.1:9",
+        "state_token": "state-token",
         "kafka_bootstrap_servers": f"127.0.0.1:{free_port()}",
         "api_keys": KEYS,
     }

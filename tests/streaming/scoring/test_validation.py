@@ -24,10 +24,10 @@ VALID: dict[str, Any] = {
     "card_id": "card-1",
     "merchant_id": "m-1",
     "amount": 12.5,
-    "currency": "eur",
+    "currency": "EUR",
     "merchant_category": "grocery",
     "channel": "pos",
-    "country": "fr",
+    "country": "FR",
 }
 
 
@@ -44,7 +44,7 @@ def rejected(raw: bytes | None) -> Rejected:
     return result
 
 
-def test_valid_message_is_parsed_and_normalised() -> None:
+def test_valid_message_is_parsed() -> None:
     tx = parse_transaction(encode())
     assert isinstance(tx, Transaction)
     assert tx.transaction_id == "tx-1" and tx.amount == 12.5
@@ -143,7 +143,12 @@ def test_missing_and_invalid_together_is_invalid_field() -> None:
         ("card_id", 5),
         ("merchant_id", None),
         ("currency", "EU"),
+        ("currency", "eur"),
+        ("currency", "E1R"),
         ("country", "FRA"),
+        ("country", "fr"),
+        ("schema_version", 2),
+        ("schema_version", True),
         ("merchant_category", "x" * 65),
     ],
 )
