@@ -104,9 +104,9 @@ class Replica(threading.Thread):
             # a topic recreated with as much or more is not told apart from the old one.
             marks = {p: consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10) for p in partitions}
             start = {p: self.positions.get(p, self.start_offset(*marks[p])) for p in partitions}
-            for p, offset in start.items():
-                if offset >= 0:  # an offset, not a logical one: resume from there after an error
-                    self.positions.setdefault(p, offset)
+            for partition, first in start.items():
+                if first >= 0:  # an offset, not a logical one: resume from there after an error
+                    self.positions.setdefault(partition, first)
             consumer.assign([TopicPartition(self.topic, p, start[p]) for p in partitions])
             ends = {p: high for p, (_, high) in marks.items()}
             # Restored once every partition was read up to its end as of now. (The embedded
