@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from model.errors import FraudStreamError
 from model.schemas import Decision, Label, Transaction
 from streaming.api import admin
+from streaming.api.console import routes as console
 from streaming.api.feedback import FeedbackAccepted
 from streaming.api.services import LabelPublisherDep, ScorerDep, Services, ServicesDep
 from streaming.metrics import ApiMetrics
@@ -85,6 +86,8 @@ def create_api(settings: ApiSettings | None = None) -> FastAPI:
         await loop.run_in_executor(services.executor, services.refresh_model)
         services.replica.start()
         services.rules_replica.start()
+        if services.console is not None:
+            services.console.start()
         if services.card_replica is not None:
             services.card_replica.start()
         else:
@@ -109,6 +112,8 @@ def create_api(settings: ApiSettings | None = None) -> FastAPI:
             await loop.run_in_executor(None, services.labels.close)
             services.replica.stop()
             services.rules_replica.stop()
+            if services.console is not None:
+                services.console.stop()
             if services.card_replica is not None:
                 services.card_replica.stop()
             services.executor.shutdown(wait=False)
@@ -134,6 +139,7 @@ def create_api(settings: ApiSettings | None = None) -> FastAPI:
 
     app.add_middleware(MeterRequests, metrics=services.metrics)
     app.include_router(admin.router)
+    app.include_router(console.router)
 
     @app.post("/predict", response_model=Decision, summary="Score one transaction against its card's current state")
     async def predict(tx: Transaction, services: ServicesDep, scorer: ScorerDep) -> Decision:

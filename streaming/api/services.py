@@ -11,6 +11,7 @@ import orjson
 from fastapi import Depends, Request
 
 from model.scoring import ModelHolder, Scorer, scoring_executor
+from streaming.api.console.followers import Followers
 from streaming.api.feedback import LabelPublisher
 from streaming.api.micro_batch import MicroBatcher
 from streaming.kafka.replica import Replica
@@ -63,6 +64,8 @@ class Services:
             lambda: self.cards.stored_bytes,
             lambda: self.card_state_restored,
         )
+        # The console's views of the review, labels, decisions and transactions topics.
+        self.console = Followers(settings) if settings.console_enabled else None
         self.service = ScoringService(self.holder, self.risk, rules=self.rules, metrics=self.metrics)
         self.batcher = MicroBatcher(self.service, self.executor)
 

@@ -326,6 +326,11 @@ class LiveFeed:
         with self._lock:
             self.quality.add_label(tx_id, is_fraud)
 
+    def latest(self, n: int) -> list[LiveDecision]:
+        """The ``n`` latest decisions, newest first."""
+        with self._lock:
+            return [replace(item) for item in list(reversed(self._latest))[:n]]
+
     def view(self, now_ms: int | None = None) -> LiveView:
         """The current snapshot (sorts the latencies: call it off the event loop)."""
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
