@@ -228,6 +228,8 @@ class LiveView:
     """A snapshot of the live feed for one page view."""
 
     latest: list[LiveDecision]
+    #: The latest ``review`` and ``block`` decisions, newest first.
+    flagged: list[LiveDecision]
     #: Decisions the counts and latency are over (the most recent ones).
     window: int
     counts: dict[str, int]
@@ -250,9 +252,10 @@ class LiveFeed:
     quality tracker keeps ``max_decisions`` decisions to join labels to.
     """
 
-    def __init__(self, shown: int = 50, window: int = 10_000, max_decisions: int = 20_000) -> None:
+    def __init__(self, shown: int = 30, window: int = 10_000, max_decisions: int = 20_000) -> None:
         self._lock = threading.Lock()
         self._latest: deque[LiveDecision] = deque(maxlen=shown)
+        self._flagged: deque[LiveDecision] = deque(maxlen=10)
         self._window: deque[tuple[str, str]] = deque(maxlen=window)
         self._counts = dict.fromkeys(OUTCOMES, 0)
         self._sources: dict[str, int] = {}
@@ -298,6 +301,8 @@ class LiveFeed:
             self.decisions_read += 1
             self.quality.add_decision(tx_id, version, outcome, score, event_ms)
             self._latest.append(item)
+            if outcome != "allow":
+                self._flagged.append(item)
             if len(self._window) == self._window.maxlen:
                 old_outcome, old_source = self._window[0]
                 self._counts[old_outcome] -= 1
@@ -339,6 +344,7 @@ class LiveFeed:
             last_minute = sum(n for s, n in self._per_second.items() if now_ms - 60_000 <= s * 1000 < now_ms)
             view = LiveView(
                 latest=[replace(item) for item in reversed(self._latest)],
+                flagged=[replace(item) for item in reversed(self._flagged)],
                 window=len(self._window),
                 counts=dict(self._counts),
                 decided_by={k: v for k, v in sorted(self._sources.items()) if v},

@@ -175,7 +175,7 @@ async def case(request: Request, tx_id: TxId, services: ServicesDep, console: Co
 
 class LabelBody(BaseModel):
     transaction_id: str = Field(min_length=1, max_length=128, pattern=ID_PATTERN)
-    is_fraud: bool
+    is_fraud: bool = Field(strict=True, description="true: fraud; false: genuine (a JSON boolean).")
 
 
 class LabelPublished(BaseModel):

@@ -166,6 +166,7 @@ def test_counts_are_over_the_most_recent_window() -> None:
         feed.add_decision(decision(f"t{i}", outcome, by=by), now - 1000 * i)
     view = feed.view(now_ms=now + 1)
     assert view.window == 3 and len(view.latest) == 2
+    assert [d.transaction_id for d in view.flagged] == ["t3", "t2", "t0"]
     assert view.counts == {"allow": 1, "review": 1, "block": 1}
     assert view.decided_by == {"model": 1, "rule": 2}
     assert view.per_second == pytest.approx(5 / 60)
