@@ -188,6 +188,9 @@ class Label(BaseModel):
     timestamp: AwareDatetime = Field(description="The labelled transaction's own timestamp.")
     labelled_at: AwareDatetime = Field(description="When the label became known; not before `timestamp`.")
     source: LabelSource = Field(description="Where the label came from.")
+    labelled_by: str | None = Field(
+        default=None, max_length=200, description="Who labelled it (the analyst, for `manual` labels); optional."
+    )
 
     _version = field_validator("schema_version", mode="before")(_exactly_version_1)
 
@@ -216,5 +219,6 @@ def wire_value(row: Mapping[str, Any]) -> bytes:
 
 
 def label_value(label: Label) -> bytes:
-    """The JSON a label event travels as: the :class:`Label` contract's fields."""
-    return orjson.dumps(label.model_dump(mode="json"))
+    """The JSON a label event travels as: the :class:`Label` contract's fields (``labelled_by``
+    only when known, so a label without it is byte for byte what it was before the field)."""
+    return orjson.dumps(label.model_dump(mode="json", exclude_none=True))

@@ -221,6 +221,11 @@ def parse_decision(raw: bytes | None) -> tuple[str, str, str, float, int] | None
         d = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
+    return decision_key_fields(d)
+
+
+def decision_key_fields(d: object) -> tuple[str, str, str, float, int] | None:
+    """:func:`parse_decision` of a record already decoded from JSON."""
     if not isinstance(d, dict):
         return None
     tx, mv, decision, score, ts = (

@@ -199,6 +199,21 @@ class ApiSettings(KafkaSettings):
     for callers who must not learn how close to a threshold a transaction was."""
     backtest_data: Path | None = None
     """Labelled CSV the console and ``POST /admin/rules/backtest`` test rules on (none: disabled)."""
+    console_enabled: bool = True
+    """Serve the analyst console at /console, with its four topic readers (review cases, labels,
+    decisions, transactions); false on API processes that only serve /predict."""
+    console_max_cases: int = Field(default=10_000, ge=1)
+    """Unlabelled review cases the console's queue holds (the oldest, ~3 KB each); newer ones
+    stay on the review topic, are counted, and are read again at the API's next start."""
+    console_max_labels: int = Field(default=200_000, ge=1)
+    """Labelled transaction ids the console remembers (~100 B each), to keep their cases out of
+    the queue; past it the oldest are forgotten, and their cases could return after a restart."""
+    console_decisions: int = Field(default=20_000, ge=1)
+    """Recent decisions the console's live view and live precision/recall keep (~300 B each);
+    at start it reads back this many from the end of the decisions topic."""
+    worker_metrics_url: str | None = None
+    """A worker's Prometheus /metrics URL (``http://worker:9101/metrics``): the console's model
+    page shows its drift gauges from it (none: drift is not shown)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level of the API."""
 

@@ -25,15 +25,16 @@ from typing import Any
 import aiohttp
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from model.errors import FraudStreamError
 from model.schemas import Decision, DecisionOnly, Label, Transaction
 from streaming.api import admin
+from streaming.api.console import routes as console
 from streaming.api.feedback import FeedbackAccepted
-from streaming.api.security import AUTH_RESPONSES, Limits
+from streaming.api.security import AUTH_RESPONSES, AuthError, Limits, console_login_router
 from streaming.api.services import LabelPublisherDep, ScorerDep, Services, ServicesDep
 from streaming.metrics import ApiMetrics
 from streaming.settings import ApiSettings
@@ -90,6 +91,8 @@ def create_api(settings: ApiSettings | None = None) -> FastAPI:
         await loop.run_in_executor(services.executor, services.refresh_model)
         services.replica.start()
         services.rules_replica.start()
+        if services.console is not None:
+            services.console.start()
         if services.card_replica is not None:
             services.card_replica.start()
         else:
@@ -114,6 +117,8 @@ def create_api(settings: ApiSettings | None = None) -> FastAPI:
             await loop.run_in_executor(None, services.labels.close)
             services.replica.stop()
             services.rules_replica.stop()
+            if services.console is not None:
+                services.console.stop()
             if services.card_replica is not None:
                 services.card_replica.stop()
             services.executor.shutdown(wait=False)
@@ -127,7 +132,9 @@ def create_api(settings: ApiSettings | None = None) -> FastAPI:
     app.state.services = services
 
     @app.exception_handler(FraudStreamError)
-    async def _project_error(request: Request, exc: FraudStreamError) -> JSONResponse:
+    async def _project_error(request: Request, exc: FraudStreamError) -> Response:
+        if isinstance(exc, AuthError) and request.method == "GET" and request.url.path.startswith("/console"):
+            return RedirectResponse(request.scope.get("root_path", "") + "/console/login", status_code=303)
         return JSONResponse(
             status_code=exc.status_code,
             content={"detail": str(exc), "error": type(exc).__name__},
@@ -150,6 +157,8 @@ def create_api(settings: ApiSettings | None = None) -> FastAPI:
     app.add_middleware(MeterRequests, metrics=services.metrics)
     guard = services.guard
     app.include_router(admin.router, dependencies=[Depends(guard.require("admin"))], responses=AUTH_RESPONSES)
+    app.include_router(console_login_router(guard))
+    app.include_router(console.router, dependencies=[Depends(guard.require("console"))])
 
     @app.post(
         "/predict",

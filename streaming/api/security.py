@@ -20,8 +20,11 @@ import time
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import parse_qsl
 
-from fastapi import Request
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
+from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from model.errors import FraudStreamError, UserInputError
@@ -120,11 +123,16 @@ class KeyRing:
         raise AuthError("unknown API key")
 
 
+#: The console's session cookie: the key itself, HttpOnly and SameSite=Strict (so another site's
+#: page cannot make the browser send it), scoped to the console's paths.
+CONSOLE_COOKIE = "fraudstream_console_key"
+
+
 def presented_key(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
     if header[:7].lower() == "bearer ":
         return header[7:].strip()
-    return request.headers.get("x-api-key")
+    return request.headers.get("x-api-key") or request.cookies.get(CONSOLE_COOKIE)
 
 
 class RateLimiter:
@@ -233,3 +241,42 @@ async def _reject(send: Send, status: int, detail: str, headers: dict[str, str] 
     raw_headers += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw_headers})
     await send({"type": "http.response.body", "body": body})
+
+
+_LOGIN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>fraudstream console</title>
+</head><body><main>
+<h1>fraudstream console</h1><p>Sign in with an API key that has the <code>console</code> scope
+(<code>fraud keys create NAME --scopes console,feedback,admin</code>).</p>
+<form method="post" action="session"><label>API key <input name="key" type="password" autocomplete="off"
+required></label> <button type="submit">Sign in</button></form></main></body></html>"""
+
+
+class LoginBody(BaseModel):
+    key: str = Field(min_length=1, max_length=200)
+
+
+def console_login_router(guard: Guard) -> APIRouter:
+    """``/console/login`` and ``/console/session``: a key typed once becomes the console's cookie."""
+    router = APIRouter(prefix="/console", include_in_schema=False)
+
+    @router.get("/login")
+    async def login() -> HTMLResponse:
+        return HTMLResponse(_LOGIN_PAGE, headers={"Content-Security-Policy": "default-src 'self'"})
+
+    @router.post("/session")
+    async def session(request: Request) -> Response:
+        raw = await request.body()
+        fields = dict(parse_qsl(raw.decode(errors="replace"))) if raw else {}
+        body = LoginBody.model_validate(fields)
+        if guard.keys is not None:
+            identity = guard.keys.identify(body.key)
+            if "console" not in identity.scopes:
+                raise ScopeError("this key may not use the console")
+        response = RedirectResponse("live", status_code=303)
+        secure = request.url.scheme == "https"
+        response.set_cookie(
+            CONSOLE_COOKIE, body.key, httponly=True, samesite="strict", secure=secure, path="/console"
+        )
+        return response
+
+    return router

@@ -12,6 +12,7 @@ from fastapi import Depends, Request
 
 from model.errors import ConfigurationError
 from model.scoring import ModelHolder, Scorer, scoring_executor
+from streaming.api.console.followers import Followers
 from streaming.api.feedback import LabelPublisher
 from streaming.api.micro_batch import MicroBatcher
 from streaming.api.security import Guard, KeyListError, KeyRing, RateLimiter, parse_keys
@@ -70,6 +71,8 @@ class Services:
             lambda: self.cards.stored_bytes,
             lambda: self.card_state_restored,
         )
+        # The console's views of the review, labels, decisions and transactions topics.
+        self.console = Followers(settings) if settings.console_enabled else None
         self.service = ScoringService(self.holder, self.risk, rules=self.rules, metrics=self.metrics)
         self.batcher = MicroBatcher(self.service, self.executor)
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from model.errors import ModelNotReadyError
-from model.features import epoch_ms
+from model.features import FEATURE_NAMES, epoch_ms
 from model.schemas import Transaction
 from model.scoring import ModelHolder
 from streaming.api.micro_batch import MicroBatcher
@@ -71,3 +71,19 @@ def test_a_failure_reaches_every_waiting_request(tmp_path: Path) -> None:
         return await asyncio.gather(batcher.score(tx, None), batcher.score(tx, None), return_exceptions=True)
 
     assert all(isinstance(r, ModelNotReadyError) for r in asyncio.run(run()))
+
+
+def test_a_request_may_ask_for_the_feature_values_alone(setup: tuple) -> None:
+    holder, txs, states = setup
+    batcher = MicroBatcher(ScoringService(holder, MerchantRisk()), ThreadPoolExecutor(max_workers=1))
+
+    async def run() -> list:
+        return await asyncio.gather(
+            *(batcher.score(tx, states.get(tx.card_id), features=i == 1) for i, tx in enumerate(txs[:3]))
+        )
+
+    plain, explained, other = asyncio.run(run())
+    assert batcher.calls == 1
+    assert plain.features is None and other.features is None
+    assert explained.features is not None and list(explained.features) == list(FEATURE_NAMES)
+    assert explained.features["amount"] == txs[1].amount

@@ -175,3 +175,17 @@ def test_every_status_is_documented(client: TestClient) -> None:
         documented = set(paths[path][method]["responses"])
         assert {"401", "403", "413", "429", "503"} <= documented, (path, documented)
     assert {"400", "422"} <= set(paths["/predict"]["post"]["responses"])
+
+
+def test_the_console_needs_a_console_key_kept_in_a_cookie(model_dir: Path) -> None:
+    viewer = new_key()
+    keys = KEYS + "\n" + key_line("analyst", viewer, ["console"])
+    with TestClient(create_api(settings_for(model_dir, api_keys=keys))) as c:
+        page = c.get("/console/live", follow_redirects=False)
+        assert page.status_code == 303 and page.headers["location"].endswith("/console/login")
+        assert c.post("/console/session", data={"key": PREDICTOR}).status_code == 403
+        signed_in = c.post("/console/session", data={"key": viewer}, follow_redirects=False)
+        assert signed_in.status_code == 303
+        cookie = signed_in.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie and "path=/console" in cookie
+        assert c.get("/console/live").status_code == 200
