@@ -37,7 +37,7 @@ def settings(model_dir: Path, **more: object) -> ApiSettings:
         kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
         card_state_source="worker",
         worker_url=f"http://127.0.0.1:{free_port()}",
-        state_token="test-token",
+        state_token="test-token",  # noqa: S106 - a test value
         state_timeout_seconds=0.2,
         feedback_timeout_seconds=0.5,
         **more,
