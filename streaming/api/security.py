@@ -274,9 +274,7 @@ def console_login_router(guard: Guard) -> APIRouter:
                 raise ScopeError("this key may not use the console")
         response = RedirectResponse("live", status_code=303)
         secure = request.url.scheme == "https"
-        response.set_cookie(
-            CONSOLE_COOKIE, body.key, httponly=True, samesite="strict", secure=secure, path="/console"
-        )
+        response.set_cookie(CONSOLE_COOKIE, body.key, httponly=True, samesite="strict", secure=secure, path="/console")
         return response
 
     return router
