@@ -8,6 +8,7 @@ Broker choice: ``KAFKA_BOOTSTRAP_SERVERS`` when set; testcontainers' Kafka when
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from confluent_kafka import TopicPartition
 
 from model.train import TrainOptions, train
 from producers.synthetic import SimConfig, generate
+from streaming import children
 from streaming.children import Child, Children, free_port, python_module, wait_http
 from streaming.kafka import clients as kafka
 from streaming.kafka.broker import EmbeddedBroker
@@ -114,6 +116,37 @@ def make_topics(bootstrap: str, partitions: int = 2) -> Topics:
 
 
 @dataclass
+class Service:
+    """A `fraud` subcommand started on its own (outside :class:`Stack`'s start), with the
+    interface fault tests use; a :class:`streaming.children.Child` underneath."""
+
+    name: str
+    env: dict[str, str]
+    log_path: Path
+    child: Child | None = None
+
+    def start(self) -> Service:
+        argv = python_module("streaming.cli", self.name)
+        self.child = children.start(self.name, argv, self.log_path, self.env)
+        return self
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self.child.proc if self.child is not None else None
+
+    def log(self) -> str:
+        return self.child.log_tail() if self.child is not None else ""
+
+    def wait_http(self, url: str, timeout: float = 60.0) -> None:
+        assert self.child is not None, f"{self.name} was not started"
+        wait_http(url, self.child, timeout=timeout)
+
+    def stop(self, sig: int | None = None, timeout: float | None = None) -> int:
+        assert self.child is not None, f"{self.name} was not started"
+        return self.child.stop(sig, timeout)
+
+
+@dataclass
 class Stack:
     topics: Topics
     model_dir: Path
@@ -168,6 +201,9 @@ class Stack:
         child = self.children.start(command, python_module("streaming.cli", command), self.env())
         wait_http(ready_url, child, timeout=60)
         return child
+
+    def stop_all(self) -> None:
+        self.children.stop_all()
 
     def start_worker(self) -> Child:
         return self.start("worker", f"http://127.0.0.1:{self.web_port}/ready")

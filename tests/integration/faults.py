@@ -210,7 +210,7 @@ START_TIMEOUT = 150.0
 
 def start_service(stack: Stack, service: Service, web_port: int) -> Service:
     service.start()
-    stack.services.append(service)
+    stack.services.append(service.child)  # type: ignore[arg-type]  # started just above
     service.wait_http(f"http://127.0.0.1:{web_port}/ready", timeout=START_TIMEOUT)
     return service
 

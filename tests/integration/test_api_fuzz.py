@@ -27,7 +27,7 @@ def test_no_operation_answers_a_server_error(stack: Stack) -> None:
     stack.start_worker()  # creates the topics the API follows (rules, card changelog)
     env = {**stack.env(), "FRAUD_RATE_LIMIT_PER_SECOND": "100000", "FRAUD_RATE_LIMIT_BURST": "100000"}
     api = Service("api", env, stack.workdir / "api.log").start()
-    stack.services.append(api)
+    stack.services.append(api.child)  # type: ignore[arg-type]  # started just above
     base = f"http://127.0.0.1:{stack.api_port}"
     api.wait_http(f"{base}/ready", timeout=120)
     schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
