@@ -35,6 +35,9 @@ from streaming.kafka import clients as kafka
 from streaming.kafka.broker import EmbeddedBroker
 from streaming.settings import ProducerSettings
 
+#: The token between the bench's worker and its API with the ``worker`` card state source.
+BENCH_STATE_TOKEN = "bench-" + uuid.uuid4().hex
+
 
 @dataclass
 class BenchOptions:
@@ -254,6 +257,8 @@ class Bench:
             "FRAUD_METRICS_PORT": str(self.worker_metrics_port),
             "FRAUD_DATA_DIR": str(self.workdir / "worker-data"),
             "FRAUD_SESSION_TIMEOUT_SECONDS": "6",
+            # The worker's state view answers only with the token the API holds.
+            "FRAUD_STATE_TOKEN": BENCH_STATE_TOKEN,
         }
         return {**env, **self.opts.worker_env}
 
@@ -354,6 +359,7 @@ class Bench:
             "FRAUD_HOST": "127.0.0.1",
             # The driver sends no key: measured without the key check (a hash and a look-up).
             "FRAUD_AUTH_DISABLED": "true",
+            "FRAUD_STATE_TOKEN": BENCH_STATE_TOKEN,
             "FRAUD_MODEL_DIR": str(self.model_dir),
             "FRAUD_APP_ID": f"bench-{self.suffix}",
             "FRAUD_WORKER_URL": f"http://127.0.0.1:{web_port}",
