@@ -359,6 +359,9 @@ class Bench:
             "FRAUD_HOST": "127.0.0.1",
             # The driver sends no key: measured without the key check (a hash and a look-up).
             "FRAUD_AUTH_DISABLED": "true",
+            # The per-key rate limit (200/s by default) would answer the load with 429s.
+            "FRAUD_RATE_LIMIT_PER_SECOND": "1e9",
+            "FRAUD_RATE_LIMIT_BURST": "1000000000",
             "FRAUD_STATE_TOKEN": BENCH_STATE_TOKEN,
             "FRAUD_MODEL_DIR": str(self.model_dir),
             "FRAUD_APP_ID": f"bench-{self.suffix}",

@@ -124,7 +124,8 @@ class KeyRing:
 
 
 #: The console's session cookie: the key itself, HttpOnly and SameSite=Strict (so another site's
-#: page cannot make the browser send it), scoped to the console's paths.
+#: page cannot make the browser send it). Its path is the API's root: the console's pages write
+#: through the API's own routes (``/admin`` for rules and lists), each checking the key's scopes.
 CONSOLE_COOKIE = "fraudstream_console_key"
 
 
@@ -251,12 +252,17 @@ _LOGIN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><tit
 required></label> <button type="submit">Sign in</button></form></main></body></html>"""
 
 
+def _cookie_path(request: Request) -> str:
+    return request.scope.get("root_path", "") + "/"
+
+
 class LoginBody(BaseModel):
     key: str = Field(min_length=1, max_length=200)
 
 
 def console_login_router(guard: Guard) -> APIRouter:
-    """``/console/login`` and ``/console/session``: a key typed once becomes the console's cookie."""
+    """``/console/login``, ``/console/session`` and ``/console/logout``: a key typed once becomes the
+    console's cookie, until the analyst signs out."""
     router = APIRouter(prefix="/console", include_in_schema=False)
 
     @router.get("/login")
@@ -274,7 +280,15 @@ def console_login_router(guard: Guard) -> APIRouter:
                 raise ScopeError("this key may not use the console")
         response = RedirectResponse("live", status_code=303)
         secure = request.url.scheme == "https"
-        response.set_cookie(CONSOLE_COOKIE, body.key, httponly=True, samesite="strict", secure=secure, path="/console")
+        response.set_cookie(
+            CONSOLE_COOKIE, body.key, httponly=True, samesite="strict", secure=secure, path=_cookie_path(request)
+        )
+        return response
+
+    @router.post("/logout")
+    async def logout(request: Request) -> Response:
+        response = RedirectResponse("login", status_code=303)
+        response.delete_cookie(CONSOLE_COOKIE, path=_cookie_path(request), httponly=True, samesite="strict")
         return response
 
     return router

@@ -22,12 +22,17 @@ import pandas as pd
 import pytest
 
 from model.schemas import wire_value
+from streaming.api.security import key_line, new_key
 from tests.integration.conftest import Stack, consume, decisions_by_id, make_topics, produce
 
 pytestmark = pytest.mark.integration
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 ANALYST = "ana.lyst"
+#: The analyst's API key: the console signs in with it and records its name as every change's author.
+ANALYST_KEY = new_key()
+#: The test's own calls to the API, with the analyst's key.
+AUTH = {"X-API-Key": ANALYST_KEY}
 #: Transactions streamed before the pages are opened: enough for a few review decisions.
 TRAFFIC = 2400
 
@@ -86,7 +91,12 @@ class ConsoleStack(Stack):
 @pytest.fixture(scope="module")
 def stack(bootstrap_servers: str, model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleStack]:
     workdir = tmp_path_factory.mktemp("console-stack")
-    s = ConsoleStack(topics=make_topics(bootstrap_servers), model_dir=model_dir, workdir=workdir)
+    s = ConsoleStack(
+        topics=make_topics(bootstrap_servers),
+        model_dir=model_dir,
+        workdir=workdir,
+        api_keys=key_line(ANALYST, ANALYST_KEY, ["console", "admin", "predict"]),
+    )
     s.extra = {
         "FRAUD_BACKTEST_DATA": str(model_dir.parent / "train.csv"),
         "FRAUD_WORKER_METRICS_URL": f"http://127.0.0.1:{s.metrics_port}/metrics",
@@ -155,16 +165,17 @@ def console(stack: Stack, page: str) -> str:
 
 
 def sign_in(driver: Any, stack: Stack) -> None:
-    """The analyst's name, as a person types it into the header (kept by the browser)."""
+    """The analyst's key, typed once into the console's sign-in page (kept as an HttpOnly cookie)."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
 
     driver.get(console(stack, "live"))
-    box = driver.find_element(By.ID, "analyst")
-    box.clear()
-    box.send_keys(ANALYST + Keys.TAB)
-    driver.refresh()
-    assert driver.find_element(By.ID, "analyst").get_attribute("value") == ANALYST
+    if driver.find_elements(By.ID, "analyst"):
+        return  # signed in already
+    assert driver.current_url.endswith("/console/login")
+    driver.find_element(By.NAME, "key").send_keys(ANALYST_KEY)
+    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait("the signed-in console", lambda: driver.find_elements(By.ID, "analyst"))
+    assert driver.find_element(By.ID, "analyst").text == ANALYST
 
 
 def queued(driver: Any) -> list[str]:
@@ -221,7 +232,9 @@ def test_an_analyst_labels_a_case_and_it_leaves_the_queue(
     assert "fraud" in recent and ANALYST in recent and "manual" in recent
     shots(browser, "review-queue")
     # Labelled already: a second label is refused, and the case page says who labelled it.
-    again = httpx.post(f"{api(stack)}/console/review/label", json={"transaction_id": oldest, "is_fraud": False})
+    again = httpx.post(
+        f"{api(stack)}/console/review/label", json={"transaction_id": oldest, "is_fraud": False}, headers=AUTH
+    )
     assert again.status_code == 409 and "labelled already" in again.json()["detail"]
 
 
@@ -286,7 +299,7 @@ def test_live_score_and_model_pages(
     browser.find_element(By.CSS_SELECTOR, "#score-form button[type=submit]").click()
     result = wait("the decision", lambda: browser.find_element(By.ID, "score-result").text)
     body = {k: v for k, v in fields.items() if v != ""} | {"amount": float(fields["amount"])}
-    answer = httpx.post(f"{api(stack)}/predict", json=body).json()
+    answer = httpx.post(f"{api(stack)}/predict", json=body, headers=AUTH).json()
     assert answer["decision"] == streamed[tx_id]["decision"] == "review"
     assert f"{answer['score']:.4f}" in result and "review" in result
     assert browser.find_elements(By.CSS_SELECTOR, "table.reasons tbody tr")
@@ -305,7 +318,7 @@ def test_live_score_and_model_pages(
 
 
 def admin_rule(stack: Stack, rule_id: str) -> dict[str, Any] | None:
-    rules = httpx.get(f"{api(stack)}/admin/rules").json()["rules"]
+    rules = httpx.get(f"{api(stack)}/admin/rules", headers=AUTH).json()["rules"]
     return next((r for r in rules if r["id"] == rule_id), None)
 
 
@@ -348,7 +361,7 @@ def test_a_block_rule_added_in_the_console_blocks_the_next_matching_transaction(
         "the entry on the page",
         lambda: browser.find_elements(By.CSS_SELECTOR, '#entries tr[data-value="card-console"]'),
     )
-    entries = httpx.get(f"{api(stack)}/admin/lists").json()
+    entries = httpx.get(f"{api(stack)}/admin/lists", headers=AUTH).json()
     assert [e["updated_by"] for e in entries if e["value"] == "card-console"] == [ANALYST]
     fill(browser, {"bt-expression": 'amount > 200 and channel == "ecommerce"'})
     browser.find_element(By.CSS_SELECTOR, "#backtest-form button[type=submit]").click()

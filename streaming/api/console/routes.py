@@ -28,6 +28,7 @@ from streaming.api.admin import ActorDep
 from streaming.api.console.explain import explain, model_report, scrape_drift
 from streaming.api.console.followers import Followers, read_case
 from streaming.api.feedback import FeedbackAccepted
+from streaming.api.security import Guard
 from streaming.api.services import Services, ServicesDep
 from streaming.scoring.rules import describe_fields
 
@@ -90,7 +91,10 @@ def _scorer(services: Services) -> Scorer | None:
 def page(request: Request, name: str, services: Services, status_code: int = 200, **context: Any) -> HTMLResponse:
     followers = services.console
     scorer = _scorer(services)
+    identity = getattr(request.state, "identity", None)  # set by the console scope's guard
     common = {
+        "who": identity.name if identity is not None else "anonymous",
+        "signed_in": identity is not None and identity is not Guard.ANONYMOUS,
         "page": name.removesuffix(".html"),
         "base": request.scope.get("root_path", "") + router.prefix,
         "root": request.scope.get("root_path", ""),

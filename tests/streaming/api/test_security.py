@@ -187,5 +187,20 @@ def test_the_console_needs_a_console_key_kept_in_a_cookie(model_dir: Path) -> No
         signed_in = c.post("/console/session", data={"key": viewer}, follow_redirects=False)
         assert signed_in.status_code == 303
         cookie = signed_in.headers["set-cookie"].lower()
-        assert "httponly" in cookie and "samesite=strict" in cookie and "path=/console" in cookie
-        assert c.get("/console/live").status_code == 200
+        assert "httponly" in cookie and "samesite=strict" in cookie and "path=/;" in cookie
+        live = c.get("/console/live")
+        assert live.status_code == 200 and '<b id="analyst">analyst</b>' in live.text
+        # The cookie reaches the API's own routes, which check the key's scopes: no admin scope here.
+        assert c.get("/admin/rules").status_code == 403
+        signed_out = c.post("/console/logout", follow_redirects=False)
+        assert signed_out.status_code == 303 and signed_out.headers["location"] == "login"
+        assert c.get("/console/live", follow_redirects=False).status_code == 303
+
+
+def test_a_console_key_with_the_admin_scope_reaches_the_admin_routes_and_no_others(model_dir: Path) -> None:
+    lead = new_key()
+    keys = KEYS + "\n" + key_line("ana.lyst", lead, ["console", "admin"])
+    with TestClient(create_api(settings_for(model_dir, api_keys=keys))) as c:
+        assert c.post("/console/session", data={"key": lead}, follow_redirects=False).status_code == 303
+        assert c.get("/admin/rules").status_code == 200
+        assert c.post("/predict", json={}).status_code == 403  # the cookie carries no predict scope

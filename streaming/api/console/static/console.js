@@ -1,16 +1,10 @@
-// The console's little JavaScript: the analyst's name, live refresh, labels, rules and lists.
-// Writes go to the API with the analyst's name in X-Fraud-User (who made the change).
+// The console's little JavaScript: live refresh, labels, rules and lists.
+// Writes go to the API with the session cookie; the API records the signed-in key's name as their author.
 "use strict";
 
 const body = document.body;
 const BASE = body.dataset.base;
 const ROOT = body.dataset.root;
-const NAME_KEY = "fraudstream.analyst";
-
-function analyst() {
-  return (document.getElementById("analyst").value || "").trim();
-}
-
 function flash(message, kind) {
   const box = document.getElementById("flash");
   box.textContent = message;
@@ -28,9 +22,7 @@ function describeError(status, data) {
 
 // A JSON request to the API; resolves to the answer's JSON, or throws an Error saying what failed.
 async function call(method, path, payload) {
-  const name = analyst();
   const headers = { Accept: "application/json" };
-  if (name) headers["X-Fraud-User"] = name;
   if (payload !== undefined) headers["Content-Type"] = "application/json";
   const resp = await fetch(ROOT + path, {
     method,
@@ -49,13 +41,6 @@ async function call(method, path, payload) {
   return data;
 }
 
-function needName() {
-  if (analyst()) return true;
-  flash("Enter your name (Analyst, top right) first: every change records who made it.", "error");
-  document.getElementById("analyst").focus();
-  return false;
-}
-
 // A form's named control (form.id, form.action and the like would be the form's own properties).
 function field(form, name) {
   return form.elements.namedItem(name);
@@ -64,13 +49,6 @@ function field(form, name) {
 function isoOrNull(local) {
   return local ? new Date(local).toISOString() : null;
 }
-
-// --- the analyst's name, kept in this browser ----------------------------------------------------
-(function rememberName() {
-  const input = document.getElementById("analyst");
-  input.value = localStorage.getItem(NAME_KEY) || "";
-  input.addEventListener("change", () => localStorage.setItem(NAME_KEY, input.value.trim()));
-})();
 
 // --- live: the section reloads itself ------------------------------------------------------------
 (function refreshLive() {
@@ -97,7 +75,6 @@ function isoOrNull(local) {
   if (!box) return;
   box.querySelectorAll("button[data-label]").forEach((button) =>
     button.addEventListener("click", async () => {
-      if (!needName()) return;
       const isFraud = button.dataset.label === "true";
       box.querySelectorAll("button").forEach((b) => (b.disabled = true));
       try {
@@ -149,7 +126,6 @@ async function saved(promise, message) {
   if (!form) return;
   form.addEventListener("submit", (event) => {
     event.preventDefault();
-    if (!needName()) return;
     const id = field(form, "id").value.trim();
     saved(call("PUT", `/admin/rules/${encodeURIComponent(id)}`, ruleBody(form)), `Rule ${id} saved.`);
   });
@@ -180,13 +156,12 @@ async function saved(promise, message) {
       form.scrollIntoView({ behavior: "smooth" });
     });
     row.querySelector('[data-act="toggle"]').addEventListener("click", () => {
-      if (!needName()) return;
       const { id, ...rest } = rule;
       const next = { ...rest, enabled: !rule.enabled };
       saved(call("PUT", `/admin/rules/${encodeURIComponent(id)}`, next), `Rule ${id} ${next.enabled ? "enabled" : "disabled"}.`);
     });
     row.querySelector('[data-act="delete"]').addEventListener("click", () => {
-      if (!needName() || !confirm(`Delete rule ${rule.id}?`)) return;
+      if (!confirm(`Delete rule ${rule.id}?`)) return;
       saved(call("DELETE", `/admin/rules/${encodeURIComponent(rule.id)}`), `Rule ${rule.id} deleted.`);
     });
   });
@@ -245,7 +220,6 @@ async function saved(promise, message) {
   if (!form) return;
   form.addEventListener("submit", (event) => {
     event.preventDefault();
-    if (!needName()) return;
     const path = ["", "admin", "lists", field(form, "list").value, field(form, "kind").value, field(form, "value").value.trim()]
       .map(encodeURIComponent)
       .join("/");
@@ -255,7 +229,7 @@ async function saved(promise, message) {
   document.querySelectorAll("#entries tr[data-list]").forEach((row) => {
     row.querySelector('[data-act="remove"]').addEventListener("click", () => {
       const { list, kind, value } = row.dataset;
-      if (!needName() || !confirm(`Remove ${value} from the ${list} list?`)) return;
+      if (!confirm(`Remove ${value} from the ${list} list?`)) return;
       const path = ["", "admin", "lists", list, kind, value].map(encodeURIComponent).join("/");
       saved(call("DELETE", path), `${value} removed from the ${list} list.`);
     });
