@@ -171,6 +171,7 @@ def run_demo(options: DemoOptions) -> int:
         wait_http(f"http://127.0.0.1:{api_port}/ready", api, timeout=READY_SECONDS)
         print(f"worker (state view :{web_port}) and API (http://127.0.0.1:{api_port}/docs) are up")
         print(f"API key for this demo (all scopes): {api_key}")
+        print(f"analyst console: http://127.0.0.1:{api_port}/console (sign in with the key above)")
         follower = threading.Thread(target=_follow, args=(settings, observed, stop), daemon=True)
         follower.start()
 

@@ -190,6 +190,7 @@ def test_demo_runs_end_to_end_and_cleans_up(model_dir: Path, tmp_path: Path) -> 
     assert 0 <= summary["fraud_rate"] < 0.1
     assert 0 < summary["p50_latency_ms"] <= summary["p99_latency_ms"]
     assert "equal" in out.stdout  # /predict agreed with the stream
+    assert "/console (sign in with the key above)" in out.stdout
     assert processes_writing_under(tmp_path) == [], "the demo left processes running"
 
 
