@@ -215,9 +215,11 @@ class _Consumer(faust_aiokafka.Consumer):
             await super().perform_seek()
         except asyncio.CancelledError:
             # Recovery cancels the seek when a new rebalance starts (the next assignment resets
-            # the hold) or when it times out: then the held partitions would never resume, and a
-            # worker that consumes nothing while looking alive is worse than a restart.
-            if not self.app.tables.recovery.signal_recovery_start.is_set():  # type: ignore[attr-defined]  # TableManager has .recovery
+            # the hold), when the worker shuts down (a SIGTERM: a clean stop) or when it times
+            # out: then the held partitions would never resume, and a worker that consumes
+            # nothing while looking alive is worse than a restart.
+            rebalancing = self.app.tables.recovery.signal_recovery_start.is_set()  # type: ignore[attr-defined]  # TableManager has .recovery
+            if not (rebalancing or self.app.should_stop):
                 stop_uncommitted("stream partitions cannot be resumed: the seek to committed offsets timed out")
             raise
         except Exception as exc:  # the same: partitions held forever otherwise

@@ -308,3 +308,14 @@ def test_a_seek_cancelled_outside_a_rebalance_stops_one_cancelled_by_a_rebalance
     consumer.app.tables.recovery.signal_recovery_start.set()  # a new rebalance started
     with pytest.raises(asyncio.CancelledError):
         asyncio.run(consumer.perform_seek())
+
+
+def test_a_seek_cancelled_by_a_shutdown_is_a_clean_stop(consumer: Any, monkeypatch: Any) -> None:
+    async def committed() -> dict[TP, int]:
+        raise asyncio.CancelledError
+
+    monkeypatch.setattr(consumer, "seek_to_committed", committed)
+    monkeypatch.setattr(faust_transport, "stop_uncommitted", _stop)
+    consumer.app._stopped.set()  # noqa: SLF001 - what mode's Service.stop sets first, before stopping its children
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(consumer.perform_seek())
