@@ -46,8 +46,9 @@ pyproject.toml are the versions the tests cover. ``_Consumer._drain_messages`` i
 the records from ``_wait_next_records`` itself instead of through ``getmany``, so getmany's checks
 (active or buffered partition, same generation, flow active or else seek back) are inlined; a
 fetch's records go partition by partition instead of round-robin (a batch topic's fetch is queued
-whole anyway); and it does not commit every ``broker_commit_every`` acknowledgements, so offsets
-are committed by Faust's commit timer (``broker_commit_interval``) and on rebalance only.
+whole anyway); and it does not commit every ``broker_commit_every`` acknowledgements: an
+:class:`Acknowledger` commits each acknowledged batch at once instead (Faust's commit timer and
+rebalances still commit too).
 """
 
 from __future__ import annotations
@@ -315,11 +316,40 @@ async def take_batches(app: faust.App, max_messages: int) -> AsyncIterator[list[
             yield current
 
 
-def ack(app: faust.App, messages: Sequence[Message]) -> None:
-    """Mark the messages processed: their offsets may now be committed."""
-    consumer_ack = app.consumer.ack
-    for message in messages:
-        consumer_ack(message)
+class Acknowledger:
+    """Marks a batch's messages processed and commits their offsets at once, one commit in flight
+    at a time (another right after it when batches were acknowledged meanwhile). Faust alone
+    commits every ``broker_commit_interval`` (2.8 s): a worker killed between two commits decides
+    every batch acknowledged since the last one again; this way, about one batch."""
+
+    def __init__(self, app: faust.App) -> None:
+        self.app = app
+        self._committing: asyncio.Future[None] | None = None
+        self._again = False
+
+    def __call__(self, messages: Sequence[Message]) -> None:
+        consumer_ack = self.app.consumer.ack
+        for message in messages:
+            consumer_ack(message)
+        self.request_commit()
+
+    def request_commit(self) -> None:
+        if self._committing is not None and not self._committing.done():
+            self._again = True
+        else:
+            self._committing = asyncio.ensure_future(self._commit())
+
+    async def _commit(self) -> None:
+        while True:
+            self._again = False
+            try:
+                # Faust's own commit: one at a time with its timer's, CommitFailedError handled.
+                await self.app.consumer.commit()
+            except Exception:
+                # The offsets stay acknowledged: the next batch's commit or Faust's timer retries.
+                log.warning("committing acknowledged offsets failed; retried with the next", exc_info=True)
+            if not self._again:
+                return
 
 
 class Transport(faust_aiokafka.Transport):

@@ -113,7 +113,7 @@ def create_app(
         cards.data,
         cards.changelog_topic.get_topic_name(),
         executor,
-        functools.partial(faust_transport.ack, app),
+        faust_transport.Acknowledger(app),
         replica,
         exit,
     )

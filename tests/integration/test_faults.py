@@ -88,11 +88,9 @@ def test_worker_killed_twice_mid_stream(one_partition_stack: Stack, traffic_fram
 
     assert figures.lost == 0
     # At-least-once: what was decided but not yet committed at a kill is decided again, each time
-    # the same decision (scored_at aside). Not one batch at most: acknowledged offsets wait for
-    # Faust's commit interval (2.8 s), so a worker catching up a backlog when killed repeats every
-    # batch acknowledged since the last commit and the one in flight (measured: 984 and 1,215
-    # over two kills). Bounded here by three batches a kill.
-    assert figures.duplicated <= 2 * 3 * BATCH_SIZE
+    # the same decision (scored_at aside). Each acknowledged batch is committed at once, so a kill
+    # repeats at most the batch whose commit was in flight: one batch a kill.
+    assert figures.duplicated <= 2 * BATCH_SIZE, figures.line()
     assert_duplicates_identical(by_id)
 
 

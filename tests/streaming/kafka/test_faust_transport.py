@@ -185,20 +185,66 @@ def test_a_fetch_of_batch_topics_is_queued_as_one_list_and_changelogs_go_one_by_
     assert consumer._read_offset[STREAM[0]] == 2 and consumer._read_offset[STREAM[1]] == 8
 
 
-def test_offsets_are_committable_only_up_to_acknowledged_batches(batch_app: Any, monkeypatch: Any) -> None:
+def test_offsets_are_committable_only_up_to_acknowledged_batches_and_committed_at_once(
+    batch_app: Any, monkeypatch: Any
+) -> None:
     consumer = batch_app.consumer
     consumer._committed_offset[STREAM[0]] = None
     _drain_once(consumer, monkeypatch, {STREAM[0]: [_record(STREAM[0], o) for o in range(4)]})
     first = consumer.batches.get_nowait()
     assert consumer._new_offset(STREAM[0]) is None  # nothing acknowledged: nothing to commit
+    commits: list[int | None] = []
 
-    faust_transport.ack(batch_app, first[:2])
-    assert consumer._new_offset(STREAM[0]) == 2
-    consumer._committed_offset[STREAM[0]] = 2  # what a commit records
-    assert consumer._new_offset(STREAM[0]) is None
-    faust_transport.ack(batch_app, first[2:])
-    assert consumer._new_offset(STREAM[0]) == 4
+    async def commit() -> bool:
+        offset = consumer._new_offset(STREAM[0])
+        commits.append(offset)
+        consumer._committed_offset[STREAM[0]] = offset  # what a commit records
+        return True
+
+    monkeypatch.setattr(consumer, "commit", commit)
+    ack = faust_transport.Acknowledger(batch_app)
+
+    async def acknowledge(messages: list[Any]) -> None:
+        ack(messages)
+        await asyncio.sleep(0.01)
+
+    consumer.loop.run_until_complete(acknowledge(first[:2]))
+    assert commits == [2] and consumer._new_offset(STREAM[0]) is None
+    consumer.loop.run_until_complete(acknowledge(first[2:]))
+    assert commits == [2, 4]
     assert not set(first) & set(consumer._unacked_messages)
+
+
+def test_batches_acknowledged_during_a_commit_get_one_more_commit(batch_app: Any, monkeypatch: Any) -> None:
+    consumer = batch_app.consumer
+    calls: list[float] = []
+
+    async def scenario() -> None:
+        release = asyncio.Event()
+
+        async def slow_commit() -> bool:
+            calls.append(len(calls))
+            if len(calls) == 1:
+                await release.wait()
+            return True
+
+        monkeypatch.setattr(consumer, "commit", slow_commit)
+        monkeypatch.setattr(consumer, "ack", lambda message: None)
+        ack = faust_transport.Acknowledger(batch_app)
+        ack([object()])
+        await asyncio.sleep(0)
+        for _ in range(3):  # while the first commit is in flight: one more commit, not three
+            ack([object()])
+        await asyncio.sleep(0.01)
+        assert len(calls) == 1
+        release.set()
+        await asyncio.sleep(0.01)
+        assert len(calls) == 2
+        ack([object()])  # idle again: a new commit at once
+        await asyncio.sleep(0.01)
+        assert len(calls) == 3
+
+    consumer.loop.run_until_complete(scenario())
 
 
 def test_take_batches_joins_fetches_and_drops_what_a_rebalance_outdated(batch_app: Any, monkeypatch: Any) -> None:
