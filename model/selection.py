@@ -27,7 +27,11 @@ MIN_FIT_SHARE = 0.5
 CRITERION = "average_precision"
 
 
-@dataclass(frozen=True)
+def _iso(ms: int) -> str:
+    return pd.Timestamp(ms, unit="ms", tz="UTC").isoformat()
+
+
+@dataclass(frozen=True, eq=False)  # compared by identity: its masks are arrays
 class Fold:
     fit: np.ndarray
     validation: np.ndarray
@@ -36,11 +40,11 @@ class Fold:
     validation_to_ms: int
 
     def describe(self) -> dict[str, Any]:
-        iso = lambda ms: pd.Timestamp(ms, unit="ms", tz="UTC").isoformat()  # noqa: E731
+        """The fold's boundaries (fit up to ``fit_to``, validation ``[validation_from, validation_to)``)."""
         return {
-            "fit_to": iso(self.fit_end_ms),
-            "validation_from": iso(self.validation_from_ms),
-            "validation_to": iso(self.validation_to_ms),
+            "fit_to": _iso(self.fit_end_ms),
+            "validation_from": _iso(self.validation_from_ms),
+            "validation_to": _iso(self.validation_to_ms),
             "fit_rows": int(self.fit.sum()),
             "validation_rows": int(self.validation.sum()),
         }
