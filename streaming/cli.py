@@ -141,6 +141,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         select=args.select,
         candidates=tuple(args.candidates) if args.candidates else TrainOptions.candidates,
         folds=args.folds,
+        refit=args.refit,
         baseline=args.baseline,
         assume_timezone=args.assume_timezone,
     )
@@ -427,6 +428,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="estimators --select compares (default: all four)",
     )
     p.add_argument("--folds", type=int, default=3, help="validation windows of --select (default %(default)s)")
+    p.add_argument(
+        "--refit",
+        action="store_true",
+        help="after validation, refit on the whole window (thresholds stay the validation's; --select always "
+        "does): the model then learns the latest days too, at the cost of a second fit",
+    )
     p.add_argument(
         "--validation-fraction",
         type=float,

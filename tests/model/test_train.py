@@ -185,6 +185,10 @@ def test_split_never_puts_one_instant_on_both_sides(tmp_path: Path) -> None:
     w = meta["training_window"]
     assert ms(w["fit_to"]) < ms(w["validation_from"])
     assert w["fit_rows"] + w["validation_rows"] == n and w["gap_rows"] == 0
+    assert w["model_fitted_on_rows"] == w["fit_rows"]
+    refit = train(tmp_path / "ties.csv", tmp_path / "refit", TrainOptions(model_type="logreg", gap_days=0, refit=True))
+    assert refit["training_window"]["model_fitted_on_rows"] == n
+    assert refit["thresholds"] == meta["thresholds"]  # set on the same validation scores
     assert w["validation_rows"] % 12 == 0  # whole instants only
 
 
