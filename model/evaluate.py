@@ -234,7 +234,7 @@ def _row(name: str, r: dict[str, Any], k: int) -> str:
         f"{_cell(at[n]['precision'], 3)}/{_cell(at[n]['recall'], 3)}" if n in at else "-" for n in ("review", "block")
     ]
     return (
-        f"{name:<28}{r['n_transactions']:>10}{r['n_fraud']:>7}{_cell(r['auc_roc']):>8}{_cell(r['average_precision']):>8}"
+        f"{name:<36}{r['n_transactions']:>10}{r['n_fraud']:>7}{_cell(r['auc_roc']):>8}{_cell(r['average_precision']):>8}"
         f"{_cell(r[f'card_precision_at_{k}'], 3):>8}{pr[0]:>14}{pr[1]:>14}"
     )
 
@@ -249,7 +249,7 @@ def format_report(report: dict[str, Any], k: int = 100) -> str:
         *(f"note: {n}" for n in span["notes"]),
         f"protocol: {removed['cards']} cards known to be compromised left out ({removed['transactions']} transactions, "
         f"{removed['fraud']} fraud); card precision@{k} per day with detected cards removed, divided by {k}",
-        f"{'':<28}{'rows':>10}{'fraud':>7}{'AUC':>8}{'AP':>8}{f'CP@{k}':>8}{'review P/R':>14}{'block P/R':>14}",
+        f"{'':<36}{'rows':>10}{'fraud':>7}{'AUC':>8}{'AP':>8}{f'CP@{k}':>8}{'review P/R':>14}{'block P/R':>14}",
     ]
     entries = [("model", report)]
     if "baseline" in report:
