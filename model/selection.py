@@ -91,12 +91,15 @@ def make_folds(
             validation_from_ms=val_from,
             validation_to_ms=val_to,
         )
-        for name, mask in (("fit", fold.fit), ("validation", fold.validation)):
-            labels = y[mask]
-            if labels.size == 0 or labels.min() == labels.max():
-                raise DatasetError(
-                    f"fold {i}: the {name} part ({fold.describe()}) has only one class; widen the window or add data"
-                )
+        fit_labels = y[fold.fit]
+        if fit_labels.size == 0 or fit_labels.min() == fit_labels.max():
+            raise DatasetError(
+                f"fold {i}: the fit part ({fold.describe()}) has only one class; widen the window or add data"
+            )
+        # A validation stretch without fraud still trains (the thresholds then flag nothing in it,
+        # and the notes say so); an empty one does not.
+        if not fold.validation.any():
+            raise DatasetError(f"fold {i}: the validation part ({fold.describe()}) is empty; widen the window")
         folds.append(fold)
     return folds, gap
 

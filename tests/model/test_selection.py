@@ -44,6 +44,11 @@ def test_a_fold_without_fraud_is_an_error_naming_it() -> None:
     y[-5:] = 1  # fraud only in the latest validation window
     with pytest.raises(DatasetError, match="fold 0: the fit part"):
         make_folds(ts, np.ones(len(ts), bool), y, end_ms=20 * DAY, validation_fraction=0.2, gap_ms=0)
+    # Fraud only in the fit part: validation without fraud is allowed (thresholds say so later).
+    y = np.zeros(len(ts), dtype=np.int64)
+    y[:5] = 1
+    folds, _ = make_folds(ts, np.ones(len(ts), bool), y, end_ms=20 * DAY, validation_fraction=0.2, gap_ms=0)
+    assert y[folds[0].validation].sum() == 0
     with pytest.raises(DatasetError, match="too little"):
         make_folds(ts, np.ones(len(ts), bool), y, end_ms=20 * DAY, validation_fraction=0.2, gap_ms=0, n_folds=3)
 
