@@ -32,7 +32,9 @@ from model.features import Columns, RiskContext, strings
 
 log = logging.getLogger(__name__)
 
-_SEP = " "  # ids are printable ASCII without spaces (model.schemas.ID_PATTERN)
+# Ids may hold inner spaces (model.schemas.ID_PATTERN): a key is split on its first separator
+# (the kind), and an activity key's day and partition are taken from the right.
+_SEP = " "
 
 
 def activity_key(merchant: str, day: int, partition: int) -> bytes:
@@ -84,7 +86,8 @@ class MerchantRisk:
 
     def apply(self, key: bytes, value: bytes | None) -> None:
         """One record of the topic (``None`` value: a tombstone)."""
-        parts = key.decode().split(_SEP)
+        kind, _, rest = key.decode().partition(_SEP)
+        parts = [kind, *(rest.rsplit(_SEP, 2) if kind == "a" else [rest])]
         with self._lock:
             if parts[0] == "a" and len(parts) == 4:
                 merchant, slot = parts[1], (int(parts[2]), int(parts[3]))
@@ -94,7 +97,7 @@ class MerchantRisk:
                     self._own.pop((merchant, *slot), None)
                 elif own is None:
                     self._set(merchant, slot, int(value))
-            elif parts[0] == "l" and len(parts) == 2:
+            elif parts[0] == "l" and parts[1]:
                 tid = parts[1]
                 old = self._label_merchant.pop(tid, None)
                 if old is not None:

@@ -242,7 +242,7 @@ def test_predict_over_http_matches_the_stream(stack: Stack, traffic_frame: pd.Da
         assert body["score"] == pytest.approx(got[row["transaction_id"]]["score"], abs=1e-12)
         assert body["decision"] == got[row["transaction_id"]]["decision"]
 
-    bad = httpx.post(url, json={**orjson.loads(wire_value(sample.iloc[0].to_dict())), "amount": 0})
+    bad = httpx.post(url, json={**orjson.loads(wire_value(sample.iloc[0].to_dict())), "amount": -1})
     assert bad.status_code == 422
     assert any(err["loc"][-1] == "amount" for err in bad.json()["detail"])
 

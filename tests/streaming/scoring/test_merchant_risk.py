@@ -70,6 +70,19 @@ def test_labels_are_keyed_by_transaction_and_tombstones_remove_them() -> None:
     assert risk.size() == (0, 0)
 
 
+def test_ids_with_inner_spaces_survive_the_topic_keys() -> None:
+    risk = MerchantRisk()
+    merchant = "Joe's Pizza & Grill 2"  # ends in a digit, like a day or a partition would
+    risk.apply(activity_key(merchant, 100, 3), b"5")
+    risk.apply(label_key("tx 1"), label_value("card 1", merchant, 100, 123))
+    assert risk.count(merchant, 100, 3) == 5
+    ctx = risk.context([merchant])
+    assert ctx.activity["count"].sum() == 5
+    assert list(ctx.fraud_labels["transaction_id"]) == ["tx 1"]
+    risk.apply(label_key("tx 1"), None)
+    assert risk.size() == (1, 0)
+
+
 def test_card_state_keeps_its_fraud_labels_through_merges() -> None:
     state = with_fraud_label(None, "t1", "m1", 100, 5_000)
     state = with_fraud_label(state, "t1", "m1", 100, 9_000)  # a later copy of the same label
