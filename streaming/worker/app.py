@@ -35,7 +35,14 @@ import orjson
 from prometheus_client import start_http_server
 
 from model.drift import DriftMonitor
-from model.features import DAY_MS, MERCHANT_SPAN_DAYS, RiskContext, epoch_ms, frame_from_transactions
+from model.features import (
+    DAY_MS,
+    MERCHANT_SPAN_DAYS,
+    RiskContext,
+    epoch_ms,
+    first_at_merchant,
+    frame_from_transactions,
+)
 from model.schemas import Label, Transaction, decision_json
 from model.scoring import ModelHolder, scoring_executor, utcnow
 from streaming.kafka import clients as kafka
@@ -178,21 +185,22 @@ class BatchProcessor:
             seen: set[str] = set()
             fresh: list[tuple[str, str, str, int, float]] = []
             first_time = []
-            for tx, p, ts in zip(txs, partitions, queries["ts_ms"].tolist(), strict=True):
+            for i, (tx, p, ts) in enumerate(zip(txs, partitions, queries["ts_ms"].tolist(), strict=True)):
                 tid = tx.transaction_id
                 # A scan of the card's stored ids (in C) costs less than a set of them, for the
                 # one or two transactions a card has in a batch.
                 if tid not in seen and tid not in (states.get(tx.card_id) or _NO_IDS)["ids"]:
                     fresh.append((tid, tx.card_id, tx.merchant_id, ts, tx.amount))
-                    first_time.append((tx.merchant_id, ts // DAY_MS, p))
+                    first_time.append((i, tx.merchant_id, ts // DAY_MS, p))
                 seen.add(tid)
+            history = history_frame(states, fresh, with_ids=False)
             # Merchant activity first: the merchant windows end days before each transaction's
             # own day, so counting the whole batch up front is what the batch path sees too.
-            risk_records = self.risk.increment(first_time)
+            new = first_at_merchant(queries, history)
+            risk_records = self.risk.increment([(m, day, p, bool(new[i])) for i, m, day, p in first_time])
             newest = int(queries["ts_ms"].max())
             self.newest_ms = newest if self.newest_ms is None else max(self.newest_ms, newest)
             risk = self.risk.context(queries["merchant_id"], labels_frame(states))
-            history = history_frame(states, fresh, with_ids=False)
             batch = scorer.score_frame(queries, history, risk)
             if self.drift is None or self.drift.version != scorer.version:
                 self.drift = DriftMonitor(scorer.artifact.metadata.get("drift_reference"), version=scorer.version)
