@@ -79,6 +79,9 @@ CARD_LABEL_WINDOWS_MS: dict[str, int] = {"7d": 7 * DAY_MS}
 #: Days since a card's or merchant's last known fraud read this when there is none (or older).
 CARD_LABEL_AGE_CAP_DAYS = 30.0
 MERCHANT_LABEL_AGE_CAP_DAYS = float(MERCHANT_SPAN_DAYS + 1)
+#: A card's labels that became known longer ago than this before a transaction change nothing
+#: for it (the stream forgets them).
+CARD_LABEL_SPAN_MS = max(round(CARD_LABEL_AGE_CAP_DAYS * DAY_MS), *CARD_LABEL_WINDOWS_MS.values())
 #: Columns of a risk context's frames. ``new``: how many of a merchant's transactions that day
 #: came from a card without an earlier transaction there in the 30 days before.
 ACTIVITY_COLUMNS = ("merchant_id", "day", "count", "new")
@@ -129,6 +132,10 @@ _CARD_MEAN_COLUMNS = [COLUMN[f"card_amount_mean_{w}"] for w in _MEAN_WINDOWS]
 _30D = list(WINDOWS_MS).index("30d")
 #: The merchant features, in the order :func:`_merchant_features` computes them.
 _MERCHANT_COLUMNS = [COLUMN[f] for f in FEATURE_NAMES if f.startswith("merchant_")]
+_MERCHANT_WINDOWS = list(MERCHANT_WINDOWS_DAYS.values())
+_RATIO_ROWS = [list(MERCHANT_WINDOWS_DAYS).index(w) for w in _RATIO_WINDOWS]
+_LABELLED_WINDOWS = list(LABELLED_WINDOWS_DAYS.values())
+_KNOWN_FRAUD_WINDOWS = list(KNOWN_FRAUD_WINDOWS_DAYS.values())
 _CARD_LABEL_WINDOWS = np.array(list(CARD_LABEL_WINDOWS_MS.values()), dtype=np.int64)
 _CARD_LABEL_COUNT_COLUMNS = [COLUMN[f"card_known_frauds_{w}"] for w in CARD_LABEL_WINDOWS_MS]
 
@@ -441,88 +448,102 @@ def _merchant_features(q_merchant: np.ndarray, q_day: np.ndarray, risk: RiskCont
     """Every merchant feature depends on the merchant and the UTC day only: computed once per
     distinct (merchant, day) of the queries, then copied to their rows."""
     act, labels = risk.activity, risk.fraud_labels
-    a_day, l_day = column(act, "day", np.int64), column(labels, "tx_day", np.int64)
-    codes, _ = factorize(
-        np.concatenate([q_merchant, column(act, "merchant_id", object), column(labels, "merchant_id", object)])
-    )
-    n_q = len(q_day)
-    q_m, a_m, l_m = np.split(codes.astype(np.int64), [n_q, n_q + len(a_day)])
-    days = (q_day, a_day, l_day)
-    origin = min(int(d.min()) for d in days if len(d)) - MERCHANT_SPAN_DAYS - 1
-    span = max(int(d.max()) for d in days if len(d)) - origin + 1
-    # (merchant, day) packed into one int64 key: a window of days is a range of keys.
-    keys, inverse = np.unique(q_m * span + (q_day - origin), return_inverse=True)
-    activity = _DailyCounts(a_m * span + (a_day - origin), act)
-    horizon = label_horizon_days(risk.label_delay_ms)
-    frauds, known, days_since = _merchant_labels(
-        keys, keys % span + origin, l_m * span + (l_day - origin), labels, horizon
-    )
+    q_m, merchants = factorize(q_merchant)
+    # (merchant, day) packed into one int64 key, a window of days being a range of keys. Only
+    # the queried merchants' days that some window reaches are kept.
+    origin = int(q_day.min()) - MERCHANT_SPAN_DAYS - 1
+    span = int(q_day.max()) - origin + 1
+    keys, inverse = np.unique(q_m.astype(np.int64) * span + (q_day - origin), return_inverse=True)
+    a_keys, a_rows = _merchant_day_keys(merchants, act, "day", origin, span)
+    l_keys, l_rows = _merchant_day_keys(merchants, labels, "tx_day", origin, span)
 
-    end = keys - MERCHANT_DELAY_DAYS  # exclusive: the day before yesterday is the last one read
-    counts = {w: activity.total(end, width) for w, width in MERCHANT_WINDOWS_DAYS.items()}
-    daily_mean = counts["30d"] / MERCHANT_WINDOWS_DAYS["30d"]
-    ratio = [_ratio(counts[w] / MERCHANT_WINDOWS_DAYS[w], daily_mean) for w in _RATIO_WINDOWS]
-    share = [_ratio(activity.total(end, MERCHANT_WINDOWS_DAYS[w], new=True), counts[w]) for w in _RATIO_WINDOWS]
+    horizon = label_horizon_days(risk.label_delay_ms)
+    # Activity windows (ending the day before yesterday) and fraud-rate windows (ending at the
+    # horizon): one pair of searches for all of them.
+    ends = [(MERCHANT_DELAY_DAYS, w) for w in _MERCHANT_WINDOWS] + [(horizon, w) for w in _LABELLED_WINDOWS]
+    order = np.argsort(a_keys, kind="stable")
+    sorted_keys = a_keys[order]
+    end = np.concatenate([keys - delay for delay, _ in ends])
+    hi = np.searchsorted(sorted_keys, end, side="left")
+    lo = np.searchsorted(sorted_keys, end - np.repeat([w for _, w in ends], len(keys)), side="left")
+    totals = {}
+    for name in ("count", "new"):
+        csum = np.concatenate(([0], np.cumsum(column(act, name, np.int64)[a_rows][order])))
+        totals[name] = (csum[hi] - csum[lo]).astype(np.float64).reshape(len(ends), len(keys))
+    n_act = len(_MERCHANT_WINDOWS)
+    counts, labelled = totals["count"][:n_act], totals["count"][n_act:]
+    daily_mean = counts[-1] / _MERCHANT_WINDOWS[-1]
+    ratio = [_ratio(counts[i] / _MERCHANT_WINDOWS[i], daily_mean) for i in _RATIO_ROWS]
+    share = [_ratio(totals["new"][i], counts[i]) for i in _RATIO_ROWS]
+    frauds, known, days_since = _merchant_labels(keys, origin, span, l_keys, labels, l_rows, horizon)
     # A label for a transaction the counts never saw (feedback on an unknown id) must not push
     # a rate past 1.
-    rates = [
-        np.minimum(_ratio(frauds[w], activity.total(keys - horizon, width)), 1.0)
-        for w, width in LABELLED_WINDOWS_DAYS.items()
-    ]
-    values = np.column_stack([*counts.values(), *ratio, *share, *rates, *known.values(), days_since])
+    rates = np.minimum(_ratio(frauds, labelled), 1.0)
+    values = np.vstack([counts, *ratio, *share, rates, known, days_since]).T
     out[:, _MERCHANT_COLUMNS] = values[inverse]
+
+
+def _merchant_day_keys(
+    merchants: np.ndarray, frame: Columns, day_column: str, origin: int, span: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (merchant, day) keys of ``frame``'s rows of these ``merchants`` inside the span, and
+    which rows those are."""
+    codes = _lookup(merchants, column(frame, "merchant_id", object))
+    offset = column(frame, day_column, np.int64) - origin
+    rows = np.flatnonzero((codes >= 0) & (offset >= 0) & (offset < span))
+    return codes[rows] * span + offset[rows], rows
+
+
+def _lookup(values: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """Each item's position in ``values`` (distinct), -1 if absent."""
+    if len(values) <= SMALL_FACTORIZE and len(items) <= 16 * SMALL_FACTORIZE:
+        index = {v: i for i, v in enumerate(values.tolist())}
+        return np.fromiter((index.get(v, -1) for v in items.tolist()), dtype=np.int64, count=len(items))
+    return np.asarray(pd.Index(values).get_indexer(items), dtype=np.int64)
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     """``num / den``, 0 where ``den`` is 0."""
     num = np.asarray(num, dtype=np.float64)
-    return np.divide(num, den, out=np.zeros(len(num)), where=den > 0)
+    return np.divide(num, den, out=np.zeros(num.shape), where=den > 0)
 
 
-class _DailyCounts:
-    """Merchant daily counts as running sums over their sorted (merchant, day) keys."""
-
-    def __init__(self, keys: np.ndarray, activity: Columns) -> None:
-        order = np.argsort(keys, kind="stable")
-        self.keys = keys[order]
-        self.csum = {
-            new: np.concatenate(([0], np.cumsum(column(activity, "new" if new else "count", np.int64)[order])))
-            for new in (False, True)
-        }
-
-    def total(self, end: np.ndarray, width: int, new: bool = False) -> np.ndarray:
-        """Sums over the days ``[end - width, end)`` of each key's merchant (``new``: of new cards)."""
-        hi = np.searchsorted(self.keys, end, side="left")
-        lo = np.searchsorted(self.keys, end - width, side="left")
-        return (self.csum[new][hi] - self.csum[new][lo]).astype(np.float64)
+def _distinct(ids: np.ndarray) -> np.ndarray:
+    """Positions of the first row of each distinct id (a transaction labelled twice counts once)."""
+    if len(ids) <= 16 * SMALL_FACTORIZE and len(set(ids.tolist())) == len(ids):
+        return np.arange(len(ids))
+    return np.sort(np.unique(ids.astype(str), return_index=True)[1])
 
 
 def _merchant_labels(
-    keys: np.ndarray, days: np.ndarray, l_keys: np.ndarray, labels: Columns, horizon: int
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
+    keys: np.ndarray, origin: int, span: int, l_keys: np.ndarray, labels: Columns, rows: np.ndarray, horizon: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per (merchant, day) key, over the fraud labels known before that day: the frauds in each
     fraud-rate window (transaction days ``[d - D - W, d - D)``), the known frauds of the last
-    days (``[d - W, d)``), and the days since the latest transaction among them."""
-    # Fraud labels (each transaction once) sorted by their (merchant, transaction day) key; the
-    # span a key reaches is a contiguous run of them, of which those known before its day count.
-    _, first = np.unique(column(labels, "transaction_id").astype(str), return_index=True)
-    order = first[np.argsort(l_keys[first], kind="stable")]
-    l_key = l_keys[order]
+    days (``[d - W, d)``), and the days since the latest transaction among them. ``l_keys``:
+    the (merchant, transaction day) keys of the labels' ``rows``."""
+    n = len(keys)
+    frauds = np.zeros((len(_LABELLED_WINDOWS), n))
+    recent = np.zeros((len(_KNOWN_FRAUD_WINDOWS), n))
+    days_since = np.full(n, MERCHANT_LABEL_AGE_CAP_DAYS)
+    if len(rows) == 0:
+        return frauds, recent, days_since
+    first = _distinct(column(labels, "transaction_id", object)[rows])
+    l_order = first[np.argsort(l_keys[first], kind="stable")]
+    l_key = l_keys[l_order]
+    # The span a key reaches is a contiguous run of labels, of which those known before its day count.
     hi = np.searchsorted(l_key, keys, side="left")
     lo = np.searchsorted(l_key, keys - MERCHANT_SPAN_DAYS, side="left")
     run = hi - lo
-    owner = np.repeat(np.arange(len(keys)), run)
+    owner = np.repeat(np.arange(n), run)
     idx = np.repeat(lo - np.concatenate(([0], np.cumsum(run)[:-1])), run) + np.arange(int(run.sum()))
-    known = column(labels, "available_ms", np.int64)[order][idx] // DAY_MS < days[owner]
+    known_day = column(labels, "available_ms", np.int64)[rows][l_order][idx] // DAY_MS
+    known = known_day < keys[owner] % span + origin
     owner, age = owner[known], (keys[owner] - l_key[idx])[known]  # whole days before the key's day
-    n = len(keys)
-
-    def count(mask: np.ndarray) -> np.ndarray:
-        return np.bincount(owner[mask], minlength=n).astype(np.float64)
-
-    frauds = {w: count((age > horizon) & (age <= horizon + width)) for w, width in LABELLED_WINDOWS_DAYS.items()}
-    recent = {w: count(age <= width) for w, width in KNOWN_FRAUD_WINDOWS_DAYS.items()}
-    days_since = np.full(n, MERCHANT_LABEL_AGE_CAP_DAYS)
+    for i, width in enumerate(_LABELLED_WINDOWS):
+        frauds[i] = np.bincount(owner[(age > horizon) & (age <= horizon + width)], minlength=n)
+    for i, width in enumerate(_KNOWN_FRAUD_WINDOWS):
+        recent[i] = np.bincount(owner[age <= width], minlength=n)
     np.minimum.at(days_since, owner, age.astype(np.float64))
     return frauds, recent, days_since
 
@@ -535,12 +556,11 @@ def _card_label_features(q_card_ids: np.ndarray, ts: np.ndarray, own: Columns, o
     if n_rows(own) == 0:
         out[:, COLUMN["card_days_since_known_fraud"]] = since
         return
-    _, first = np.unique(column(own, "transaction_id").astype(str), return_index=True)
+    first = _distinct(column(own, "transaction_id", object))
     q_card, l_card, _ = _codes(q_card_ids, column(own, "card_id", object)[first])
     # Labels known after every query, or before the age cap of all, change nothing: clipping
     # them bounds the packed keys' span by the queries' time range.
-    cap_ms = round(CARD_LABEL_AGE_CAP_DAYS * DAY_MS)
-    origin = int(ts.min()) - max(cap_ms, *CARD_LABEL_WINDOWS_MS.values()) - 1
+    origin = int(ts.min()) - CARD_LABEL_SPAN_MS - 1
     known = np.clip(column(own, "available_ms", np.int64)[first], origin + 1, int(ts.max()) + 1)
     labels = _Index(l_card, known, origin, int(ts.max()) + 2 - origin)
     lo, hi = labels.bounds(labels.key(q_card, ts), _CARD_LABEL_WINDOWS)

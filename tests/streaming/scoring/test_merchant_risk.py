@@ -77,10 +77,10 @@ def test_labels_are_keyed_by_transaction_and_tombstones_remove_them() -> None:
 
 
 def test_card_state_keeps_its_fraud_labels_through_merges() -> None:
-    state = with_fraud_label(None, "t1", "m1", 100, 5_000)
-    state = with_fraud_label(state, "t1", "m1", 100, 9_000)  # a later copy of the same label
-    state = merge(state, [("t2", 200 * DAY_MS, 10.0, "m2")], grace_ms=0)
-    assert state["lab"] == [["t1", "m1", 100, 5_000]]
+    state = with_fraud_label(None, "t1", "m1", 100, 101 * DAY_MS)
+    state = with_fraud_label(state, "t1", "m1", 100, 102 * DAY_MS)  # a later copy of the same label
+    state = merge(state, [("t2", 120 * DAY_MS, 10.0, "m2")], grace_ms=0)
+    assert state["lab"] == [["t1", "m1", 100, 101 * DAY_MS]]
     assert state["ids"] == ["t2"]
     # A reversal removes the label; reversing an unknown label changes nothing.
     reverted = without_fraud_label(state, "t1")
