@@ -346,18 +346,12 @@ def label_horizon_days(label_delay_ms: int) -> int:
 def first_at_merchant(frame: Columns, history: Columns) -> np.ndarray:
     """For each row of ``frame``: True when its card has no transaction at its merchant in
     ``history`` over the 30 days before it (what ``card_merchant_count_30d`` counts)."""
-    q_card, h_card, _ = _codes(column(frame, "card_id", object), column(history, "card_id", object))
-    q_m, h_m, n_m = _codes(column(frame, "merchant_id", object), column(history, "merchant_id", object))
-    q_pair, h_pair, _ = _codes(q_card.astype(np.int64) * n_m + q_m, h_card.astype(np.int64) * n_m + h_m)
-    ts, h_ts = column(frame, "ts_ms", np.int64), column(history, "ts_ms", np.int64)
+    ts = column(frame, "ts_ms", np.int64)
     if len(ts) == 0:
         return np.zeros(0, dtype=bool)
-    lo_all = min(int(ts.min()), int(h_ts.min()) if len(h_ts) else int(ts.min()))
-    origin = lo_all - HISTORY_SPAN_MS - 1
-    span = max(int(ts.max()), int(h_ts.max()) if len(h_ts) else 0) - origin + 1
-    pairs = _Index(h_pair, h_ts, origin, span)
-    lo, hi = pairs.bounds(pairs.key(q_pair, ts), _CARD_WINDOWS[_30D : _30D + 1])
-    return np.asarray(hi - lo[0] == 0)
+    q_card, h_card, _ = _codes(column(frame, "card_id"), column(history, "card_id"))
+    origin, span = _time_span(ts, column(history, "ts_ms", np.int64))
+    return np.asarray(_at_merchant_30d(frame, history, q_card, h_card, origin, span) == 0)
 
 
 def risk_context_from_frame(frame: pd.DataFrame, assumed_delay_ms: int) -> RiskContext:
@@ -581,18 +575,9 @@ def _history_features(
     out: np.ndarray,
 ) -> None:
     hist_ts = column(history, "ts_ms", np.int64)
-    lo_all = min(int(ts.min()), int(hist_ts.min()) if len(hist_ts) else int(ts.min()))
-    hi_all = max(int(ts.max()), int(hist_ts.max()) if len(hist_ts) else int(ts.max()))
-    origin = lo_all - HISTORY_SPAN_MS - 1
-    span = hi_all - origin + 1
-
+    origin, span = _time_span(ts, hist_ts)
     q_card, h_card, n_cards = _codes(queries["card_id"], history["card_id"])
-    q_merchant, h_merchant, n_merchants = _codes(queries["merchant_id"], history["merchant_id"])
-    # (card, merchant) pairs as one integer each, then re-coded densely.
-    q_pair, h_pair, n_pairs = _codes(
-        q_card.astype(np.int64) * n_merchants + q_merchant, h_card.astype(np.int64) * n_merchants + h_merchant
-    )
-    if max(n_cards, n_pairs) > np.iinfo(np.int64).max // span:
+    if n_cards > np.iinfo(np.int64).max // span:
         raise ValueError("history spans too many cards over too long a time to index")
 
     cards = _Index(h_card, hist_ts, origin, span)
@@ -619,9 +604,33 @@ def _history_features(
         gap = np.where(has_prev, np.minimum(ts - (prev_key - card_start + origin), HISTORY_SPAN_MS), gap)
     out[:, COLUMN["seconds_since_prev_card_tx"]] = gap / 1000.0
 
-    pairs = _Index(h_pair, hist_ts, origin, span)
-    lo, hi = pairs.bounds(pairs.key(q_pair, ts), _CARD_WINDOWS[_30D : _30D + 1])
-    out[:, COLUMN["card_merchant_count_30d"]] = hi - lo[0]
+    out[:, COLUMN["card_merchant_count_30d"]] = _at_merchant_30d(queries, history, q_card, h_card, origin, span)
+
+
+def _time_span(ts: np.ndarray, hist_ts: np.ndarray) -> tuple[int, int]:
+    """Origin and span of packed (group, time) keys over queries and history: the origin lies a
+    longest window before both, so that ``t - W`` never reaches into the previous group."""
+    lo_all = min(int(ts.min()), int(hist_ts.min()) if len(hist_ts) else int(ts.min()))
+    hi_all = max(int(ts.max()), int(hist_ts.max()) if len(hist_ts) else int(ts.max()))
+    origin = lo_all - HISTORY_SPAN_MS - 1
+    return origin, hi_all - origin + 1
+
+
+def _at_merchant_30d(
+    queries: Columns, history: Columns, q_card: np.ndarray, h_card: np.ndarray, origin: int, span: int
+) -> np.ndarray:
+    """Per query: its card's transactions at its merchant in ``history`` over the 30 days before
+    it (``q_card``, ``h_card``: the cards' shared codes)."""
+    q_merchant, h_merchant, n_merchants = _codes(column(queries, "merchant_id"), column(history, "merchant_id"))
+    # (card, merchant) pairs as one integer each, then re-coded densely.
+    q_pair, h_pair, n_pairs = _codes(
+        q_card.astype(np.int64) * n_merchants + q_merchant, h_card.astype(np.int64) * n_merchants + h_merchant
+    )
+    if n_pairs > np.iinfo(np.int64).max // span:
+        raise ValueError("history spans too many card-merchant pairs over too long a time to index")
+    pairs = _Index(h_pair, column(history, "ts_ms", np.int64), origin, span)
+    lo, hi = pairs.bounds(pairs.key(q_pair, column(queries, "ts_ms", np.int64)), _CARD_WINDOWS[_30D : _30D + 1])
+    return hi - lo[0]
 
 
 def history_from_frame(frame: pd.DataFrame) -> pd.DataFrame:
