@@ -90,6 +90,8 @@ FRAUD_LABEL_COLUMNS = ("transaction_id", "card_id", "merchant_id", "tx_day", "av
 CATEGORY_LEVELS = (*MERCHANT_CATEGORIES, "other")
 #: Activity windows compared with the merchant's 30-day daily mean.
 _RATIO_WINDOWS = ("1d", "7d")
+#: Whole days before its own day a transaction's new-card shares reach (the stream keeps these).
+NEW_CARD_SPAN_DAYS = MERCHANT_DELAY_DAYS + max(MERCHANT_WINDOWS_DAYS[w] for w in _RATIO_WINDOWS)
 
 FEATURE_NAMES: tuple[str, ...] = (
     "amount",

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from model.features import Columns, RiskContext, strings
+from model.features import MERCHANT_SPAN_DAYS, NEW_CARD_SPAN_DAYS, Columns, RiskContext, strings
 
 log = logging.getLogger(__name__)
 
@@ -207,14 +207,17 @@ class MerchantRisk:
 
     def prune(self, before_day: int, owned: Iterable[int]) -> list[bytes]:
         """Forget daily counts and labels of days before ``before_day`` (no window reaches them
-        any more); returns the keys this process wrote for its ``owned`` partitions, for the
-        tombstones that let compaction delete them from the topic."""
+        any more; new-card counts, read over the last days only, go
+        ``MERCHANT_SPAN_DAYS - NEW_CARD_SPAN_DAYS`` days earlier); returns the keys this process
+        wrote for its ``owned`` partitions, for the tombstones that let compaction delete them
+        from the topic."""
         mine = set(owned)
         tombstones: list[bytes] = []
+        horizon = {"a": before_day, "n": before_day + MERCHANT_SPAN_DAYS - NEW_CARD_SPAN_DAYS}
         with self._lock:
             for kind, by_merchant in self._activity.items():
                 for m, slots in by_merchant.items():
-                    for day, p in [slot for slot in slots if slot[0] < before_day]:
+                    for day, p in [slot for slot in slots if slot[0] < horizon[kind]]:
                         self._set(kind, m, (day, p), None)
                         self._own.pop((kind, m, day, p), None)
                         if p in mine:

@@ -17,6 +17,7 @@ from model.features import (
     FEATURE_NAMES,
     MERCHANT_RISK_FEATURES,
     MERCHANT_SPAN_DAYS,
+    NEW_CARD_SPAN_DAYS,
     compute_features,
     frame_from_transactions,
     history_from_frame,
@@ -36,7 +37,7 @@ from streaming.scoring.state import (
     with_fraud_label,
     without_fraud_label,
 )
-from streaming.worker.app import BatchProcessor
+from streaming.worker.app import RISK_MARGIN_DAYS, BatchProcessor
 
 DELAY_DAYS = 4.0
 
@@ -145,6 +146,9 @@ def test_worker_batches_with_labels_give_the_training_features_and_scores(labell
         partitions = [hash(tx.card_id) % 2 for tx in txs]
         result = processor.score(txs, partitions, {tx.card_id: states.get(tx.card_id) for tx in txs})
         states.update(result.states)
+        # Forget what no window reaches any more, as the worker does every minute.
+        assert processor.newest_ms is not None
+        processor.risk.prune(processor.newest_ms // DAY_MS - MERCHANT_SPAN_DAYS - RISK_MARGIN_DAYS, owned=[0, 1])
         for d in result.decisions:
             features.append([d["features"][f] for f in FEATURE_NAMES])
             scores.append(d["score"])
@@ -159,19 +163,32 @@ def test_worker_batches_with_labels_give_the_training_features_and_scores(labell
 
 def test_prune_forgets_old_days_and_tombstones_only_what_this_worker_wrote() -> None:
     risk = MerchantRisk()
+    new_horizon = 40 + MERCHANT_SPAN_DAYS - NEW_CARD_SPAN_DAYS  # new-card counts are read less far back
     risk.increment([("m1", 10, 0, True), ("m1", 50, 0, False), ("m2", 11, 1, False)])
+    risk.increment([("m1", new_horizon - 1, 0, True), ("m1", new_horizon, 0, True)])
     risk.apply(activity_key("m1", 9, 3), b"4")  # another worker's partition
     risk.add_label("t-old", "c1", "m1", 10, 11 * DAY_MS, partition=0)
     risk.add_label("t-new", "c2", "m1", 49, 50 * DAY_MS, partition=0)
     risk.add_label("t-theirs", "c3", "m2", 8, 9 * DAY_MS, partition=3)
     gone = risk.prune(before_day=40, owned=[0, 1])
     assert sorted(gone) == sorted(
-        [activity_key("m1", 10, 0), activity_key("m1", 10, 0, "n"), activity_key("m2", 11, 1), label_key("t-old")]
+        [
+            activity_key("m1", 10, 0),
+            activity_key("m1", 10, 0, "n"),
+            activity_key("m1", new_horizon - 1, 0, "n"),
+            activity_key("m2", 11, 1),
+            label_key("t-old"),
+        ]
     )
     ctx = risk.context(["m1", "m2"])
-    assert pd.DataFrame(ctx.activity)[["merchant_id", "day"]].values.tolist() == [["m1", 50]]
+    act = pd.DataFrame(ctx.activity).sort_values("day")
+    assert act[["merchant_id", "day", "count", "new"]].values.tolist() == [
+        ["m1", 50, 1, 0],
+        ["m1", new_horizon - 1, 1, 0],
+        ["m1", new_horizon, 1, 1],
+    ]
     assert ctx.fraud_labels["transaction_id"].tolist() == ["t-new"]
-    assert risk.size() == (1, 1)
+    assert risk.size() == (3, 1)
     # A tombstone from the topic for a key already pruned is harmless.
     risk.apply(activity_key("m1", 10, 0), None)
     assert risk.count("m1", 50, 0) == 1
@@ -249,10 +266,11 @@ def test_day_totals_follow_every_change_of_the_counts() -> None:
             risk.release([p])
             own = {s for s in own if s[3] != p}
         else:
-            before = rng.randint(100, 106)
+            before = rng.randint(100, 106) - rng.choice([0, MERCHANT_SPAN_DAYS - NEW_CARD_SPAN_DAYS])
             risk.prune(before, owned=[0, 1])
-            in_force = {s: c for s, c in in_force.items() if s[2] >= before}
-            own = {s for s in own if s[2] >= before}
+            horizon = {"a": before, "n": before + MERCHANT_SPAN_DAYS - NEW_CARD_SPAN_DAYS}
+            in_force = {s: c for s, c in in_force.items() if s[2] >= horizon[s[0]]}
+            own = {s for s in own if s[2] >= horizon[s[0]]}
         if step % 50 == 0 or step == 2999:
             ctx = risk.context(merchants)
             act = ctx.activity
