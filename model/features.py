@@ -16,9 +16,10 @@ transaction counts (and how many came from cards new at the merchant) and the fr
 so far. Merchant windows are whole UTC days, by the transaction's day d:
 
 * activity (no labels needed): counts over the W days that end :data:`MERCHANT_DELAY_DAYS` day
-  before d (days d-1-W .. d-2), the last of them against the 30-day daily mean, and the share of
-  them from cards with no transaction at the merchant in the 30 days before. Every partition's
-  counts of a day have a whole day to reach every process, so the stream sums the same counts;
+  before d (days d-1-W .. d-2); for the 1- and 7-day windows, their daily mean against the
+  30-day window's, and the share of their transactions from cards with no transaction at the
+  merchant in the 30 days before. Every partition's counts of a day have a whole day to reach
+  every process, so the stream sums the same counts;
 * fraud rates: frauds among the transactions of days d-D-W .. d-D-1, where D is the label delay
   (the model's ``label_delay_days``, in whole days, :func:`label_horizon_days`): days whose
   labels are complete, not days whose labels are still on their way, which would dilute them;
@@ -302,8 +303,8 @@ def _codes(queries: pd.Series | np.ndarray, history: pd.Series | np.ndarray) -> 
 class RiskContext:
     """What the merchant and label features read.
 
-    ``activity``: transactions per merchant and UTC day (:data:`ACTIVITY_COLUMNS`, one row per
-    merchant and day). ``fraud_labels``: one row per transaction confirmed as fraud
+    ``activity``: transactions per merchant and UTC day, and how many of them came from cards new
+    at the merchant (:data:`ACTIVITY_COLUMNS`, one row per merchant and day). ``fraud_labels``: one row per transaction confirmed as fraud
     (:data:`FRAUD_LABEL_COLUMNS`; ``tx_day`` is the transaction's UTC day, ``available_ms`` when
     the label became known).
     """
