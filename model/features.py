@@ -304,9 +304,9 @@ class RiskContext:
     """What the merchant and label features read.
 
     ``activity``: transactions per merchant and UTC day, and how many of them came from cards new
-    at the merchant (:data:`ACTIVITY_COLUMNS`, one row per merchant and day). ``fraud_labels``: one row per transaction confirmed as fraud
-    (:data:`FRAUD_LABEL_COLUMNS`; ``tx_day`` is the transaction's UTC day, ``available_ms`` when
-    the label became known).
+    at the merchant (:data:`ACTIVITY_COLUMNS`, one row per merchant and day). ``fraud_labels``:
+    one row per transaction confirmed as fraud (:data:`FRAUD_LABEL_COLUMNS`; ``tx_day`` is the
+    transaction's UTC day, ``available_ms`` when the label became known).
     """
 
     activity: Columns
