@@ -174,7 +174,7 @@ def test_zero_amount_and_ids_with_inner_spaces_are_valid() -> None:
     label = parse_label(encode_label(merchant_id="Joe's Pizza & Grill", card_id="card 1"))
     assert isinstance(label, Label) and label.merchant_id == "Joe's Pizza & Grill"
     # Other strings are still trimmed as before.
-    trimmed = parse_transaction(encode(currency=" eur ", country=" fr"))
+    trimmed = parse_transaction(encode(currency=" EUR ", country=" FR"))
     assert isinstance(trimmed, Transaction) and trimmed.currency == "EUR" and trimmed.country == "FR"
 
 
