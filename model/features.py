@@ -12,13 +12,27 @@ History aggregates are computed on integer cents so that sums are exact and inde
 order in which the two paths happened to add them up.
 
 Merchant risk and known-fraud features come from a :class:`RiskContext`: per-merchant daily
-transaction counts and the fraud labels known so far. A merchant window of W days is made of
-whole UTC days and ends :data:`MERCHANT_DELAY_DAYS` days before the scored transaction's day
-(with D that delay, a transaction on day d sees days d-D-W .. d-D-1): the other partitions'
-counts then have a day to arrive, and the model gets no half-finished day. A label counts only
-from the UTC day after it became known. Training builds the context from the
-whole CSV (each fraud label available at its ``labelled_at``, else at the transaction time plus
-an assumed reporting delay); the stream keeps the same counts and labels in its state.
+transaction counts (and how many came from cards new at the merchant) and the fraud labels known
+so far. Merchant windows are whole UTC days, by the transaction's day d:
+
+* activity (no labels needed): counts over the W days that end :data:`MERCHANT_DELAY_DAYS` day
+  before d (days d-1-W .. d-2); for the 1- and 7-day windows, their daily mean against the
+  30-day window's, and the share of their transactions from cards with no transaction at the
+  merchant in the 30 days before. Every partition's counts of a day have a whole day to reach
+  every process, so the stream sums the same counts;
+* fraud rates: frauds among the transactions of days d-D-W .. d-D-1, where D is the label delay
+  (the model's ``label_delay_days``, in whole days, :func:`label_horizon_days`): days whose
+  labels are complete, not days whose labels are still on their way, which would dilute them;
+* known frauds: frauds among the merchant's transactions of the last W days, and the days since
+  the latest, counting only labels known before day d. A label counts from the UTC day after
+  it became known (another partition's labels, too, then have time to arrive);
+* the card's own labels (stored with the card, so exact to the millisecond): how many became
+  known in the last 7 days, and the days since the latest did (a card is usually reissued after
+  a confirmed fraud; the model learns which way that points).
+
+Training builds the context from the whole CSV (each fraud label available at its
+``labelled_at``, else at the transaction time plus the label delay); the stream keeps the same
+counts and labels in its state (``streaming/scoring``).
 """
 
 from __future__ import annotations
@@ -44,17 +58,41 @@ HISTORY_SPAN_MS = max(WINDOWS_MS.values())
 #: Columns a history frame carries (what the worker stores per card).
 HISTORY_COLUMNS = ("transaction_id", "card_id", "merchant_id", "ts_ms", "amount")
 
-#: Merchant windows end this many whole UTC days before the scored transaction's day.
+#: Activity windows (label-free merchant counts) end this many whole UTC days before the scored
+#: transaction's day: every partition's counts of a day have a whole day to reach every process.
 MERCHANT_DELAY_DAYS = 1
-#: Merchant windows, in whole UTC days.
+#: Merchant activity windows, in whole UTC days.
 MERCHANT_WINDOWS_DAYS: dict[str, int] = {"1d": 1, "7d": 7, "30d": 30}
-#: Whole days before its own day a transaction's merchant windows reach (the stream keeps these).
-MERCHANT_SPAN_DAYS = MERCHANT_DELAY_DAYS + max(MERCHANT_WINDOWS_DAYS.values())
-#: Columns of a risk context's frames.
-ACTIVITY_COLUMNS = ("merchant_id", "day", "count")
+#: The label delay D assumed when nothing says otherwise (the model's ``label_delay_days``).
+DEFAULT_LABEL_DELAY_DAYS = 7
+#: Fraud-rate windows end D whole days before the transaction's day, where labels are complete;
+#: a longer delay is cut to this many days (the stream keeps only so many days per merchant).
+MAX_LABEL_DELAY_DAYS = 14
+#: Merchant fraud-rate windows (ending at the delay horizon), in whole UTC days.
+LABELLED_WINDOWS_DAYS: dict[str, int] = {"1d": 1, "7d": 7, "30d": 30}
+#: Windows of known frauds at a merchant, over its transactions of the last days up to today.
+KNOWN_FRAUD_WINDOWS_DAYS: dict[str, int] = {"7d": 7, "30d": 30}
+#: Whole days before its own day a transaction's merchant features reach (the stream keeps these):
+#: nothing older counts, not even for the days since a merchant's last known fraud.
+MERCHANT_SPAN_DAYS = MAX_LABEL_DELAY_DAYS + max(LABELLED_WINDOWS_DAYS.values())
+#: A card's known frauds: its fraud labels that became known in this window before the transaction.
+CARD_LABEL_WINDOWS_MS: dict[str, int] = {"7d": 7 * DAY_MS}
+#: Days since a card's or merchant's last known fraud read this when there is none (or older).
+CARD_LABEL_AGE_CAP_DAYS = 30.0
+MERCHANT_LABEL_AGE_CAP_DAYS = float(MERCHANT_SPAN_DAYS + 1)
+#: A card's labels that became known longer ago than this before a transaction change nothing
+#: for it (the stream forgets them).
+CARD_LABEL_SPAN_MS = max(round(CARD_LABEL_AGE_CAP_DAYS * DAY_MS), *CARD_LABEL_WINDOWS_MS.values())
+#: Columns of a risk context's frames. ``new``: how many of a merchant's transactions that day
+#: came from a card without an earlier transaction there in the 30 days before.
+ACTIVITY_COLUMNS = ("merchant_id", "day", "count", "new")
 FRAUD_LABEL_COLUMNS = ("transaction_id", "card_id", "merchant_id", "tx_day", "available_ms")
 
 CATEGORY_LEVELS = (*MERCHANT_CATEGORIES, "other")
+#: Activity windows compared with the merchant's 30-day daily mean.
+_RATIO_WINDOWS = ("1d", "7d")
+#: Whole days before its own day a transaction's new-card shares reach (the stream keeps these).
+NEW_CARD_SPAN_DAYS = MERCHANT_DELAY_DAYS + max(MERCHANT_WINDOWS_DAYS[w] for w in _RATIO_WINDOWS)
 
 FEATURE_NAMES: tuple[str, ...] = (
     "amount",
@@ -71,11 +109,18 @@ FEATURE_NAMES: tuple[str, ...] = (
     "seconds_since_prev_card_tx",
     "card_merchant_count_30d",
     *(f"merchant_tx_count_{w}" for w in MERCHANT_WINDOWS_DAYS),
-    *(f"merchant_fraud_rate_{w}" for w in MERCHANT_WINDOWS_DAYS),
-    "card_known_fraud",
+    *(f"merchant_activity_ratio_{w}" for w in _RATIO_WINDOWS),
+    *(f"merchant_new_card_share_{w}" for w in _RATIO_WINDOWS),
+    *(f"merchant_fraud_rate_{w}" for w in LABELLED_WINDOWS_DAYS),
+    *(f"merchant_known_frauds_{w}" for w in KNOWN_FRAUD_WINDOWS_DAYS),
+    "merchant_days_since_known_fraud",
+    *(f"card_known_frauds_{w}" for w in CARD_LABEL_WINDOWS_MS),
+    "card_days_since_known_fraud",
 )
 #: The features that need labels or other cards' transactions (dropped by ``--without-merchant-risk``).
-MERCHANT_RISK_FEATURES: tuple[str, ...] = tuple(f for f in FEATURE_NAMES if f.startswith(("merchant_", "card_known_")))
+MERCHANT_RISK_FEATURES: tuple[str, ...] = tuple(
+    f for f in FEATURE_NAMES if f.startswith("merchant_") or "known_fraud" in f
+)
 
 #: Each feature's column in the matrix, and the one-hot column of each channel and category.
 COLUMN = {name: i for i, name in enumerate(FEATURE_NAMES)}
@@ -88,8 +133,14 @@ _SUM_1H = list(WINDOWS_MS).index("1h")
 _MEAN_ROWS = [list(WINDOWS_MS).index(w) for w in _MEAN_WINDOWS]
 _CARD_MEAN_COLUMNS = [COLUMN[f"card_amount_mean_{w}"] for w in _MEAN_WINDOWS]
 _30D = list(WINDOWS_MS).index("30d")
-_MERCHANT_WINDOWS = np.array(list(MERCHANT_WINDOWS_DAYS.values()), dtype=np.int64)
-_MERCHANT_COUNT_COLUMNS = [COLUMN[f"merchant_tx_count_{w}"] for w in MERCHANT_WINDOWS_DAYS]
+#: The merchant features, in the order :func:`_merchant_features` computes them.
+_MERCHANT_COLUMNS = [COLUMN[f] for f in FEATURE_NAMES if f.startswith("merchant_")]
+_MERCHANT_WINDOWS = list(MERCHANT_WINDOWS_DAYS.values())
+_RATIO_ROWS = [list(MERCHANT_WINDOWS_DAYS).index(w) for w in _RATIO_WINDOWS]
+_LABELLED_WINDOWS = list(LABELLED_WINDOWS_DAYS.values())
+_KNOWN_FRAUD_WINDOWS = list(KNOWN_FRAUD_WINDOWS_DAYS.values())
+_CARD_LABEL_WINDOWS = np.array(list(CARD_LABEL_WINDOWS_MS.values()), dtype=np.int64)
+_CARD_LABEL_COUNT_COLUMNS = [COLUMN[f"card_known_frauds_{w}"] for w in CARD_LABEL_WINDOWS_MS]
 
 #: Stable reason codes, one per feature group; a decision's reasons are drawn from these.
 REASON_GROUPS: dict[str, tuple[str, ...]] = {
@@ -105,9 +156,20 @@ REASON_GROUPS: dict[str, tuple[str, ...]] = {
     "amount_unusual_for_card": ("amount_to_card_mean_30d",),
     "rapid_succession": ("seconds_since_prev_card_tx",),
     "new_merchant_for_card": ("card_merchant_count_30d",),
-    "merchant_activity_unusual": tuple(f"merchant_tx_count_{w}" for w in MERCHANT_WINDOWS_DAYS),
-    "merchant_recent_fraud_rate_high": tuple(f"merchant_fraud_rate_{w}" for w in MERCHANT_WINDOWS_DAYS),
-    "card_known_compromised": ("card_known_fraud",),
+    "merchant_activity_unusual": (
+        *(f"merchant_tx_count_{w}" for w in MERCHANT_WINDOWS_DAYS),
+        *(f"merchant_activity_ratio_{w}" for w in _RATIO_WINDOWS),
+    ),
+    "merchant_new_cards_unusual": tuple(f"merchant_new_card_share_{w}" for w in _RATIO_WINDOWS),
+    "merchant_recent_fraud_rate_high": tuple(f"merchant_fraud_rate_{w}" for w in LABELLED_WINDOWS_DAYS),
+    "merchant_known_fraud_recent": (
+        *(f"merchant_known_frauds_{w}" for w in KNOWN_FRAUD_WINDOWS_DAYS),
+        "merchant_days_since_known_fraud",
+    ),
+    "card_known_compromised": (
+        *(f"card_known_frauds_{w}" for w in CARD_LABEL_WINDOWS_MS),
+        "card_days_since_known_fraud",
+    ),
 }
 
 #: Columns of a canonical transaction frame, the input of :func:`compute_features`.
@@ -241,23 +303,32 @@ def _codes(queries: pd.Series | np.ndarray, history: pd.Series | np.ndarray) -> 
 class RiskContext:
     """What the merchant and label features read.
 
-    ``activity``: transactions per merchant and UTC day (:data:`ACTIVITY_COLUMNS`, one row per
-    merchant and day). ``fraud_labels``: one row per transaction confirmed as fraud
-    (:data:`FRAUD_LABEL_COLUMNS`; ``tx_day`` is the transaction's UTC day, ``available_ms`` when
-    the label became known).
+    ``activity``: transactions per merchant and UTC day, and how many of them came from cards new
+    at the merchant (:data:`ACTIVITY_COLUMNS`, one row per merchant and day). ``fraud_labels``:
+    one row per transaction confirmed as fraud (:data:`FRAUD_LABEL_COLUMNS`; ``tx_day`` is the
+    transaction's UTC day, ``available_ms`` when the label became known).
     """
 
     activity: Columns
     fraud_labels: Columns
-    #: The queried cards' own fraud labels, for ``card_known_fraud`` (same columns). None: take
-    #: them from ``fraud_labels`` (training, where that frame holds every label). Serving keeps
-    #: them apart so that one card's labels never reach another transaction's merchant rates.
+    #: The queried cards' own fraud labels, for the card's known-fraud features (same columns).
+    #: None: take them from ``fraud_labels`` (training, where that frame holds every label).
+    #: Serving keeps them apart so that one card's labels never reach another transaction's
+    #: merchant features before the replica has them.
     card_labels: Columns | None = None
+    #: The label delay D: fraud rates are read over merchant days that ended D whole days before
+    #: the transaction's day (see :func:`label_horizon_days`). A model's scorer sets its own.
+    label_delay_ms: int = DEFAULT_LABEL_DELAY_DAYS * DAY_MS
 
     @classmethod
     def empty(cls) -> RiskContext:
         return cls(
-            activity={"merchant_id": strings([]), "day": np.zeros(0, np.int64), "count": np.zeros(0, np.int64)},
+            activity={
+                "merchant_id": strings([]),
+                "day": np.zeros(0, np.int64),
+                "count": np.zeros(0, np.int64),
+                "new": np.zeros(0, np.int64),
+            },
             fraud_labels={
                 "transaction_id": strings([]),
                 "card_id": strings([]),
@@ -268,16 +339,40 @@ class RiskContext:
         )
 
 
+def label_horizon_days(label_delay_ms: int) -> int:
+    """Whole days D between a transaction's day and the last merchant day its fraud rates read:
+    the label delay rounded up, at least 1 (yesterday's counts may still be arriving from other
+    partitions) and at most :data:`MAX_LABEL_DELAY_DAYS`."""
+    return int(min(max(1, -(-int(label_delay_ms) // DAY_MS)), MAX_LABEL_DELAY_DAYS))
+
+
+def first_at_merchant(frame: Columns, history: Columns) -> np.ndarray:
+    """For each row of ``frame``: True when its card has no transaction at its merchant in
+    ``history`` over the 30 days before it (what ``card_merchant_count_30d`` counts)."""
+    ts = column(frame, "ts_ms", np.int64)
+    if len(ts) == 0:
+        return np.zeros(0, dtype=bool)
+    q_card, h_card, _ = _codes(column(frame, "card_id"), column(history, "card_id"))
+    origin, span = _time_span(ts, column(history, "ts_ms", np.int64))
+    return np.asarray(_at_merchant_30d(frame, history, q_card, h_card, origin, span) == 0)
+
+
 def risk_context_from_frame(frame: pd.DataFrame, assumed_delay_ms: int) -> RiskContext:
     """The context of a labelled canonical frame (training, evaluation): every row counts as
     merchant activity; fraud rows are labels, known at ``labelled_ms`` when the frame has it
-    (>= 0), else ``assumed_delay_ms`` after the transaction."""
+    (>= 0), else ``assumed_delay_ms`` after the transaction, which is also the label delay D."""
     day = frame["ts_ms"].to_numpy(dtype=np.int64) // DAY_MS
     activity = (
-        pd.DataFrame({"merchant_id": frame["merchant_id"].to_numpy(), "day": day})
+        pd.DataFrame(
+            {
+                "merchant_id": frame["merchant_id"].to_numpy(),
+                "day": day,
+                "count": np.ones(len(day), dtype=np.int64),
+                "new": first_at_merchant(frame, frame).astype(np.int64),
+            }
+        )
         .groupby(["merchant_id", "day"], sort=False)
-        .size()
-        .rename("count")
+        .sum()
         .reset_index()
     )
     fraud = frame["is_fraud"].to_numpy() == 1
@@ -296,7 +391,7 @@ def risk_context_from_frame(frame: pd.DataFrame, assumed_delay_ms: int) -> RiskC
             "available_ms": np.where(known >= 0, known, ts + assumed_delay_ms),
         }
     )
-    return RiskContext(activity=activity, fraud_labels=labels)
+    return RiskContext(activity=activity, fraud_labels=labels, label_delay_ms=int(assumed_delay_ms))
 
 
 def compute_features(queries: Columns, history: Columns, risk: RiskContext | None = None) -> np.ndarray:
@@ -305,7 +400,7 @@ def compute_features(queries: Columns, history: Columns, risk: RiskContext | Non
     ``queries`` is a canonical frame; ``history`` has :data:`HISTORY_COLUMNS`. History rows must
     not repeat a transaction id; rows at or after a query's timestamp are ignored for it.
     Without ``risk`` the merchant and label features are those of a merchant and card with no
-    known history (zero).
+    known history (an empty context).
     """
     n = n_rows(queries)
     out = np.zeros((n, len(FEATURE_NAMES)), dtype=np.float64)
@@ -336,88 +431,143 @@ def compute_features(queries: Columns, history: Columns, risk: RiskContext | Non
     out[rows, hot[codes]] = 1.0
 
     _history_features(queries, history, ts, amount, out)
-    if risk is not None:
-        _risk_features(queries, risk, ts, out)
+    _risk_features(queries, risk if risk is not None else RiskContext.empty(), ts, out)
     return out
 
 
 def _risk_features(queries: Columns, risk: RiskContext, ts: np.ndarray, out: np.ndarray) -> None:
+    _merchant_features(column(queries, "merchant_id", object), ts // DAY_MS, risk, out)
+    own = risk.card_labels if risk.card_labels is not None else risk.fraud_labels
+    _card_label_features(column(queries, "card_id", object), ts, own, out)
+
+
+def _merchant_features(q_merchant: np.ndarray, q_day: np.ndarray, risk: RiskContext, out: np.ndarray) -> None:
+    """Every merchant feature depends on the merchant and the UTC day only: computed once per
+    distinct (merchant, day) of the queries, then copied to their rows."""
     act, labels = risk.activity, risk.fraud_labels
-    q_day = ts // DAY_MS
-    a_day = column(act, "day", np.int64)
-    # One integer code per merchant across queries, activity and labels.
-    codes, _ = factorize(
-        np.concatenate(
-            [
-                column(queries, "merchant_id", object),
-                column(act, "merchant_id", object),
-                column(labels, "merchant_id", object),
-            ]
-        )
-    )
-    n_q = len(ts)
-    q_m, a_m, l_m = np.split(codes.astype(np.int64), [n_q, n_q + len(a_day)])
-    l_day = column(labels, "tx_day", np.int64)
-    lo_day = min([int(q_day.min()), *(int(d.min()) for d in (a_day, l_day) if len(d))])
-    origin = lo_day - MERCHANT_SPAN_DAYS - 1
-    span = max([int(q_day.max()), *(int(d.max()) for d in (a_day, l_day) if len(d))]) - origin + 1
+    q_m, merchants = factorize(q_merchant)
+    # (merchant, day) packed into one int64 key, a window of days being a range of keys. Only
+    # the queried merchants' days that some window reaches are kept.
+    origin = int(q_day.min()) - MERCHANT_SPAN_DAYS - 1
+    span = int(q_day.max()) - origin + 1
+    keys, inverse = np.unique(q_m.astype(np.int64) * span + (q_day - origin), return_inverse=True)
+    a_keys, a_rows = _merchant_day_keys(merchants, act, "day", origin, span)
+    l_keys, l_rows = _merchant_day_keys(merchants, labels, "tx_day", origin, span)
 
-    # Daily counts as running sums over (merchant, day) packed into one sorted int64 key.
-    a_key = a_m * span + (a_day - origin)
-    order = np.argsort(a_key, kind="stable")
-    a_key = a_key[order]
-    a_csum = np.concatenate(([0], np.cumsum(column(act, "count", np.int64)[order])))
-    q_end = q_m * span + (q_day - MERCHANT_DELAY_DAYS - origin)  # exclusive: days before d - D
+    horizon = label_horizon_days(risk.label_delay_ms)
+    # Activity windows (ending the day before yesterday) and fraud-rate windows (ending at the
+    # horizon): one pair of searches for all of them.
+    ends = [(MERCHANT_DELAY_DAYS, w) for w in _MERCHANT_WINDOWS] + [(horizon, w) for w in _LABELLED_WINDOWS]
+    order = np.argsort(a_keys, kind="stable")
+    sorted_keys = a_keys[order]
+    end = np.concatenate([keys - delay for delay, _ in ends])
+    hi = np.searchsorted(sorted_keys, end, side="left")
+    lo = np.searchsorted(sorted_keys, end - np.repeat([w for _, w in ends], len(keys)), side="left")
+    totals = {}
+    for name in ("count", "new"):
+        csum = np.concatenate(([0], np.cumsum(column(act, name, np.int64)[a_rows][order])))
+        totals[name] = (csum[hi] - csum[lo]).astype(np.float64).reshape(len(ends), len(keys))
+    n_act = len(_MERCHANT_WINDOWS)
+    counts, labelled = totals["count"][:n_act], totals["count"][n_act:]
+    daily_mean = counts[-1] / _MERCHANT_WINDOWS[-1]
+    ratio = [_ratio(counts[i] / _MERCHANT_WINDOWS[i], daily_mean) for i in _RATIO_ROWS]
+    share = [_ratio(totals["new"][i], counts[i]) for i in _RATIO_ROWS]
+    frauds, known, days_since = _merchant_labels(keys, origin, span, l_keys, labels, l_rows, horizon)
+    # A label for a transaction the counts never saw (feedback on an unknown id) must not push
+    # a rate past 1.
+    rates = np.minimum(_ratio(frauds, labelled), 1.0)
+    values = np.vstack([counts, *ratio, *share, rates, known, days_since]).T
+    out[:, _MERCHANT_COLUMNS] = values[inverse]
 
-    hi = np.searchsorted(a_key, q_end, side="left")
-    lo = np.searchsorted(a_key, q_end[None, :] - _MERCHANT_WINDOWS[:, None], side="left")
-    window_counts = (a_csum[hi] - a_csum[lo]).astype(np.float64)  # a row per window
-    out[:, _MERCHANT_COUNT_COLUMNS] = window_counts.T
-    counts = dict(zip(MERCHANT_WINDOWS_DAYS, window_counts, strict=True))
-    if len(l_day):  # else every rate is zero
-        _merchant_fraud_rates(q_day, q_end, counts, labels, l_m * span + (l_day - origin), out)
 
-    # The card's earliest fraud label known strictly before the transaction.
-    own = risk.card_labels if risk.card_labels is not None else labels
+def _merchant_day_keys(
+    merchants: np.ndarray, frame: Columns, day_column: str, origin: int, span: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (merchant, day) keys of ``frame``'s rows of these ``merchants`` inside the span, and
+    which rows those are."""
+    codes = _lookup(merchants, column(frame, "merchant_id", object))
+    offset = column(frame, day_column, np.int64) - origin
+    rows = np.flatnonzero((codes >= 0) & (offset >= 0) & (offset < span))
+    return codes[rows] * span + offset[rows], rows
+
+
+def _lookup(values: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """Each item's position in ``values`` (distinct), -1 if absent."""
+    if len(values) <= SMALL_FACTORIZE and len(items) <= 16 * SMALL_FACTORIZE:
+        index = {v: i for i, v in enumerate(values.tolist())}
+        return np.fromiter((index.get(v, -1) for v in items.tolist()), dtype=np.int64, count=len(items))
+    return np.asarray(pd.Index(values).get_indexer(items), dtype=np.int64)
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """``num / den``, 0 where ``den`` is 0."""
+    num = np.asarray(num, dtype=np.float64)
+    return np.divide(num, den, out=np.zeros(num.shape), where=den > 0)
+
+
+def _distinct(ids: np.ndarray) -> np.ndarray:
+    """Positions of the first row of each distinct id (a transaction labelled twice counts once)."""
+    if len(ids) <= 16 * SMALL_FACTORIZE and len(set(ids.tolist())) == len(ids):
+        return np.arange(len(ids))
+    return np.sort(np.unique(ids.astype(str), return_index=True)[1])
+
+
+def _merchant_labels(
+    keys: np.ndarray, origin: int, span: int, l_keys: np.ndarray, labels: Columns, rows: np.ndarray, horizon: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per (merchant, day) key, over the fraud labels known before that day: the frauds in each
+    fraud-rate window (transaction days ``[d - D - W, d - D)``), the known frauds of the last
+    days (``[d - W, d)``), and the days since the latest transaction among them. ``l_keys``:
+    the (merchant, transaction day) keys of the labels' ``rows``."""
+    n = len(keys)
+    frauds = np.zeros((len(_LABELLED_WINDOWS), n))
+    recent = np.zeros((len(_KNOWN_FRAUD_WINDOWS), n))
+    days_since = np.full(n, MERCHANT_LABEL_AGE_CAP_DAYS)
+    if len(rows) == 0:
+        return frauds, recent, days_since
+    first = _distinct(column(labels, "transaction_id", object)[rows])
+    l_order = first[np.argsort(l_keys[first], kind="stable")]
+    l_key = l_keys[l_order]
+    # The span a key reaches is a contiguous run of labels, of which those known before its day count.
+    hi = np.searchsorted(l_key, keys, side="left")
+    lo = np.searchsorted(l_key, keys - MERCHANT_SPAN_DAYS, side="left")
+    run = hi - lo
+    owner = np.repeat(np.arange(n), run)
+    idx = np.repeat(lo - np.concatenate(([0], np.cumsum(run)[:-1])), run) + np.arange(int(run.sum()))
+    known_day = column(labels, "available_ms", np.int64)[rows][l_order][idx] // DAY_MS
+    known = known_day < keys[owner] % span + origin
+    owner, age = owner[known], (keys[owner] - l_key[idx])[known]  # whole days before the key's day
+    for i, width in enumerate(_LABELLED_WINDOWS):
+        frauds[i] = np.bincount(owner[(age > horizon) & (age <= horizon + width)], minlength=n)
+    for i, width in enumerate(_KNOWN_FRAUD_WINDOWS):
+        recent[i] = np.bincount(owner[age <= width], minlength=n)
+    np.minimum.at(days_since, owner, age.astype(np.float64))
+    return frauds, recent, days_since
+
+
+def _card_label_features(q_card_ids: np.ndarray, ts: np.ndarray, own: Columns, out: np.ndarray) -> None:
+    """The card's fraud labels known strictly before the transaction (by ``available_ms``, to the
+    millisecond: a card's labels live with its state): how many became known in the last days,
+    and how long ago the latest did."""
+    since = np.full(len(ts), CARD_LABEL_AGE_CAP_DAYS)
     if n_rows(own) == 0:
-        return  # card_known_fraud stays 0
-    _, own_first = np.unique(column(own, "transaction_id").astype(str), return_index=True)
-    q_card, l_card, n_cards = _codes(queries["card_id"], column(own, "card_id", object)[own_first])
-    first_known = np.full(n_cards, np.iinfo(np.int64).max, dtype=np.int64)
-    np.minimum.at(first_known, l_card, column(own, "available_ms", np.int64)[own_first])
-    out[:, COLUMN["card_known_fraud"]] = first_known[q_card] < ts
-
-
-def _merchant_fraud_rates(
-    q_day: np.ndarray,
-    q_end: np.ndarray,
-    counts: dict[str, np.ndarray],
-    labels: Columns,
-    l_keys: np.ndarray,
-    out: np.ndarray,
-) -> None:
-    """Fraud rates per merchant window; ``l_keys``: each label's (merchant, day) key."""
-    # Fraud labels (each transaction once) sorted by that key; a query's window is a contiguous
-    # run of them, of which those known before the query's day count.
-    _, first = np.unique(column(labels, "transaction_id").astype(str), return_index=True)
-    l_key = l_keys[first]
-    l_order = np.argsort(l_key, kind="stable")
-    l_key = l_key[l_order]
-    l_known_day = (column(labels, "available_ms", np.int64)[first] // DAY_MS)[l_order]
-    n = len(q_day)
-    for w, width in MERCHANT_WINDOWS_DAYS.items():
-        hi = np.searchsorted(l_key, q_end, side="left")
-        lo = np.searchsorted(l_key, q_end - width, side="left")
-        run = hi - lo
-        owner = np.repeat(np.arange(n), run)
-        idx = np.repeat(lo - np.concatenate(([0], np.cumsum(run)[:-1])), run) + np.arange(int(run.sum()))
-        known = l_known_day[idx] < q_day[owner]
-        frauds = np.bincount(owner[known], minlength=n).astype(np.float64)
-        # A label for a transaction the counts never saw (feedback on an unknown id) must not
-        # push the rate past 1.
-        out[:, COLUMN[f"merchant_fraud_rate_{w}"]] = np.minimum(
-            np.divide(frauds, counts[w], out=np.zeros(n), where=counts[w] > 0), 1.0
-        )
+        out[:, COLUMN["card_days_since_known_fraud"]] = since
+        return
+    first = _distinct(column(own, "transaction_id", object))
+    q_card, l_card, _ = _codes(q_card_ids, column(own, "card_id", object)[first])
+    # Labels known after every query, or before the age cap of all, change nothing: clipping
+    # them bounds the packed keys' span by the queries' time range.
+    origin = int(ts.min()) - CARD_LABEL_SPAN_MS - 1
+    known = np.clip(column(own, "available_ms", np.int64)[first], origin + 1, int(ts.max()) + 1)
+    labels = _Index(l_card, known, origin, int(ts.max()) + 2 - origin)
+    lo, hi = labels.bounds(labels.key(q_card, ts), _CARD_LABEL_WINDOWS)
+    out[:, _CARD_LABEL_COUNT_COLUMNS] = (hi - lo).T
+    prev = np.maximum(hi - 1, 0)
+    card_start = q_card.astype(np.int64) * labels.span
+    has = (hi > 0) & (labels.keys[prev] >= card_start)
+    last = labels.keys[prev] - card_start + origin
+    since = np.where(has, np.minimum((ts - last) / DAY_MS, CARD_LABEL_AGE_CAP_DAYS), since)
+    out[:, COLUMN["card_days_since_known_fraud"]] = since
 
 
 def _history_features(
@@ -428,18 +578,9 @@ def _history_features(
     out: np.ndarray,
 ) -> None:
     hist_ts = column(history, "ts_ms", np.int64)
-    lo_all = min(int(ts.min()), int(hist_ts.min()) if len(hist_ts) else int(ts.min()))
-    hi_all = max(int(ts.max()), int(hist_ts.max()) if len(hist_ts) else int(ts.max()))
-    origin = lo_all - HISTORY_SPAN_MS - 1
-    span = hi_all - origin + 1
-
+    origin, span = _time_span(ts, hist_ts)
     q_card, h_card, n_cards = _codes(queries["card_id"], history["card_id"])
-    q_merchant, h_merchant, n_merchants = _codes(queries["merchant_id"], history["merchant_id"])
-    # (card, merchant) pairs as one integer each, then re-coded densely.
-    q_pair, h_pair, n_pairs = _codes(
-        q_card.astype(np.int64) * n_merchants + q_merchant, h_card.astype(np.int64) * n_merchants + h_merchant
-    )
-    if max(n_cards, n_pairs) > np.iinfo(np.int64).max // span:
+    if n_cards > np.iinfo(np.int64).max // span:
         raise ValueError("history spans too many cards over too long a time to index")
 
     cards = _Index(h_card, hist_ts, origin, span)
@@ -466,9 +607,33 @@ def _history_features(
         gap = np.where(has_prev, np.minimum(ts - (prev_key - card_start + origin), HISTORY_SPAN_MS), gap)
     out[:, COLUMN["seconds_since_prev_card_tx"]] = gap / 1000.0
 
-    pairs = _Index(h_pair, hist_ts, origin, span)
-    lo, hi = pairs.bounds(pairs.key(q_pair, ts), _CARD_WINDOWS[_30D : _30D + 1])
-    out[:, COLUMN["card_merchant_count_30d"]] = hi - lo[0]
+    out[:, COLUMN["card_merchant_count_30d"]] = _at_merchant_30d(queries, history, q_card, h_card, origin, span)
+
+
+def _time_span(ts: np.ndarray, hist_ts: np.ndarray) -> tuple[int, int]:
+    """Origin and span of packed (group, time) keys over queries and history: the origin lies a
+    longest window before both, so that ``t - W`` never reaches into the previous group."""
+    lo_all = min(int(ts.min()), int(hist_ts.min()) if len(hist_ts) else int(ts.min()))
+    hi_all = max(int(ts.max()), int(hist_ts.max()) if len(hist_ts) else int(ts.max()))
+    origin = lo_all - HISTORY_SPAN_MS - 1
+    return origin, hi_all - origin + 1
+
+
+def _at_merchant_30d(
+    queries: Columns, history: Columns, q_card: np.ndarray, h_card: np.ndarray, origin: int, span: int
+) -> np.ndarray:
+    """Per query: its card's transactions at its merchant in ``history`` over the 30 days before
+    it (``q_card``, ``h_card``: the cards' shared codes)."""
+    q_merchant, h_merchant, n_merchants = _codes(column(queries, "merchant_id"), column(history, "merchant_id"))
+    # (card, merchant) pairs as one integer each, then re-coded densely.
+    q_pair, h_pair, n_pairs = _codes(
+        q_card.astype(np.int64) * n_merchants + q_merchant, h_card.astype(np.int64) * n_merchants + h_merchant
+    )
+    if n_pairs > np.iinfo(np.int64).max // span:
+        raise ValueError("history spans too many card-merchant pairs over too long a time to index")
+    pairs = _Index(h_pair, column(history, "ts_ms", np.int64), origin, span)
+    lo, hi = pairs.bounds(pairs.key(q_pair, column(queries, "ts_ms", np.int64)), _CARD_WINDOWS[_30D : _30D + 1])
+    return hi - lo[0]
 
 
 def history_from_frame(frame: pd.DataFrame) -> pd.DataFrame:

@@ -22,9 +22,12 @@ __all__ = [
     "OUTCOMES",
     "Thresholds",
     "card_precision_at_k",
+    "card_precision_top_k",
     "decide",
     "evaluation_report",
     "pick_thresholds",
+    "protocol_report",
+    "ranking_report",
     "threshold_report",
 ]
 
@@ -329,22 +332,51 @@ def threshold_report(
     return report
 
 
-def evaluation_report(frame: pd.DataFrame, t: Thresholds, k: int = 100) -> dict[str, Any]:
-    """JSON-ready evaluation of scored transactions (columns as for :func:`card_precision_at_k`).
+def card_precision_top_k(frame: pd.DataFrame, k: int = 100) -> dict[str, Any]:
+    """The handbook's daily card precision top-k (Le Borgne et al., chapter 4), detected cards removed.
 
-    Keys: ``n_transactions``, ``n_fraud``, ``fraud_rate``, ``n_cards``, ``auc_roc``,
-    ``average_precision`` (both ``None`` when only one class is present), ``card_precision_at_{k}``,
-    ``thresholds`` {review, block}, ``threshold_notes`` (list of str), ``at_threshold``
-    (:func:`threshold_report`), ``decision_counts`` {allow, review, block} and ``confusion``
-    {``flagged``: score >= review (review or block), ``block``: score >= block}, each {tp, fp, fn, tn}.
+    ``frame`` as for :func:`card_precision_at_k`. UTC days are taken in order; a card found
+    compromised on a day (among that day's ``k`` highest-scoring cards, and fraudulent) is removed
+    from every later day, since investigators already know it. A day's value is the number of
+    such cards divided by ``k`` (also on a day with fewer cards, as the handbook does). Returns
+    ``{"k", "mean", "per_day": [{"day", "cards", "fraud_cards", "detected", "precision"}]}``.
     """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    _check_frame(frame)
+    y = _check_labels(frame["is_fraud"].to_numpy(), "is_fraud")
+    s = _check_scores(frame["score"].to_numpy(), "score")
+    ts = _utc_timestamps(frame["timestamp"])
+    df = pd.DataFrame({"day": ts.dt.floor("D").to_numpy(), "card": frame["card_id"].to_numpy(), "score": s, "fraud": y})
+    per_card = df.groupby(["day", "card"], sort=True).agg(score=("score", "max"), fraud=("fraud", "max")).reset_index()
+    detected: set[Any] = set()
+    days = []
+    for day, cards in per_card.groupby("day", sort=True):
+        cards = cards.loc[~cards["card"].isin(detected)]
+        top = cards.sort_values(["score", "card"], ascending=[False, True], kind="mergesort").head(int(k))
+        found = top.loc[top["fraud"] == 1, "card"]
+        detected.update(found)
+        days.append(
+            {
+                "day": pd.Timestamp(day).date().isoformat(),
+                "cards": len(cards),
+                "fraud_cards": int(cards["fraud"].sum()),
+                "detected": len(found),
+                "precision": len(found) / int(k),
+            }
+        )
+    return {"k": int(k), "mean": float(np.mean([d["precision"] for d in days])), "per_day": days}
+
+
+def ranking_report(frame: pd.DataFrame, k: int = 100) -> dict[str, Any]:
+    """Threshold-free metrics of scored transactions (columns as for :func:`card_precision_at_k`):
+    ``n_transactions``, ``n_fraud``, ``fraud_rate``, ``n_cards``, ``auc_roc``, ``average_precision``
+    (both ``None`` when only one class is present) and ``card_precision_at_{k}``."""
     _check_frame(frame)
     y = _check_labels(frame["is_fraud"].to_numpy(), "is_fraud")
     s = _check_scores(frame["score"].to_numpy(), "score")
     n_fraud = int(y.sum())
     both_classes = 0 < n_fraud < y.size
-
-    decisions = decide(s, t)
     return {
         "n_transactions": int(y.size),
         "n_fraud": n_fraud,
@@ -353,6 +385,37 @@ def evaluation_report(frame: pd.DataFrame, t: Thresholds, k: int = 100) -> dict[
         "auc_roc": float(roc_auc_score(y, s)) if both_classes else None,
         "average_precision": float(average_precision_score(y, s)) if both_classes else None,
         f"card_precision_at_{k}": card_precision_at_k(frame, k),
+    }
+
+
+def protocol_report(frame: pd.DataFrame, t: Thresholds | None = None, k: int = 100) -> dict[str, Any]:
+    """Metrics under the delay protocol, on rows the caller already cleared of cards known to be
+    compromised: :func:`ranking_report`, with ``card_precision_at_{k}`` the handbook's
+    (:func:`card_precision_top_k`: detected cards removed from later days, divisor ``k``), its
+    ``card_precision_per_day``, and with thresholds their ``at_threshold`` (:func:`threshold_report`)."""
+    report = ranking_report(frame, k)
+    daily = card_precision_top_k(frame, k)
+    report[f"card_precision_at_{k}"] = daily["mean"]
+    report["card_precision_per_day"] = daily["per_day"]
+    if t is not None:
+        report["at_threshold"] = threshold_report(frame["is_fraud"].to_numpy(), frame["score"].to_numpy(), t)
+    return report
+
+
+def evaluation_report(frame: pd.DataFrame, t: Thresholds, k: int = 100) -> dict[str, Any]:
+    """JSON-ready evaluation of scored transactions (columns as for :func:`card_precision_at_k`).
+
+    Keys: those of :func:`ranking_report` (``card_precision_at_{k}`` from :func:`card_precision_at_k`),
+    ``thresholds`` {review, block}, ``threshold_notes`` (list of str), ``at_threshold``
+    (:func:`threshold_report`), ``decision_counts`` {allow, review, block} and ``confusion``
+    {``flagged``: score >= review (review or block), ``block``: score >= block}, each {tp, fp, fn, tn}.
+    """
+    report = ranking_report(frame, k)
+    y = _check_labels(frame["is_fraud"].to_numpy(), "is_fraud")
+    s = _check_scores(frame["score"].to_numpy(), "score")
+    decisions = decide(s, t)
+    return {
+        **report,
         "thresholds": {"review": t.review, "block": t.block},
         "threshold_notes": list(t.notes),
         "at_threshold": threshold_report(y, s, t),

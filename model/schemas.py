@@ -10,10 +10,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 SCHEMA_VERSION: Literal[1] = 1
 
@@ -36,15 +36,28 @@ MERCHANT_CATEGORIES: tuple[str, ...] = (
 )
 
 #: Largest amount accepted (major units); larger values are input errors, and would overflow the
-#: exact integer-cent sums the history features use.
+#: exact integer-cent sums the history features use. Zero is a valid amount: card-verification
+#: authorisations of 0.00 are real traffic (and a card-testing signal).
 MAX_AMOUNT = 1e9
-#: Ids are printable ASCII without spaces: they travel in URLs, headers and Kafka keys.
-ID_PATTERN = r"^[!-~]+$"
+#: Ids are printable Unicode (no control, format or separator characters) with inner spaces
+#: allowed, since merchant ids are often names ("Joe's Pizza & Grill"); leading or trailing
+#: whitespace is refused, not stripped, so that an id is never silently changed. In Python terms:
+#: ``value.isprintable() and value == value.strip()`` (the CSV loader's check, model/dataset.py).
+ID_PATTERN = r"^[^\p{C}\p{Z}](?:[ ]*[^\p{C}\p{Z}])*$"
+#: Longest id, in characters.
+MAX_ID_LENGTH = 128
 
 #: Largest encoded message the worker accepts; bigger ones are dead-lettered as ``oversized``.
 MAX_MESSAGE_BYTES = 16 * 1024
 
 Outcome = Literal["allow", "review", "block"]
+
+
+#: An id field. Other strings are trimmed (``str_strip_whitespace``); an id is not: surrounding
+#: whitespace is refused, since a trimmed id would no longer match the record key or the CSV.
+Id = Annotated[
+    str, StringConstraints(strip_whitespace=False, min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)
+]
 
 
 def _exactly_version_1(v: object) -> object:
@@ -62,19 +75,16 @@ class Transaction(BaseModel):
 
     schema_version: Literal[1] = Field(default=SCHEMA_VERSION, description="Contract version; optional, 1.")
 
-    transaction_id: str = Field(
-        min_length=1, max_length=128, pattern=ID_PATTERN, description="Unique id; decisions are idempotent by it."
-    )
+    transaction_id: Id = Field(description="Unique id; decisions are idempotent by it.")
     timestamp: AwareDatetime = Field(description="When the transaction happened, ISO-8601 with a zone offset.")
-    card_id: str = Field(
-        min_length=1, max_length=128, pattern=ID_PATTERN, description="Card (or account) the transaction is charged to."
-    )
-    merchant_id: str = Field(min_length=1, max_length=128, pattern=ID_PATTERN, description="Merchant or terminal id.")
+    card_id: Id = Field(description="Card (or account) the transaction is charged to.")
+    merchant_id: Id = Field(description="Merchant or terminal id (a name with inner spaces is fine).")
     amount: float = Field(
-        gt=0,
+        ge=0,
         le=MAX_AMOUNT,
         strict=True,
-        description="Amount in the currency's major unit, a JSON number; > 0 and at most 1e9.",
+        description="Amount in the currency's major unit, a JSON number; >= 0 (0.00: a card verification) "
+        "and at most 1e9.",
     )
     currency: str = Field(pattern=r"^[A-Z]{3}$", description="ISO-4217 code: three uppercase letters.")
     merchant_category: str | None = Field(default=None, max_length=64)
@@ -181,9 +191,9 @@ class Label(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True, str_strip_whitespace=True)
 
     schema_version: Literal[1] = Field(default=SCHEMA_VERSION, description="Contract version; optional, 1.")
-    transaction_id: str = Field(min_length=1, max_length=128, pattern=ID_PATTERN)
-    card_id: str = Field(min_length=1, max_length=128, pattern=ID_PATTERN)
-    merchant_id: str = Field(min_length=1, max_length=128, pattern=ID_PATTERN)
+    transaction_id: Id
+    card_id: Id
+    merchant_id: Id
     is_fraud: bool = Field(strict=True, description="true: confirmed fraud; false: confirmed genuine.")
     timestamp: AwareDatetime = Field(description="The labelled transaction's own timestamp.")
     labelled_at: AwareDatetime = Field(description="When the label became known; not before `timestamp`.")

@@ -7,7 +7,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,8 @@ class Scorer:
         self._disabled = np.array(
             [FEATURE_NAMES.index(n) for n in artifact.metadata.get("disabled_features", [])], dtype=np.int64
         )
-        #: Reporting delay assumed for fraud rows of a CSV without ``labelled_at`` (evaluation).
+        #: The label delay D the model was trained with: where its merchant fraud rates end, and
+        #: the reporting delay assumed for fraud rows of a CSV without ``labelled_at``.
         self.label_delay_ms = round(float(artifact.metadata.get("label_delay_days", 7.0)) * DAY_MS)
 
     def self_check(self) -> None:
@@ -100,7 +101,10 @@ class Scorer:
 
     def score_frame(self, queries: Columns, history: Columns, risk: RiskContext | None = None) -> ScoredBatch:
         """Score canonical ``queries`` against ``history`` and ``risk``; reasons for review/block
-        rows only."""
+        rows only. The merchant fraud rates read up to this model's label delay, whatever
+        ``risk`` says."""
+        if risk is not None:
+            risk = replace(risk, label_delay_ms=self.label_delay_ms)
         features = compute_features(queries, history, risk)
         features[:, self._disabled] = 0.0
         scores = self.predict(features) if len(features) else np.zeros(0)

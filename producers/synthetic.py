@@ -50,16 +50,24 @@ Fraud (``is_fraud`` = 1, ``fraud_type`` names the pattern; about 0.4-0.7% of row
         A single purchase far above the card's own scale (median 12x) at a big-ticket merchant;
         legit big-ticket purchases (median 7x) make this only partly separable.
     ``velocity_burst``
-        Many e-commerce transactions within minutes to an hour: card testing (tiny amounts) or
-        a spending spree at a few online merchants.
+        Many e-commerce transactions within minutes to an hour: card testing (0.00 verifications
+        and amounts of a few cents) or a spending spree at a few online merchants.
+    ``one_off``
+        A single card-not-present purchase on a long-lived card, at an ordinary hour and an
+        amount in the card's range: only an unfamiliar merchant gives it away.
+
+    Compromised merchants differ in length (a day to two months) and intensity (a trickle to a
+    flood of fraud); legitimate e-commerce also has 0.00 verifications (a card put on file), so
+    neither a zero amount nor a merchant's past fraud rate alone decides.
 
 Delayed labels (:func:`labels_for`)
     Nobody knows at scoring time which transactions are fraud: the truth arrives later, as label
     events. Every fraudulent transaction gets an ``is_fraud=true`` label, from one of three
     sources: ``customer_confirmed`` (the cardholder reacts to an alert or a statement line: hours
     to two days), ``investigation`` (an analyst's verdict: one to five days) and ``chargeback``
-    (the dispute comes back through the card network: lognormal, up to several weeks), with
-    the chargeback delays set so that the median fraud label delay is ``label_delay_days``.
+    (the dispute comes back through the card network: a wide lognormal, weeks with a tail of
+    months, up to the 120-day dispute window), with the chargeback delays set so that the median
+    fraud label delay is ``label_delay_days``.
     A share ``legit_label_share`` of genuine transactions gets an ``is_fraud=false`` label from an
     ``investigation`` (one to five days); the others are never labelled, as in real life. Labels
     come from their own random stream derived from the seed, so they never change the
@@ -101,6 +109,7 @@ FRAUD_TYPES: tuple[str, ...] = (
     "compromised_card",
     "amount_outlier",
     "velocity_burst",
+    "one_off",
 )
 #: Columns of :func:`generate`, in order.
 COLUMNS: tuple[str, ...] = (
@@ -130,7 +139,7 @@ LABEL_COLUMNS: tuple[str, ...] = (
 #: (both empty for a row that never gets a label).
 CSV_LABEL_COLUMNS: tuple[str, ...] = ("labelled_at", "label_source")
 
-_LEGIT, _CM, _CC, _AO, _VB = 0, 1, 2, 3, 4
+_LEGIT, _CM, _CC, _AO, _VB, _OO = 0, 1, 2, 3, 4, 5
 _DAY = 86_400.0
 _HOUR = 3_600.0
 _NIGHT_HOURS = 6  # local hours 0-5 count as night
@@ -189,14 +198,18 @@ class SimConfig:
     # --- fraud: compromised merchants -----------------------------------------------------
     # Share of merchants compromised at some point (at least one when > 0).
     compromised_merchant_share: float = 0.02
-    # Compromise window length in days (uniform in [min, max], clipped to the simulation): a
-    # skimmer or a breached terminal goes unnoticed for weeks.
-    compromise_min_days: float = 7.0
-    compromise_max_days: float = 45.0
-    # Share of a compromised merchant's transactions in the window that are fraudulent.
+    # Compromise window length in days: lognormal around the median (sigma 0.9), clipped to
+    # [min, max] and to the simulation. Hit-and-run breaches last a day or two, a skimmer nobody
+    # notices runs for weeks.
+    compromise_min_days: float = 1.0
+    compromise_median_days: float = 10.0
+    compromise_max_days: float = 60.0
+    # Mean share of a compromised merchant's transactions in the window that are fraudulent; each
+    # compromise draws its own share (a beta around the mean: from a trickle to a flood).
     compromised_merchant_fraud_share: float = 0.2
     # Most fraudulent transactions a compromised merchant sees per day on average (a fraud ring
-    # only has so many cloned cards), which keeps one very busy merchant from dominating.
+    # only has so many cloned cards), which keeps one very busy merchant from dominating; each
+    # compromise scales it by its own lognormal factor.
     compromised_merchant_max_daily: float = 3.0
     # Share of the cloned cards used there that belong to local cardholders (else any card),
     # share of those transactions at night (local 00-06), and their median ticket relative to
@@ -221,8 +234,10 @@ class SimConfig:
     card_burst_foreign_share: float = 0.35
     card_burst_ecommerce_share: float = 0.65
     card_burst_atm_share: float = 0.10
-    # Probability that a burst opens with a tiny test charge.
+    # Probability that a burst opens with a test charge: a 0.00 verification or a few cents.
     card_test_charge_prob: float = 0.3
+    # Share of test charges (here and in card-testing bursts) that are 0.00 verifications.
+    zero_test_share: float = 0.4
     # Median fraud ticket (USD-like units, independent of the card's scale).
     fraud_amount_median: float = 90.0
 
@@ -238,9 +253,20 @@ class SimConfig:
     # Mean transactions per burst (at least 5) and median duration in minutes (<= 90).
     velocity_mean_tx: float = 10.0
     velocity_median_minutes: float = 20.0
-    # Share of bursts that are card testing (tiny amounts) rather than a spending spree.
+    # Share of bursts that are card testing (0.00 and tiny amounts) rather than a spending spree.
     velocity_testing_share: float = 0.4
     velocity_night_share: float = 0.3
+
+    # --- fraud: one-off --------------------------------------------------------------------------
+    # A single fraudulent card-not-present purchase on a long-lived card (a leaked card number
+    # used once), at an ordinary hour and an amount in the card's own range: nothing but the
+    # merchant being new gives it away. Rate per card per day.
+    one_off_rate: float = 0.0004
+
+    # --- legitimate zero-amount verifications ------------------------------------------------
+    # Share of legitimate e-commerce purchases preceded by a 0.00 card verification at the same
+    # merchant (a card put on file), so that a zero amount alone is not fraud.
+    verification_share: float = 0.03
 
     # --- delayed labels (:func:`labels_for`) -----------------------------------------------------
     # Median delay, in days, between a fraudulent transaction and its label becoming known.
@@ -661,6 +687,11 @@ def _legit(rng: np.random.Generator, w: _World, rows: _Rows) -> None:
     amount[big] = w.c_scale[card[big]] * rng.lognormal(math.log(cfg.big_ticket_multiple), 0.6, int(big.sum()))
     rows.add(t, card, merchant, amount, _LEGIT)
 
+    # 0.00 verifications a few seconds to minutes before some e-commerce purchases (card on file).
+    verify = w.m_online[merchant] & (rng.random(n) < cfg.verification_share)
+    lead = rng.uniform(5.0, 300.0, int(verify.sum()))
+    rows.add(t[verify] - lead, card[verify], merchant[verify], np.zeros(int(verify.sum())), _LEGIT)
+
     # Binge sessions of small in-app purchases.
     bingers = rng.random(nc) < cfg.binge_card_share
     sess_card = np.repeat(np.arange(nc), rng.poisson(cfg.binge_sessions_per_day * cfg.days, nc) * bingers)
@@ -715,7 +746,7 @@ def _card_bursts(
     first_test = (pos == 0) & test[b]
     online_services = np.where(w.m_online & (w.m_cat == _CAT["online_services"]), w.m_pop, 0.0)
     merchant[first_test] = _draw(rng, w, online_services, np.full(int(first_test.sum()), -1))
-    amount[first_test] = rng.uniform(0.5, 3.0, int(first_test.sum()))
+    amount[first_test] = _test_amounts(rng, cfg, int(first_test.sum()))
     rows.add(t, card[b], merchant, amount, _CC)
 
 
@@ -743,14 +774,22 @@ def _compromised_merchants(
         return
     chosen = rng.choice(cfg.n_merchants, n_cm, replace=False, p=skim_w / skim_w.sum())
     lo = min(cfg.compromise_min_days, cfg.compromise_max_days)
-    length = np.minimum(rng.uniform(lo, max(lo, cfg.compromise_max_days), n_cm) * _DAY, w.horizon)
+    median = min(max(cfg.compromise_median_days, lo), max(lo, cfg.compromise_max_days))
+    days = np.clip(rng.lognormal(math.log(max(median, 1e-3)), 0.9, n_cm), lo, max(lo, cfg.compromise_max_days))
+    length = np.minimum(days * _DAY, w.horizon)
     begin = rng.random(n_cm) * (w.horizon - length)
-    share = cfg.compromised_merchant_fraud_share
-    ratio = share / (1.0 - share) if share < 1 else 1e6
+    mean_share = min(max(cfg.compromised_merchant_fraud_share, 1e-6), 1 - 1e-6)
+    share = (
+        rng.beta(4.0 * mean_share, 4.0 * (1 - mean_share), n_cm)
+        if cfg.compromised_merchant_fraud_share > 0
+        else np.zeros(n_cm)
+    )
+    ratio = share / np.maximum(1.0 - share, 1e-6)
+    cap = cfg.compromised_merchant_max_daily * rng.lognormal(0.0, 0.7, n_cm)
     skim_cards, skim_t = [], []
-    for m, t0, span in zip(chosen, begin, length, strict=True):
+    for m, t0, span, r, c in zip(chosen, begin, length, ratio, cap, strict=True):
         in_window = (legit_m == m) & (legit_t >= t0) & (legit_t < t0 + span)
-        expected = min(in_window.sum() * ratio, cfg.compromised_merchant_max_daily * span / _DAY)
+        expected = min(in_window.sum() * r, c * span / _DAY)
         n_f = int(rng.poisson(expected))
         # Cloned cards: mostly of local cardholders, some from anywhere.
         locals_ = np.flatnonzero(w.c_home == w.m_country[m])
@@ -813,8 +852,24 @@ def _velocity(rng: np.random.Generator, w: _World, rows: _Rows) -> None:
     other = rng.random(n) < 0.4
     merchant[other] = _draw(rng, w, risky_online, np.full(int(other.sum()), -1))
     spree = cfg.fraud_amount_median * 0.6 * _CAT_FRAUD_TICKET[w.m_cat[merchant]] * rng.lognormal(0.0, 0.6, n)
-    amount = np.where(testing[b], rng.uniform(0.5, 5.0, n), spree)
+    amount = np.where(testing[b], _test_amounts(rng, cfg, n), spree)
     rows.add(t, card[b], merchant, amount, _VB)
+
+
+def _test_amounts(rng: np.random.Generator, cfg: SimConfig, n: int) -> np.ndarray:
+    """Card-testing amounts: 0.00 verifications, else a few cents to two units."""
+    return np.where(rng.random(n) < cfg.zero_test_share, 0.0, np.round(rng.uniform(0.01, 2.0, n), 2))
+
+
+def _one_off(rng: np.random.Generator, w: _World, rows: _Rows) -> None:
+    cfg = w.cfg
+    card = _events(rng, w, cfg.one_off_rate)
+    n = len(card)
+    t = _local_times(rng, w, card, _random_local_day(rng, w, n), np.where(w.c_owl[card], _P_OWL, _P_DAY))
+    online = np.where(w.m_online, w.m_pop * _CAT_HABIT[w.m_cat], 0.0)
+    merchant = _draw(rng, w, online, np.where(rng.random(n) < 0.5, w.c_home[card], -1))
+    amount = w.c_scale[card] * _CAT_TICKET[w.m_cat[merchant]] * rng.lognormal(0.3, 0.6, n)
+    rows.add(t, card, merchant, amount, _OO)
 
 
 # ------------------------------------------------------------------------------------------
@@ -837,6 +892,7 @@ def generate(config: SimConfig) -> pd.DataFrame:
     _compromised_cards(rng, w, rows)
     _amount_outliers(rng, w, rows)
     _velocity(rng, w, rows)
+    _one_off(rng, w, rows)
 
     t, card, merchant, amount, kind = rows.columns()
     t_ms = np.floor(t * 1000.0).astype(np.int64)
@@ -846,9 +902,10 @@ def generate(config: SimConfig) -> pd.DataFrame:
 
     home = w.c_home[card]
     cat = w.m_cat[merchant]
+    zero = amount == 0.0  # verifications stay 0.00 in any currency; anything else is at least a cent
     amount = np.minimum(amount * _FX[home], 50_000.0)
-    amount = np.where(cat == _CASH, np.maximum(20.0, np.round(amount / 20.0) * 20.0), np.maximum(amount, 0.5))
-    amount = np.round(amount, 2)
+    amount = np.where(cat == _CASH, np.maximum(20.0, np.round(amount / 20.0) * 20.0), np.maximum(amount, 0.01))
+    amount = np.where(zero, 0.0, np.round(amount, 2))
 
     n = len(t_ms)
     start_ms = round(config.start.timestamp() * 1000)
@@ -886,7 +943,7 @@ _FRAUD_SOURCES: tuple[str, ...] = ("customer_confirmed", "investigation", "charg
 _FRAUD_SOURCE_SHARES = np.array([0.2, 0.2, 0.6])
 _CONFIRM_MEDIAN_S, _CONFIRM_SIGMA, _CONFIRM_MIN_S, _CONFIRM_MAX_S = 12 * _HOUR, 0.8, _HOUR, 2 * _DAY
 _INVESTIGATION_MIN_S, _INVESTIGATION_MAX_S = 1 * _DAY, 5 * _DAY
-_CHARGEBACK_SIGMA = 0.5
+_CHARGEBACK_SIGMA = 0.9
 _CHARGEBACK_MAX_DAYS = 120.0  # the usual card-network dispute window
 #: Mixed into the seed for the labels' random stream (the transactions use the seed alone).
 _LABEL_STREAM = 0x1ABE1
@@ -1010,12 +1067,13 @@ def expected_rows_per_card_day(config: SimConfig) -> float:
     """Expected transactions per card per day (legitimate and fraudulent) under ``config``."""
     lo, hi = config.min_daily_rate, config.max_daily_rate
     mean_rate = lo if hi == lo else (hi - lo) / math.log(hi / lo)
-    legit = mean_rate * (1.0 + config.followup_prob)
+    legit = mean_rate * (1.0 + config.followup_prob) * (1.0 + config.online_affinity * config.verification_share)
     binge = config.binge_card_share * config.binge_sessions_per_day * max(config.binge_session_mean_tx, 2.0)
     fraud = (
         config.card_compromise_rate * max(config.card_burst_mean_tx, 1.0)
         + config.amount_outlier_rate
         + config.velocity_rate * max(config.velocity_mean_tx, 5.0)
+        + config.one_off_rate
     )
     merchant_fraud = legit * config.compromised_merchant_share * 0.5 * config.compromised_merchant_fraud_share
     return legit + binge + fraud + merchant_fraud

@@ -10,10 +10,12 @@ import argparse
 import json
 import logging
 import math
+import re
 import signal
 import sys
 import time
 from collections.abc import Sequence
+from datetime import tzinfo
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,6 +47,32 @@ def _finite(value: str) -> float:
     if not math.isfinite(f):
         raise argparse.ArgumentTypeError(f"not a finite number: {value!r}")
     return f
+
+
+_DATE_ONLY = re.compile(r"^\s*\d{4}-\d{2}-\d{2}\s*$")
+
+
+def _window_end(value: str) -> pd.Timestamp:
+    """The exclusive end of a window: a bare date means its whole (UTC) day, so the end is the
+    next midnight; a timestamp is taken as given (exclusive)."""
+    ts = _timestamp(value)
+    return ts + pd.Timedelta(days=1) if _DATE_ONLY.match(value) else ts
+
+
+def _zone(value: str) -> tzinfo:
+    from model.dataset import resolve_timezone
+
+    try:
+        return resolve_timezone(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _window_text(start: pd.Timestamp | None, end: pd.Timestamp | None) -> str:
+    """The window a command resolved, as it applies it: start inclusive, end exclusive."""
+    first = start.isoformat() if start is not None else "the first row"
+    last = end.isoformat() if end is not None else "the last row (included)"
+    return f"[{first}, {last})" if end is not None else f"[{first}, {last}]"
 
 
 def _positive_float(value: str) -> float:
@@ -137,6 +165,20 @@ def cmd_broker(args: argparse.Namespace) -> int:
         broker.stop()
 
 
+def _print_data_warning(warning: str | None) -> None:
+    if warning:
+        print(f"\n{'!' * 100}\n{warning}\n{'!' * 100}\n", file=sys.stderr)
+
+
+def _metrics_line(m: dict[str, Any]) -> str:
+    def f(v: float | None, d: int = 4) -> str:
+        return "-" if v is None else f"{v:.{d}f}"
+
+    return (
+        f"AUC {f(m['auc_roc'])}  AP {f(m['average_precision'])}  card precision@100 {f(m['card_precision_at_100'], 3)}"
+    )
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from model.train import TrainOptions, train
 
@@ -150,17 +192,37 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         strict=args.strict,
         label_delay_days=args.label_delay_days,
+        gap_days=args.gap_days,
         merchant_risk=not args.without_merchant_risk,
+        select=args.select,
+        candidates=tuple(args.candidates) if args.candidates else TrainOptions.candidates,
+        folds=args.folds,
+        refit=args.refit,
+        baseline=args.baseline,
+        assume_timezone=args.assume_timezone,
     )
+    print(f"training window {_window_text(args.train_from, args.train_to)}", flush=True)
     meta = train(args.data, args.out, options)
-    m = meta["validation_metrics"]
-    print(f"model {meta['version']} written to {args.out}")
+    w, m = meta["training_window"], meta["validation_metrics"]
+    _print_data_warning(meta["data_fingerprint"]["warning"])
+    print(f"model {meta['version']} ({meta['model_type']}) written to {args.out} in {meta['train_seconds']:.1f} s")
     print(f"data: {meta['data_fingerprint']['invalid_rows']}")
     print(
-        f"validation ({meta['training_window']['validation_from']} .. {meta['training_window']['validation_to']}): "
-        f"AUC {m['auc_roc']:.4f}  AP {m['average_precision']:.4f}  "
-        f"card precision@100 {m['card_precision_at_100']:.3f}"
+        f"fit [{w['fit_from']}, {w['fit_to']}] ({w['fit_rows']} rows), gap {w['gap_days']:.2f} days, "
+        f"validation [{w['validation_from']}, {w['validation_to']}] ({w['validation_rows']} rows); "
+        f"the model was fitted on {w['model_fitted_on_rows']} rows"
     )
+    print(f"validation, all rows:       {_metrics_line(m)}")
+    print(f"validation, delay protocol: {_metrics_line(m['protocol'])}")
+    if meta.get("baseline"):
+        print(f"textbook random forest, all rows:       {_metrics_line(meta['baseline'])}")
+        print(f"textbook random forest, delay protocol: {_metrics_line(meta['baseline']['protocol'])}")
+    if meta.get("selection"):
+        sel = meta["selection"]
+        print(f"selection ({len(sel['folds'])} folds, gap {sel['gap_days']:.2f} days; {sel['criterion']}):")
+        for name, r in sel["candidates"].items():
+            cells = "  ".join(f"{k} {v['mean']:.4f} ± {v['std']:.4f}" for k, v in r.items() if v["mean"] is not None)
+            print(f"  {'*' if name == sel['chosen'] else ' '} {name:<7} {cells}")
     print(f"thresholds: review >= {meta['thresholds']['review']:.4f}, block >= {meta['thresholds']['block']:.4f}")
     for note in meta["threshold_targets"]["notes"]:
         print(f"note: {note}")
@@ -168,14 +230,25 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from model.evaluate import evaluate
+    from model.evaluate import EvaluateOptions, evaluate, format_report
 
-    report = evaluate(args.model, args.data, args.start, args.end, args.report, args.scores, args.baseline)
-    keys = ("model_version", "n_transactions", "n_fraud", "auc_roc", "average_precision", "card_precision_at_100")
-    summary = {k: report[k] for k in (*keys, "decision_counts")}
-    if "baseline" in report:
-        summary["baseline"] = {k: report["baseline"][k] for k in (*keys, "disabled_features")}
-    print(json.dumps(summary, indent=2))
+    options = EvaluateOptions(
+        start=args.start,
+        end=args.end,
+        gap_days=args.gap_days,
+        k=args.k,
+        baseline=args.baseline,
+        compare_dir=args.compare,
+        report_path=args.report,
+        scores_path=args.scores,
+        assume_timezone=args.assume_timezone,
+    )
+    report = evaluate(args.model, args.data, options)
+    _print_data_warning(report["data"]["warning"])
+    print(f"model {report['model_version']} ({report['model_type']})")
+    print(format_report(report, args.k))
+    if args.report is not None:
+        print(f"report written to {args.report}")
     return 0
 
 
@@ -183,6 +256,7 @@ def cmd_quality(args: argparse.Namespace) -> int:
     from streaming.quality import format_quality, read_quality
     from streaming.settings import KafkaSettings
 
+    print(f"decisions with event time in {_window_text(args.start, args.end)}", flush=True)
     start_ms = None if args.start is None else args.start.value // 1_000_000
     end_ms = None if args.end is None else args.end.value // 1_000_000
     report = read_quality(_settings(KafkaSettings), start_ms, end_ms, timeout_s=args.timeout)
@@ -379,22 +453,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=9092, help="port to listen on (default %(default)s)")
     p.set_defaults(func=cmd_broker)
 
-    p = sub.add_parser("train", help="train a model from a labelled CSV and write a versioned artifact")
+    window_dates = (
+        "A bare date (2026-02-24) means that whole UTC day: as an end it is included; a timestamp "
+        "(2026-02-24T12:00:00+01:00) is taken as given, start inclusive, end exclusive."
+    )
+    p = sub.add_parser(
+        "train",
+        help="train a model from a labelled CSV and write a versioned artifact",
+        description="Fit on the start of the training window, leave a delay gap, validate (and set thresholds) on "
+        "its latest stretch. " + window_dates,
+    )
     p.add_argument("--data", type=Path, required=True, help="labelled CSV (see the CSV contract in the README)")
     p.add_argument("--out", type=Path, required=True, help="artifact directory to write")
     p.add_argument("--train-from", type=_timestamp, help="first day trained on; earlier rows are history only")
-    p.add_argument("--train-to", type=_timestamp, help="end of the training window (exclusive)")
+    p.add_argument("--train-to", type=_window_end, help="last day trained on (a date is included whole)")
     p.add_argument(
         "--model",
-        choices=("hgb", "logreg"),
+        choices=("hgb", "rf", "et", "logreg"),
         default="hgb",
-        help="gradient-boosted trees (default) or logistic regression",
+        help="gradient-boosted trees (default), random forest, extra trees or logistic regression",
+    )
+    p.add_argument(
+        "--select",
+        action="store_true",
+        help="choose the estimator by prequential validation (--folds windows shifted back in time, each after a "
+        "delay gap; mean ± std), then refit it on the whole window; several fits per candidate, so much slower",
+    )
+    p.add_argument(
+        "--candidates",
+        nargs="+",
+        choices=("hgb", "rf", "et", "logreg"),
+        help="estimators --select compares (default: all four)",
+    )
+    p.add_argument(
+        "--folds", type=_positive_int, default=3, help="validation windows of --select (default %(default)s)"
+    )
+    p.add_argument(
+        "--refit",
+        action="store_true",
+        help="after validation, refit on the whole window (thresholds stay the validation's; --select always "
+        "does): the model then learns the latest days too, at the cost of a second fit",
     )
     p.add_argument(
         "--validation-fraction",
         type=_share,
         default=0.2,
-        help="latest share of the window held out for validation and thresholds (default %(default)s)",
+        help="length of a validation window, as a share of the training window's span (default %(default)s)",
+    )
+    p.add_argument(
+        "--gap-days",
+        type=_non_negative_float,
+        help="days left out between fitting and validation (default: --label-delay-days; shortened on a window too "
+        "short to keep half of it for fitting)",
+    )
+    p.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also fit the textbook random forest (15 standard features) on the same split and report it",
     )
     p.add_argument(
         "--block-precision",
@@ -411,6 +526,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7, help="random seed of the estimator (default %(default)s)")
     p.add_argument("--strict", action="store_true", help="refuse the CSV if any row is invalid")
     p.add_argument(
+        "--assume-timezone",
+        type=_zone,
+        metavar="ZONE",
+        help="read CSV timestamps without a zone as wall-clock time in ZONE (Europe/Paris, UTC, +02:00)",
+    )
+    p.add_argument(
         "--label-delay-days",
         type=_non_negative_float,
         default=7.0,
@@ -419,29 +540,64 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--without-merchant-risk",
         action="store_true",
-        help="train without the merchant risk and known-fraud features (a baseline for `evaluate --baseline`)",
+        help="train without the merchant risk and known-fraud features (a model to pass to `evaluate --compare`)",
     )
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="score a labelled CSV over a time range and report metrics")
+    p = sub.add_parser(
+        "evaluate",
+        help="score a labelled CSV over a time range: plain metrics and the delay protocol",
+        description="Scores the range with every earlier row as history. Beside the plain metrics, the delay "
+        "protocol: the range starts a gap after training, each day leaves out cards already known to be "
+        "compromised (fraud in training, or labelled before that day), and card precision@k is counted per day "
+        "with the cards found on earlier days removed. " + window_dates,
+    )
     p.add_argument("--model", type=Path, required=True, help="artifact directory written by `fraud train`")
     p.add_argument("--data", type=Path, required=True, help="labelled CSV")
-    p.add_argument("--from", dest="start", type=_timestamp, help="first timestamp evaluated (inclusive)")
-    p.add_argument("--to", dest="end", type=_timestamp, help="end of the range (exclusive)")
+    p.add_argument(
+        "--from",
+        dest="start",
+        type=_timestamp,
+        help="first day evaluated (default: the end of training plus the gap, at the next UTC midnight)",
+    )
+    p.add_argument("--to", dest="end", type=_window_end, help="last day evaluated (a date is included whole)")
+    p.add_argument(
+        "--gap-days",
+        type=_non_negative_float,
+        help="delay gap between training and test (default: the model's label delay); sets the default --from",
+    )
+    p.add_argument(
+        "--k", type=_positive_int, default=100, help="cards investigated per day for card precision@k (default 100)"
+    )
+    p.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also fit the textbook random forest (15 standard features) on the model's training window and "
+        "report it on the same rows",
+    )
+    p.add_argument(
+        "--compare",
+        type=Path,
+        metavar="DIR",
+        help="a second artifact (e.g. trained --without-merchant-risk) reported on the same rows under 'compare'",
+    )
     p.add_argument("--report", type=Path, help="write the metrics JSON here")
     p.add_argument("--scores", type=Path, help="write transaction_id,score,decision CSV here")
     p.add_argument(
-        "--baseline",
-        type=Path,
-        help="a second artifact (e.g. trained --without-merchant-risk) reported on the same rows under 'baseline'",
+        "--assume-timezone",
+        type=_zone,
+        metavar="ZONE",
+        help="read CSV timestamps without a zone as wall-clock time in ZONE (Europe/Paris, UTC, +02:00)",
     )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
-        "quality", help="precision/recall per model version and threshold: decisions joined to labels from the topics"
+        "quality",
+        help="precision/recall per model version and threshold: decisions joined to labels from the topics",
+        description=window_dates,
     )
     p.add_argument("--from", dest="start", type=_timestamp, help="first decision event time included (inclusive)")
-    p.add_argument("--to", dest="end", type=_timestamp, help="end of the decisions' event-time range (exclusive)")
+    p.add_argument("--to", dest="end", type=_window_end, help="last day of decisions (a date is included whole)")
     p.add_argument("--json", type=Path, help="also write the report as JSON here")
     p.add_argument(
         "--timeout", type=_positive_float, default=30.0, help="seconds to reach the topics' ends (default %(default)s)"

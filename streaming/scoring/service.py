@@ -72,6 +72,7 @@ class ScoringService:
         exclude_scored: bool = False,
         scored_at: datetime | None = None,
         queries: Columns | None = None,
+        history: Columns | None = None,
     ) -> Scored:
         """Decide ``txs`` against ``states`` (their cards' stored states; missing or None: none).
 
@@ -81,12 +82,14 @@ class ScoringService:
         ``exclude_scored``: leave the scored transactions out of the stored history, for a
         transaction the stream may have stored already (``/predict`` then answers what the stream
         answered instead of counting it twice). ``queries``: ``txs`` as canonical columns, when
-        the caller built them already.
+        the caller built them already; ``history``: ``history_frame(states, new_rows)``, likewise
+        (with its ids if ``exclude_scored``).
         """
         scorer = self.holder.scorer
         if queries is None:
             queries = frame_from_transactions(txs)
-        history = history_frame(states, new_rows, with_ids=exclude_scored)
+        if history is None:
+            history = history_frame(states, new_rows, with_ids=exclude_scored)
         if exclude_scored:
             keep = ~np.isin(history["transaction_id"], queries["transaction_id"])
             history = {name: values[keep] for name, values in history.items()}

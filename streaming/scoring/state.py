@@ -1,5 +1,6 @@
 """Per-card state as the worker stores it: the last 30 days (plus grace) of transactions, and
-the card's confirmed fraud labels.
+the card's confirmed fraud labels (those known in the last 30 days, plus grace, once it has
+transactions).
 
 A card's value in the table is a JSON object of parallel lists, sorted by time, plus ``lab``:
 ``[transaction_id, merchant_id, tx_day, available_ms]`` per fraud label. Merging is idempotent
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from model.features import FRAUD_LABEL_COLUMNS, HISTORY_COLUMNS, HISTORY_SPAN_MS, strings
+from model.features import CARD_LABEL_SPAN_MS, FRAUD_LABEL_COLUMNS, HISTORY_COLUMNS, HISTORY_SPAN_MS, strings
 
 log = logging.getLogger(__name__)
 
@@ -178,14 +179,15 @@ def merge(
     """Add ``(transaction_id, ts_ms, amount, merchant_id)`` rows; keep what features can still use.
 
     Entries older than the card's newest timestamp minus the longest window (and the grace for
-    late events) are dropped: no in-order transaction can see them any more. ``max_entries``
+    late events) are dropped: no in-order transaction can see them any more; so are fraud labels
+    that became known longer ago than the card's label features reach. ``max_entries``
     keeps only the newest entries of a card busier than that (the whole state is one changelog
     record, which must stay well under the broker's message size limit). Rows whose id is
     stored already, or came earlier in ``rows``, are left out; ``fresh=True`` says the caller
     made sure there are none (for a busy card, that check costs more than the rest).
     """
     state = state or empty_state()
-    labels = list(state.get("lab", []))
+    labels = state.get("lab", [])
     ids, ts, amt, mer = state["ids"], state["ts"], state["amt"], state["mer"]
     new: list[tuple[str, int, float, str]] = []
     known = None if fresh else set(ids)
@@ -213,7 +215,10 @@ def merge(
             amt.insert(at, amount)
             mer.insert(at, merchant)
     if not ids:
-        return {**empty_state(), "lab": labels}
+        return {**empty_state(), "lab": list(labels)}
+    # Labels known longer ago than any in-order transaction's label windows reach go too.
+    label_horizon = ts[-1] - CARD_LABEL_SPAN_MS - grace_ms
+    labels = [lab for lab in labels if lab[3] >= label_horizon]
     start = bisect_left(ts, ts[-1] - HISTORY_SPAN_MS - grace_ms)
     if max_entries is not None:
         start = max(start, len(ids) - max_entries)

@@ -31,7 +31,7 @@ from typing import Any, NoReturn, Protocol, TypeVar
 import numpy as np
 import orjson
 
-from model.features import DAY_MS, MERCHANT_SPAN_DAYS, epoch_ms, frame_from_transactions
+from model.features import DAY_MS, MERCHANT_SPAN_DAYS, epoch_ms, first_at_merchant, frame_from_transactions
 from model.schemas import Label, Transaction, decision_json
 from model.scoring import utcnow
 from streaming.fatal import Exit, exit_now, stop_uncommitted
@@ -47,6 +47,7 @@ from streaming.scoring.state import (
     CardState,
     changelog_key,
     decode_state,
+    history_frame,
     merge,
     with_fraud_label,
     without_fraud_label,
@@ -158,20 +159,23 @@ class BatchScorer:
             seen: set[str] = set()
             fresh: list[HistoryRow] = []
             first_time = []
-            for tx, p, ts in zip(txs, partitions, queries["ts_ms"].tolist(), strict=True):
+            for i, (tx, p, ts) in enumerate(zip(txs, partitions, queries["ts_ms"].tolist(), strict=True)):
                 tid = tx.transaction_id
                 # A scan of the card's stored ids (in C) costs less than a set of them, for the
                 # one or two transactions a card has in a batch.
                 if tid not in seen and tid not in (states.get(tx.card_id) or _NO_IDS)["ids"]:
                     fresh.append((tid, tx.card_id, tx.merchant_id, ts, tx.amount))
-                    first_time.append((tx.merchant_id, ts // DAY_MS, p))
+                    first_time.append((i, tx.merchant_id, ts // DAY_MS, p))
                 seen.add(tid)
+            history = history_frame(states, fresh, with_ids=False)
             # Merchant activity first: the merchant windows end days before each transaction's
-            # own day, so counting the whole batch up front is what the batch path sees too.
-            risk_records = self.risk.increment(first_time)
+            # own day, so counting the whole batch up front is what the batch path sees too. A
+            # transaction is flagged new at its merchant before it is counted.
+            new = first_at_merchant(queries, history)
+            risk_records = self.risk.increment([(m, day, p, bool(new[i])) for i, m, day, p in first_time])
             newest = int(queries["ts_ms"].max())
             self.newest_ms = newest if self.newest_ms is None else max(self.newest_ms, newest)
-            scored = self.service.score(txs, states, new_rows=fresh, queries=queries)
+            scored = self.service.score(txs, states, new_rows=fresh, queries=queries, history=history)
             rows: dict[str, list[tuple[str, int, float, str]]] = {}
             for tid, card, merchant, ts, amount in fresh:
                 rows.setdefault(card, []).append((tid, ts, amount, merchant))

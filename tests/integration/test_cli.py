@@ -74,38 +74,58 @@ def test_produce_to_kafka_and_replay_a_csv_in_time_order(bootstrap_servers: str,
 def test_train_and_evaluate_commands(tmp_path: Path, train_frame: pd.DataFrame) -> None:
     csv = tmp_path / "train.csv"
     bad = train_frame.iloc[:3].assign(amount=-1.0, transaction_id=["bad-1", "bad-2", "bad-3"])
-    pd.concat([train_frame, bad]).to_csv(csv, index=False)
-    out = fraud("train", "--data", str(csv), "--out", str(tmp_path / "m"), "--train-from", "2026-01-05")
+    # Ids with inner spaces and 0.00 verifications are valid rows.
+    named = train_frame.iloc[3:6].assign(
+        merchant_id="Joe's Pizza & Grill", amount=0.0, transaction_id=["named 1", "named 2", "named 3"]
+    )
+    pd.concat([train_frame, bad, named]).to_csv(csv, index=False)
+    out = fraud(
+        "train", "--data", str(csv), "--out", str(tmp_path / "m"), "--train-from", "2026-01-02",
+        "--train-to", "2026-01-14",
+    )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "bad_amount" in out.stdout  # invalid rows are reported, not silently dropped
+    assert "training window [2026-01-02T00:00:00+00:00, 2026-01-15T00:00:00+00:00)" in out.stdout
+    assert "delay protocol" in out.stdout
+    assert "EXCLUDED" not in out.stderr  # 3 bad rows of ~15,000: no loud warning
     meta = load_artifact(tmp_path / "m").metadata
-    assert meta["training_window"]["fit_from"] >= "2026-01-05"
+    assert meta["training_window"]["fit_from"] >= "2026-01-02"
+    assert meta["training_window"]["train_end"] == "2026-01-15T00:00:00+00:00"  # the whole 14th trained on
+    assert meta["data_fingerprint"]["invalid_rows"]["invalid_rows"] == 3
 
     report, scores = tmp_path / "report.json", tmp_path / "scores.csv"
     out = fraud(
-        "evaluate", "--model", str(tmp_path / "m"), "--data", str(csv), "--from", "2026-01-15", "--to", "2026-01-20",
+        "evaluate", "--model", str(tmp_path / "m"), "--data", str(csv), "--to", "2026-01-20", "--gap-days", "3",
+        "--baseline",
         "--report", str(report), "--scores", str(scores),
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     body = json.loads(report.read_text())
-    assert {"auc_roc", "average_precision", "card_precision_at_100", "at_threshold"} <= set(body)
+    assert {"auc_roc", "average_precision", "card_precision_at_100", "at_threshold", "protocol"} <= set(body)
+    # No --from: the range starts the gap after training; --to 2026-01-20 includes that day.
+    assert body["range"]["from"] == "2026-01-18T00:00:00+00:00"
+    assert body["range"]["to"] == "2026-01-21T00:00:00+00:00"
+    assert body["baseline"]["model"] == "random_forest_textbook"
+    for line in ("model (all rows)", "model (protocol)", "textbook random forest (all rows)"):
+        assert line in out.stdout
     table = pd.read_csv(scores)
     assert list(table.columns) == ["transaction_id", "score", "decision"]
     assert len(table) == body["n_transactions"] > 0
 
-    # A baseline without the merchant risk features, reported beside the model on the same rows.
+    # A second artifact without the merchant risk features, reported beside the model on the same rows.
     out = fraud("train", "--data", str(csv), "--out", str(tmp_path / "base"), "--without-merchant-risk")
     assert out.returncode == 0, out.stderr
     out = fraud(
         "evaluate", "--model", str(tmp_path / "m"), "--data", str(csv), "--from", "2026-01-15",
-        "--baseline", str(tmp_path / "base"), "--report", str(report),
+        "--compare", str(tmp_path / "base"), "--report", str(report),
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     body = json.loads(report.read_text())
     assert body["disabled_features"] == []
-    assert "merchant_fraud_rate_7d" in body["baseline"]["disabled_features"]
-    assert body["baseline"]["n_transactions"] == body["n_transactions"]
-    assert body["baseline"]["model_version"] != body["model_version"]
+    assert "merchant_fraud_rate_7d" in body["compare"]["disabled_features"]
+    assert body["compare"]["n_transactions"] == body["n_transactions"]
+    assert body["compare"]["model_version"] != body["model_version"]
+    assert "less than the gap" in out.stdout  # --from right where training ended: the note says so
 
     missing = tmp_path / "missing.csv"
     train_frame.drop(columns=["amount"]).to_csv(missing, index=False)
@@ -177,6 +197,29 @@ def test_a_failure_raised_on_purpose_is_one_line_with_status_1(tmp_path: Path) -
     assert out.stderr.startswith(f"fraud evaluate: {tmp_path / 'no-model'}") and out.stderr.count("\n") == 1
 
 
+def test_zone_less_csv_needs_assume_timezone_and_exclusions_are_loud(tmp_path: Path, train_frame: pd.DataFrame) -> None:
+    naive = train_frame.assign(timestamp=train_frame["timestamp"].str.slice(0, 26))  # the offset cut off
+    csv = tmp_path / "naive.csv"
+    naive.to_csv(csv, index=False)
+    out = fraud("train", "--data", str(csv), "--out", str(tmp_path / "m"))
+    assert out.returncode == 2 and "no valid rows" in out.stderr and "timestamp_without_zone" in out.stderr
+    out = fraud("train", "--data", str(csv), "--out", str(tmp_path / "m"), "--assume-timezone", "Europe/Paris")
+    assert out.returncode == 0, out.stderr
+    # Two thirds of the rows with a padded merchant id: excluded, and said loudly.
+    padded = train_frame.copy()
+    padded.loc[padded.index % 3 != 0, "merchant_id"] = " " + padded["merchant_id"]
+    padded.to_csv(csv, index=False)
+    out = fraud("train", "--data", str(csv), "--out", str(tmp_path / "p"), "--gap-days", "0")
+    assert out.returncode == 0, out.stderr
+    assert (
+        "WARNING: 66.7% of the rows" in out.stderr
+        and "EXCLUDED" in out.stderr
+        and "merchant_id_surrounding_whitespace" in out.stderr
+    )
+    out = fraud("train", "--data", str(csv), "--out", str(tmp_path / "q"), "--assume-timezone", "Mars/Olympus")
+    assert out.returncode == 2 and "unknown time zone" in out.stderr
+
+
 def test_demo_runs_end_to_end_and_cleans_up(model_dir: Path, tmp_path: Path) -> None:
     out = fraud(
         "demo", "--count", "1200", "--rate", "400", "--model-dir", str(model_dir), "--workdir", str(tmp_path),
@@ -204,3 +247,13 @@ def processes_writing_under(root: Path) -> list[int]:
         except OSError:
             continue
     return pids
+
+
+def test_window_ends_a_bare_date_includes_its_day_a_timestamp_is_exclusive() -> None:
+    from streaming.cli import _window_end, build_parser
+
+    assert _window_end("2026-02-24") == pd.Timestamp("2026-02-25T00:00:00Z")
+    assert _window_end("2026-02-24T12:00:00+01:00") == pd.Timestamp("2026-02-24T11:00:00Z")
+    assert _window_end("2026-02-24T00:00:00") == pd.Timestamp("2026-02-24T00:00:00Z")  # a timestamp, as given
+    args = build_parser().parse_args(["quality", "--from", "2026-02-01", "--to", "2026-02-01"])
+    assert (args.start, args.end) == (pd.Timestamp("2026-02-01T00:00:00Z"), pd.Timestamp("2026-02-02T00:00:00Z"))

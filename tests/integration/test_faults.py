@@ -194,7 +194,7 @@ def fuzzed_bad_messages(base: dict, count: int, seed: int = 7) -> list[tuple[byt
     out: list[tuple[bytes | None, bytes, str | None]] = []
     invalid_values: list[tuple[str, object]] = [
         ("amount", -1.5),
-        ("amount", 0),
+        ("amount", -0.01),  # 0.00 is a valid card verification
         ("amount", "12.00"),
         ("amount", 1e12),
         ("amount", None),
@@ -206,6 +206,7 @@ def fuzzed_bad_messages(base: dict, count: int, seed: int = 7) -> list[tuple[byt
         ("country", "FRA"),
         ("card_id", ""),
         ("merchant_id", "m" * 200),
+        ("merchant_id", " Joe's Pizza"),  # inner spaces are fine, surrounding ones are not
         ("merchant_category", ["grocery"]),
     ]
     for n in range(count):

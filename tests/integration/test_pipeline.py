@@ -188,8 +188,8 @@ def test_stream_matches_batch_features_and_scores(stack: Stack, traffic_frame: p
     # The history, merchant and label features really were exercised, not all zero.
     assert stream_features[:, FEATURE_NAMES.index("card_tx_count_7d")].max() > 3
     assert stream_features[:, FEATURE_NAMES.index("merchant_tx_count_7d")].max() > 3
-    assert stream_features[:, FEATURE_NAMES.index("merchant_fraud_rate_7d")].max() > 0
-    assert stream_features[:, FEATURE_NAMES.index("card_known_fraud")].max() == 1
+    assert stream_features[:, FEATURE_NAMES.index("merchant_known_frauds_7d")].max() > 0
+    assert stream_features[:, FEATURE_NAMES.index("card_known_frauds_7d")].max() >= 1
     # Live quality: every label joined its decision (labels came first and waited).
     version = scorer.version
     deadline = time.monotonic() + 20
@@ -242,7 +242,7 @@ def test_predict_over_http_matches_the_stream(stack: Stack, traffic_frame: pd.Da
         assert body["score"] == pytest.approx(got[row["transaction_id"]]["score"], abs=1e-12)
         assert body["decision"] == got[row["transaction_id"]]["decision"]
 
-    bad = httpx.post(url, json={**orjson.loads(wire_value(sample.iloc[0].to_dict())), "amount": 0})
+    bad = httpx.post(url, json={**orjson.loads(wire_value(sample.iloc[0].to_dict())), "amount": -1})
     assert bad.status_code == 422
     assert any(err["loc"][-1] == "amount" for err in bad.json()["detail"])
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from model.dataset import REQUIRED_COLUMNS, DatasetError, load_csv, select_window
+from model.dataset import REQUIRED_COLUMNS, DatasetError, load_csv, resolve_timezone, select_window
 from model.errors import FraudStreamError, UserInputError
 from model.features import CANONICAL_COLUMNS
 
@@ -88,10 +88,10 @@ INVALID = [
     (row(tid="e1", card=""), "empty_card_id"),
     (row(tid="e2", merchant="  "), "empty_merchant_id"),
     (row(tid="b1", ts="yesterday"), "bad_timestamp"),
-    (row(tid="b2", ts="2026-01-01T10:00:00"), "bad_timestamp"),  # no zone
+    (row(tid="b2", ts="2026-01-01T10:00:00"), "timestamp_without_zone"),
     (row(tid="b3", ts="2026-02-30T10:00:00Z"), "bad_timestamp"),
     (row(tid="b4", ts=""), "bad_timestamp"),
-    (row(tid="a1", amount="0"), "bad_amount"),
+    (row(tid="a1", amount="-0.01"), "bad_amount"),
     (row(tid="a2", amount="-1"), "bad_amount"),
     (row(tid="a3", amount="nan"), "bad_amount"),
     (row(tid="a4", amount="inf"), "bad_amount"),
@@ -153,7 +153,7 @@ def test_duplicate_of_an_invalid_row_is_kept(tmp_path: Path) -> None:
 
 
 def test_strict_refuses_any_invalid_row(tmp_path: Path) -> None:
-    path = write(tmp_path / "x.csv", HEADER, [row(tid="ok"), row(tid="bad", amount="0")])
+    path = write(tmp_path / "x.csv", HEADER, [row(tid="ok"), row(tid="bad", amount="-1")])
     assert load_csv(path).invalid.count == 1
     with pytest.raises(DatasetError, match="bad_amount: 1 \\(lines 3\\)"):
         load_csv(path, strict=True)
@@ -162,7 +162,7 @@ def test_strict_refuses_any_invalid_row(tmp_path: Path) -> None:
 
 
 def test_no_valid_rows_is_an_error(tmp_path: Path) -> None:
-    path = write(tmp_path / "x.csv", HEADER, [row(tid="a", amount="0"), row(tid="b", ts="x")])
+    path = write(tmp_path / "x.csv", HEADER, [row(tid="a", amount="-1"), row(tid="b", ts="x")])
     with pytest.raises(DatasetError, match="no valid rows"):
         load_csv(path)
 
@@ -235,3 +235,131 @@ def test_select_window_is_half_open(tmp_path: Path) -> None:
     assert frame.loc[
         select_window(frame, None, pd.Timestamp("2026-01-01T06:30:00+05:30")), "transaction_id"
     ].tolist() == ["t0"]
+
+
+# --- zero amounts, ids with spaces, time zones, loud exclusion ------------------------------------
+
+
+def test_zero_amount_is_a_valid_row(tmp_path: Path) -> None:
+    # A 0.00 card verification is real traffic; negative amounts stay errors.
+    rows = [row(tid="verify", amount="0.00"), row(tid="zero", amount="0"), row(tid="neg", amount="-0.01")]
+    ds = load_csv(write(tmp_path / "x.csv", HEADER, rows))
+    assert ds.frame["transaction_id"].tolist() == ["verify", "zero"]
+    assert ds.frame["amount"].tolist() == [0.0, 0.0]
+    assert ds.invalid.by_reason == {"bad_amount": 1}
+
+
+ID_CASES = [
+    # (merchant id as written, CSV reason or None when valid)
+    ("Joe's Pizza & Grill", None),
+    ("fraud_Rippin, Kub and Mann", None),  # a comma: the CSV writer quotes it
+    ("Café Zoë  Paris", None),  # non-ASCII letters, two inner spaces
+    ("東京 駅", None),
+    (" m1", "merchant_id_surrounding_whitespace"),
+    ("m1 ", "merchant_id_surrounding_whitespace"),
+    ("\tm1", "merchant_id_surrounding_whitespace"),
+    ("   ", "empty_merchant_id"),
+    ("m\u00a01", "bad_merchant_id"),  # a no-break space is not an inner space
+    ("m\u200b1", "bad_merchant_id"),  # zero-width space (a format character)
+    ("m\x071", "bad_merchant_id"),  # a control character
+    ("m" * 129, "bad_merchant_id"),
+    ("m" * 128, None),
+]
+
+
+def test_ids_with_inner_spaces_are_accepted_and_surrounding_whitespace_refused(tmp_path: Path) -> None:
+    rows = [row(tid=f"t{i}", merchant=merchant) for i, (merchant, _) in enumerate(ID_CASES)]
+    rows.append(row(tid=" padded", card="c 1"))  # the card id is fine, the transaction id is not
+    ds = load_csv(write(tmp_path / "x.csv", HEADER, rows))
+    expected: dict[str, int] = {"transaction_id_surrounding_whitespace": 1}
+    for _, reason in ID_CASES:
+        if reason:
+            expected[reason] = expected.get(reason, 0) + 1
+    assert ds.invalid.by_reason == expected
+    kept = [merchant for merchant, reason in ID_CASES if reason is None]
+    assert ds.frame["merchant_id"].tolist() == kept  # as written, never trimmed
+
+
+def test_csv_id_rule_is_the_wire_rule(tmp_path: Path) -> None:
+    # The loader's vectorised check and the pydantic pattern must agree on every case.
+    from pydantic import ValidationError
+
+    from model.schemas import Transaction
+
+    base = {"transaction_id": "t", "timestamp": "2026-01-01T00:00:00Z", "card_id": "c", "amount": 1.0}
+    for merchant, reason in ID_CASES:
+        try:
+            Transaction.model_validate({**base, "merchant_id": merchant, "currency": "EUR"})
+            accepted = True
+        except ValidationError:
+            accepted = False
+        assert accepted == (reason is None), repr(merchant)
+
+
+def test_naive_timestamps_are_refused_with_a_hint_unless_a_zone_is_assumed(tmp_path: Path) -> None:
+    rows = [
+        row(tid="winter", ts="2026-01-15T10:00:00"),
+        row(tid="summer", ts="2026-07-15T10:00:00.250"),
+        row(tid="zoned", ts="2026-07-15T10:00:00+09:00"),  # its own zone wins
+        row(tid="gap", ts="2026-03-29T02:30:00"),  # Paris skips 02:00-03:00 that night
+        row(tid="fold", ts="2026-10-25T02:30:00"),  # ... and repeats it in October
+    ]
+    path = write(tmp_path / "x.csv", HEADER, rows)
+    plain = load_csv(path)
+    assert plain.invalid.by_reason == {"timestamp_without_zone": 4}
+    warning = plain.invalid.loud_warning(path)
+    assert warning is not None and "--assume-timezone" in warning
+
+    ds = load_csv(path, assume_timezone=resolve_timezone("Europe/Paris"))
+    assert ds.invalid.by_reason == {"ambiguous_local_time": 2}
+    assert ds.invalid.examples == {"ambiguous_local_time": [5, 6]}
+    f = ds.frame.set_index("transaction_id")
+    assert f.loc["winter", "ts_ms"] == pd.Timestamp("2026-01-15T09:00:00Z").value // 1_000_000
+    assert f.loc["summer", "ts_ms"] == pd.Timestamp("2026-07-15T08:00:00.250Z").value // 1_000_000
+    assert f.loc["zoned", "ts_ms"] == pd.Timestamp("2026-07-15T01:00:00Z").value // 1_000_000
+    # The local hour the features read is the wall clock as written.
+    assert f["utc_offset_min"].to_dict() == {"winter": 60, "zoned": 540, "summer": 120}
+
+    fixed = load_csv(path, assume_timezone=resolve_timezone("-05:00"))
+    assert fixed.invalid.count == 0
+    assert set(fixed.frame["utc_offset_min"]) == {-300, 540}
+
+
+def test_labelled_at_without_zone_follows_the_assumed_zone(tmp_path: Path) -> None:
+    header = [*HEADER, "labelled_at"]
+    rows = [
+        [*row(tid="a", ts="2026-01-15T10:00:00", fraud="1"), "2026-01-20T10:00:00"],
+        [*row(tid="b", ts="2026-01-15T10:00:00+01:00", fraud="1"), "2026-01-15T09:30:00"],  # before the tx
+        [*row(tid="c", ts="2026-01-15T10:00:00+01:00"), ""],
+    ]
+    path = write(tmp_path / "x.csv", header, rows)
+    assert load_csv(path).invalid.by_reason == {"timestamp_without_zone": 1, "bad_labelled_at": 1}
+    ds = load_csv(path, assume_timezone=resolve_timezone("Europe/Paris"))
+    assert ds.invalid.by_reason == {"bad_labelled_at": 1}
+    assert ds.frame["labelled_ms"].tolist() == [pd.Timestamp("2026-01-20T09:00:00Z").value // 1_000_000, -1]
+
+
+@pytest.mark.parametrize(
+    ("name", "offset_min"), [("UTC", 0), ("+02:00", 120), ("-0530", -330), ("UTC+3", 180), ("Asia/Kolkata", 330)]
+)
+def test_resolve_timezone(name: str, offset_min: int) -> None:
+    zone = resolve_timezone(name)
+    assert pd.Timestamp("2026-01-15T12:00:00").tz_localize(zone).utcoffset() == pd.Timedelta(minutes=offset_min)
+
+
+@pytest.mark.parametrize("name", ["Mars/Olympus", "+25:00", "", "10:00"])
+def test_unknown_timezone_is_an_error(name: str) -> None:
+    with pytest.raises(ValueError, match="time zone|offset"):
+        resolve_timezone(name)
+
+
+def test_loud_warning_above_one_percent(tmp_path: Path) -> None:
+    good = [row(tid=f"t{i}") for i in range(199)]
+    two_bad = write(tmp_path / "two.csv", HEADER, [*good, row(tid="x1", merchant=" m"), row(tid="x2", amount="-1")])
+    one_bad = write(tmp_path / "one.csv", HEADER, [*good, row(tid="x1", merchant=" m")])
+    assert load_csv(one_bad).invalid.loud_warning(one_bad) is None  # 1 of 200 is 0.5%
+    warning = load_csv(two_bad).invalid.loud_warning(two_bad)  # 2 of 201 is 1.0%: not above
+    assert warning is None
+    three_bad = write(tmp_path / "three.csv", HEADER, [*good, *(row(tid=f"x{i}", amount="-1") for i in range(3))])
+    warning = load_csv(three_bad).invalid.loud_warning(three_bad)
+    assert warning is not None and "1.5%" in warning and "bad_amount: 3" in warning and str(three_bad) in warning

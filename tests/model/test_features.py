@@ -16,10 +16,15 @@ import pytest
 from model.dataset import load_csv
 from model.features import (
     CANONICAL_COLUMNS,
+    DEFAULT_LABEL_DELAY_DAYS,
     FEATURE_NAMES,
     HISTORY_COLUMNS,
     HISTORY_SPAN_MS,
-    MERCHANT_DELAY_DAYS,
+    KNOWN_FRAUD_WINDOWS_DAYS,
+    LABELLED_WINDOWS_DAYS,
+    MAX_LABEL_DELAY_DAYS,
+    MERCHANT_RISK_FEATURES,
+    MERCHANT_SPAN_DAYS,
     MERCHANT_WINDOWS_DAYS,
     SMALL_FACTORIZE,
     RiskContext,
@@ -27,6 +32,7 @@ from model.features import (
     factorize,
     frame_from_transactions,
     history_from_frame,
+    label_horizon_days,
     risk_context_from_frame,
     strings,
 )
@@ -93,28 +99,57 @@ class FraudLabel:
     available_ms: int
 
 
-def reference_risk(q: Row, activity: list[Row], labels: list[FraudLabel] | None) -> dict[str, float]:
+def reference_risk(
+    q: Row, activity: list[Row], labels: list[FraudLabel] | None, delay_days: int = DEFAULT_LABEL_DELAY_DAYS
+) -> dict[str, float]:
+    """Merchant and label features of ``q``; ``labels=None``: no context (nothing known)."""
     f: dict[str, float] = {}
     day = q.ts_ms // DAY
-    for w, width in MERCHANT_WINDOWS_DAYS.items():
-        days = range(day - MERCHANT_DELAY_DAYS - width, day - MERCHANT_DELAY_DAYS)
-        count = (
-            sum(1 for h in activity if h.merchant == q.merchant and h.ts_ms // DAY in days) if labels is not None else 0
+    rows = activity if labels is not None else []
+    at_merchant = [h for h in rows if h.merchant == q.merchant]
+
+    def on_days(lo: int, hi: int) -> list[Row]:
+        return [h for h in at_merchant if lo <= h.ts_ms // DAY < hi]
+
+    def first_at_merchant(h: Row) -> bool:
+        return not any(
+            o.card == h.card and o.merchant == h.merchant and h.ts_ms - 30 * DAY <= o.ts_ms < h.ts_ms for o in rows
         )
-        frauds = len(
-            {
-                lab.tid
-                for lab in labels or []
-                if lab.merchant == q.merchant and lab.tx_day in days and lab.available_ms // DAY < day
-            }
-        )
-        f[f"merchant_tx_count_{w}"] = count
+
+    for w, width in MERCHANT_WINDOWS_DAYS.items():  # the day before yesterday is the last one read
+        f[f"merchant_tx_count_{w}"] = len(on_days(day - 1 - width, day - 1))
+    mean = f["merchant_tx_count_30d"] / 30
+    for w in ("1d", "7d"):
+        width = MERCHANT_WINDOWS_DAYS[w]
+        f[f"merchant_activity_ratio_{w}"] = f[f"merchant_tx_count_{w}"] / width / mean if mean else 0.0
+        window = on_days(day - 1 - width, day - 1)
+        new = [h for h in window if first_at_merchant(h)]
+        f[f"merchant_new_card_share_{w}"] = len(new) / len(window) if window else 0.0
+    unique: dict[str, FraudLabel] = {}
+    for lab in labels or []:
+        unique.setdefault(lab.tid, lab)
+    known = [lab for lab in unique.values() if lab.merchant == q.merchant and lab.available_ms // DAY < day]
+    for w, width in LABELLED_WINDOWS_DAYS.items():
+        lo, hi = day - delay_days - width, day - delay_days
+        count = len(on_days(lo, hi))
+        frauds = sum(1 for lab in known if lo <= lab.tx_day < hi)
         f[f"merchant_fraud_rate_{w}"] = min(frauds / count, 1.0) if count else 0.0
-    f["card_known_fraud"] = float(any(lab.card == q.card and lab.available_ms < q.ts_ms for lab in labels or []))
+    for w, width in KNOWN_FRAUD_WINDOWS_DAYS.items():
+        f[f"merchant_known_frauds_{w}"] = sum(1 for lab in known if day - width <= lab.tx_day < day)
+    ages = [day - lab.tx_day for lab in known if day - MERCHANT_SPAN_DAYS <= lab.tx_day < day]
+    f["merchant_days_since_known_fraud"] = min(ages, default=MERCHANT_SPAN_DAYS + 1)
+    card = [lab.available_ms for lab in unique.values() if lab.card == q.card and lab.available_ms < q.ts_ms]
+    f["card_known_frauds_7d"] = sum(1 for t in card if q.ts_ms - 7 * DAY <= t)
+    f["card_days_since_known_fraud"] = min((q.ts_ms - max(card)) / DAY, 30.0) if card else 30.0
     return f
 
 
-def reference_features(queries: list[Row], history: list[Row], labels: list[FraudLabel] | None = None) -> np.ndarray:
+def reference_features(
+    queries: list[Row],
+    history: list[Row],
+    labels: list[FraudLabel] | None = None,
+    delay_days: int = DEFAULT_LABEL_DELAY_DAYS,
+) -> np.ndarray:
     out = np.zeros((len(queries), len(FEATURE_NAMES)))
     for i, q in enumerate(queries):
         t = q.ts_ms
@@ -147,7 +182,7 @@ def reference_features(queries: list[Row], history: list[Row], labels: list[Frau
             gap_ms = 30 * DAY
         f["seconds_since_prev_card_tx"] = gap_ms / 1000.0
         f["card_merchant_count_30d"] = sum(1 for h in earlier if h.merchant == q.merchant and t - 30 * DAY <= h.ts_ms)
-        f.update(reference_risk(q, history, labels))
+        f.update(reference_risk(q, history, labels, delay_days))
         assert set(f) == set(FEATURE_NAMES)
         out[i] = [f[name] for name in FEATURE_NAMES]
     return out
@@ -262,45 +297,125 @@ def test_merchant_risk_and_known_fraud_match_reference(seed: int) -> None:
         if f
     ]
     got = compute_features(frame, history_from_frame(frame), risk)
-    assert_matches_reference(got, reference_features(rows, rows, labels))
-    for name in ("merchant_tx_count_30d", "merchant_fraud_rate_7d", "merchant_fraud_rate_30d", "card_known_fraud"):
-        assert (got[:, COL[name]] > 0).any(), name
+    assert_matches_reference(got, reference_features(rows, rows, labels, delay_days=5))
+    for name in MERCHANT_RISK_FEATURES:  # every one of them is exercised
+        assert len(np.unique(got[:, COL[name]])) > 1, name
     # Labels are not yet known for some rows whose merchant window holds them: availability matters.
     no_wait = compute_features(
-        frame, history_from_frame(frame), risk_context_from_frame(frame.assign(labelled_ms=-1), 0)
+        frame, history_from_frame(frame), risk_context_from_frame(frame.assign(labelled_ms=-1), 5 * DAY)
     )
-    assert not np.array_equal(no_wait[:, COL["merchant_fraud_rate_30d"]], got[:, COL["merchant_fraud_rate_30d"]])
+    for name in ("merchant_fraud_rate_30d", "merchant_known_frauds_7d", "card_days_since_known_fraud"):
+        assert not np.array_equal(no_wait[:, COL[name]], got[:, COL[name]]), name
 
 
-def test_merchant_windows_end_a_delay_before_the_day_and_labels_count_from_the_next_day() -> None:
-    day0 = datetime(2026, 3, 1, tzinfo=UTC)
-    d = MERCHANT_DELAY_DAYS
-    rows = [
-        Row("old", "X", "M", day0 + timedelta(hours=10), 10.0, "pos", None),  # day 0, fraud
-        Row("edge", "Y", "M", day0 + timedelta(days=1, hours=1), 10.0, "pos", None),  # day 1
-        # Scored on day d+1: sees day 0 (age d+1) in every window but not day 1 (age d).
-        Row("q1", "Z", "M", day0 + timedelta(days=d + 1, hours=5), 10.0, "pos", None),
-        # Day d+2: the 1-day window holds only day 1 (one transaction, not fraud).
-        Row("q2", "X", "M", day0 + timedelta(days=d + 2, hours=5), 10.0, "pos", None),
-    ]
+def features_by_id(rows: list[Row], fraud: dict[str, int], delay_ms: int = 7 * DAY) -> dict[str, dict[str, float]]:
+    """Features of every row, with the fraud labels ``{tid: labelled_ms}`` (training's path)."""
     frame = canonical(rows)
-    frame["is_fraud"] = [1, 0, 0, 0]
-    # The label of "old" became known on day d+1 at 01:00: not yet for q1 (same day), yes for q2.
-    frame["labelled_ms"] = [rows[0].ts_ms + 0 * DAY + (d + 1) * DAY - 9 * HOUR, -1, -1, -1]
-    x = compute_features(frame, history_from_frame(frame), risk_context_from_frame(frame, 7 * DAY))
-    v = {r.tid: dict(zip(FEATURE_NAMES, x[i], strict=True)) for i, r in enumerate(rows)}
-    assert v["q1"]["merchant_tx_count_1d"] == 1 and v["q1"]["merchant_tx_count_30d"] == 1
-    assert v["q1"]["merchant_fraud_rate_30d"] == 0.0  # label known only later that day
-    assert v["q2"]["merchant_tx_count_1d"] == 1 and v["q2"]["merchant_tx_count_7d"] == 2
-    assert v["q2"]["merchant_fraud_rate_1d"] == 0.0
-    assert v["q2"]["merchant_fraud_rate_7d"] == 0.5
-    # Card X's own fraud label was known before q2: a known-compromised card.
-    assert v["q2"]["card_known_fraud"] == 1 and v["q1"]["card_known_fraud"] == 0
-    # No context: merchant and label features are zero.
+    frame["is_fraud"] = [int(r.tid in fraud) for r in rows]
+    frame["labelled_ms"] = [fraud.get(r.tid, -1) for r in rows]
+    x = compute_features(frame, history_from_frame(frame), risk_context_from_frame(frame, delay_ms))
+    return {r.tid: dict(zip(FEATURE_NAMES, x[i], strict=True)) for i, r in enumerate(rows)}
+
+
+def at_ms(ms: int) -> datetime:
+    return EPOCH + timedelta(milliseconds=ms)
+
+
+def test_a_cards_label_counts_from_its_labelled_at_to_the_millisecond() -> None:
+    known = datetime(2026, 3, 10, 12, tzinfo=UTC)
+    k = (known - EPOCH) // timedelta(milliseconds=1)
+    rows = [Row("f", "C", "M0", known - timedelta(hours=2), 10.0, "pos", None)]
+    queries = {"at": k, "after": k + 1, "7d": k + 7 * DAY, "7d+1ms": k + 7 * DAY + 1, "late": k + 31 * DAY}
+    rows += [Row(q, "C", "M1", at_ms(t), 10.0, "pos", None) for q, t in queries.items()]
+    v = features_by_id(rows, {"f": k})
+    assert (v["at"]["card_known_frauds_7d"], v["at"]["card_days_since_known_fraud"]) == (0, 30.0)
+    assert (v["after"]["card_known_frauds_7d"], v["after"]["card_days_since_known_fraud"]) == (1, 1 / DAY)
+    assert (v["7d"]["card_known_frauds_7d"], v["7d"]["card_days_since_known_fraud"]) == (1, 7.0)
+    assert (v["7d+1ms"]["card_known_frauds_7d"], v["7d+1ms"]["card_days_since_known_fraud"]) == (0, 7 + 1 / DAY)
+    assert v["late"]["card_days_since_known_fraud"] == 30.0  # capped: as if never compromised
+    # Another card's label never counts for this one.
+    other = features_by_id([*rows, Row("o", "D", "M1", at_ms(k + 1), 10.0, "pos", None)], {"f": k})
+    assert (other["o"]["card_known_frauds_7d"], other["o"]["card_days_since_known_fraud"]) == (0, 30.0)
+
+
+@pytest.mark.parametrize(("labelled", "known"), [(-1, True), (0, False)])
+def test_a_merchants_label_counts_from_the_utc_day_after_its_labelled_at(labelled: int, known: bool) -> None:
+    day = (datetime(2026, 3, 10, tzinfo=UTC) - EPOCH) // timedelta(days=1)
+    rows = [
+        Row("f", "X", "M", at_ms((day - 3) * DAY + 10 * HOUR), 10.0, "pos", None),
+        Row("first", "Y", "M", at_ms(day * DAY), 10.0, "pos", None),
+        Row("last", "Y", "M", at_ms((day + 1) * DAY - 1), 10.0, "pos", None),
+    ]
+    # The label became known one millisecond before the day, or at its very start.
+    v = features_by_id(rows, {"f": day * DAY + labelled})
+    for q in ("first", "last"):
+        assert v[q]["merchant_known_frauds_7d"] == int(known)
+        assert v[q]["merchant_days_since_known_fraud"] == (3 if known else MERCHANT_SPAN_DAYS + 1)
+        assert v[q]["card_days_since_known_fraud"] == 30.0  # card Y's own history is clean
+
+
+def test_fraud_rates_read_no_day_past_the_delay_horizon() -> None:
+    day = (datetime(2026, 3, 20, tzinfo=UTC) - EPOCH) // timedelta(days=1)
+    rows = [
+        Row("inside", "A", "M", at_ms((day - 7) * DAY - 1), 10.0, "pos", None),  # day d-8, last ms
+        Row("legit", "B", "M", at_ms((day - 8) * DAY + 5 * HOUR), 10.0, "pos", None),  # day d-8
+        Row("past", "C", "M", at_ms((day - 7) * DAY), 10.0, "pos", None),  # day d-7, first ms
+        Row("q", "D", "M", at_ms(day * DAY + 12 * HOUR), 10.0, "pos", None),
+    ]
+    fraud = {"inside": (day - 7) * DAY + HOUR, "past": (day - 7) * DAY + HOUR}
+    v = features_by_id(rows, fraud, delay_ms=7 * DAY)["q"]
+    # D = 7: the fraud-rate windows end with day d-8; day d-7 is past the horizon.
+    assert v["merchant_fraud_rate_1d"] == 0.5 and v["merchant_fraud_rate_7d"] == 0.5
+    # The known-fraud counts need no denominator and no horizon: both frauds are known.
+    assert (v["merchant_known_frauds_7d"], v["merchant_known_frauds_30d"]) == (1, 2)
+    assert v["merchant_days_since_known_fraud"] == 7
+    # D is the label delay rounded up to whole days.
+    assert features_by_id(rows, fraud, delay_ms=6 * DAY)["q"]["merchant_fraud_rate_1d"] == 1.0
+    assert features_by_id(rows, fraud, delay_ms=6 * DAY + 1)["q"]["merchant_fraud_rate_1d"] == 0.5
+    # A label not known before the day does not count, whatever the window.
+    late = features_by_id(rows, {**fraud, "inside": day * DAY}, delay_ms=7 * DAY)["q"]
+    assert late["merchant_fraud_rate_1d"] == 0.0 and late["merchant_known_frauds_30d"] == 1
+
+
+@pytest.mark.parametrize(
+    ("delay_ms", "days"),
+    [(0, 1), (1, 1), (DAY, 1), (DAY + 1, 2), (7 * DAY, 7), (13 * DAY + 1, 14), (30 * DAY, MAX_LABEL_DELAY_DAYS)],
+)
+def test_label_horizon_is_the_delay_in_whole_days_rounded_up(delay_ms: int, days: int) -> None:
+    assert label_horizon_days(delay_ms) == days
+
+
+def test_activity_windows_skip_yesterday_and_count_cards_new_at_the_merchant() -> None:
+    day = (datetime(2026, 3, 20, tzinfo=UTC) - EPOCH) // timedelta(days=1)
+    seen = (day - 1) * DAY - 1  # day d-2, last ms
+    rows = [
+        Row("old", "X", "M", at_ms(seen - 30 * DAY), 10.0, "pos", None),  # exactly 30 days before
+        Row("seen", "X", "M", at_ms(seen), 10.0, "pos", None),  # so X is not new at M here
+        Row("new", "Z", "M", at_ms(seen - HOUR), 10.0, "pos", None),  # Z's first time at M
+        Row("now", "Z", "N", at_ms(seen - 31 * DAY), 10.0, "pos", None),  # at another merchant
+        Row("yesterday", "Y", "M", at_ms((day - 1) * DAY), 10.0, "pos", None),  # not read yet
+        Row("q", "Q", "M", at_ms(day * DAY + HOUR), 10.0, "pos", None),
+    ]
+    v = features_by_id(rows, {})["q"]
+    assert (v["merchant_tx_count_1d"], v["merchant_tx_count_7d"], v["merchant_tx_count_30d"]) == (2, 2, 2)
+    assert v["merchant_new_card_share_1d"] == 0.5 and v["merchant_new_card_share_7d"] == 0.5
+    assert v["merchant_activity_ratio_1d"] == 30.0
+    assert v["merchant_activity_ratio_7d"] == pytest.approx(30 / 7)
+    # One millisecond more than 30 days since X was there: X is new at M again.
+    shifted = [Row("old", "X", "M", at_ms(seen - 30 * DAY - 1), 10.0, "pos", None), *rows[1:]]
+    assert features_by_id(shifted, {})["q"]["merchant_new_card_share_1d"] == 1.0
+
+
+def test_no_context_is_an_empty_context_and_reads_as_nothing_known() -> None:
+    rows = random_rows(8, n=60)
+    frame = canonical(rows)
     bare = compute_features(frame, history_from_frame(frame))
-    assert not bare[:, [COL[n] for n in FEATURE_NAMES if n.startswith(("merchant_", "card_known"))]].any()
     empty = compute_features(frame, history_from_frame(frame), RiskContext.empty())
-    assert np.array_equal(empty, bare)  # an empty context is no context (the worker's warm-up)
+    assert np.array_equal(empty, bare)  # the worker's warm-up scores with an empty context
+    assert_matches_reference(bare, reference_features(rows, rows))
+    assert not bare[:, [COL[n] for n in MERCHANT_RISK_FEATURES if "days_since" not in n]].any()
+    assert (bare[:, COL["merchant_days_since_known_fraud"]] == MERCHANT_SPAN_DAYS + 1).all()
+    assert (bare[:, COL["card_days_since_known_fraud"]] == 30.0).all()
 
 
 def test_queries_subset_of_history_and_row_order_do_not_matter() -> None:

@@ -8,9 +8,11 @@ import pytest
 from model.metrics import (
     Thresholds,
     card_precision_at_k,
+    card_precision_top_k,
     decide,
     evaluation_report,
     pick_thresholds,
+    protocol_report,
     threshold_report,
 )
 
@@ -193,6 +195,40 @@ def test_card_precision_at_k_rejects_bad_input():
         card_precision_at_k(_frame(CARD_ROWS), k=0)
     with pytest.raises(ValueError):
         card_precision_at_k(_frame(CARD_ROWS).drop(columns="score"), k=2)
+
+
+def test_card_precision_top_k_removes_detected_cards_and_divides_by_k():
+    # Day 1, k=2: top cards A (fraud), B (legit) -> 1/2; A is now known.
+    # Day 2 without A: B (0.95, fraud), C (0.6, fraud) -> 2/2.
+    # Day 3: A's fraud again (removed: detected on day 1), D 0.5 fraud alone -> 1/2 (divisor k, not 1).
+    rows = [
+        *CARD_ROWS,
+        ("A", "2024-01-03T10:00:00Z", 0.99, 1),
+        ("D", "2024-01-03T11:00:00Z", 0.5, 1),
+    ]
+    daily = card_precision_top_k(_frame(rows), k=2)
+    assert [d["precision"] for d in daily["per_day"]] == [0.5, 1.0, 0.5]
+    assert daily["mean"] == pytest.approx(2 / 3)
+    assert [d["day"] for d in daily["per_day"]] == ["2024-01-01", "2024-01-02", "2024-01-03"]
+    assert [d["cards"] for d in daily["per_day"]] == [4, 2, 1]  # A left out once found
+    assert [d["fraud_cards"] for d in daily["per_day"]] == [3, 2, 1]
+    assert [d["detected"] for d in daily["per_day"]] == [1, 2, 1]
+    # A card found on day 1 that is legit the next day is still left out; B (legit, not found) is not.
+    assert card_precision_top_k(_frame(CARD_ROWS), k=1)["per_day"][1]["cards"] == 2
+    with pytest.raises(ValueError):
+        card_precision_top_k(_frame(CARD_ROWS), k=0)
+
+
+def test_protocol_report_uses_the_handbook_card_precision():
+    frame = _frame(CARD_ROWS)
+    t = Thresholds(review=0.5, block=0.9)
+    report = protocol_report(frame, t, k=2)
+    assert report["card_precision_at_2"] == card_precision_top_k(frame, 2)["mean"]
+    assert len(report["card_precision_per_day"]) == 2
+    assert report["at_threshold"]["block"]["flagged"] == 2
+    assert report["n_transactions"] == len(CARD_ROWS)
+    assert "at_threshold" not in protocol_report(frame, None, k=2)
+    json.dumps(report)
 
 
 def test_threshold_report_counts():

@@ -17,7 +17,7 @@ from threadpoolctl import threadpool_limits
 from model.artifact import load_artifact
 from model.dataset import load_csv
 from model.errors import ModelLoadError, ModelNotReadyError
-from model.evaluate import evaluate
+from model.evaluate import EvaluateOptions, evaluate, format_report, known_compromised
 from model.features import FEATURE_NAMES
 from model.scoring import ModelHolder
 from model.train import TrainOptions, build_estimator, features_for, train
@@ -112,7 +112,7 @@ def test_artifact_files_and_metadata(hgb: tuple[Path, dict[str, Any]], data_csv:
     metrics = on_disk["validation_metrics"]
     assert metrics["n_transactions"] == window["validation_rows"]
     assert metrics["n_fraud"] == window["validation_fraud"] > 0
-    assert metrics["auc_roc"] > 0.8
+    assert metrics["auc_roc"] > 0.7  # well above chance on ~40 validation frauds
 
     loaded = load_artifact(out)
     assert loaded.version == on_disk["version"]
@@ -130,9 +130,16 @@ def test_time_split_and_train_from(hgb: tuple[Path, dict[str, Any]], data_csv: P
     ts = load_csv(data_csv).frame["ts_ms"].to_numpy()
     start = TRAIN_FROM.value // 1_000_000
     assert w["history_only_rows"] == int((ts < start).sum()) > 0
-    assert w["fit_rows"] + w["validation_rows"] == int((ts >= start).sum())
-    assert w["fit_rows"] == int(((ts >= start) & (ts < ms(w["validation_from"]))).sum())
-    assert 0.15 < w["validation_rows"] / (w["fit_rows"] + w["validation_rows"]) < 0.25
+    assert w["fit_rows"] + w["gap_rows"] + w["validation_rows"] == int((ts >= start).sum())
+    assert w["fit_rows"] == int(((ts >= start) & (ts <= ms(w["fit_to"]))).sum())
+    # A delay gap between fitting and validation: 17 days of window keep 8.5 for fitting, so the
+    # 7-day label delay is shortened to what is left after the 3.4-day validation window.
+    assert 4.5 < w["gap_days"] < 5.5
+    assert ms(w["validation_from"]) - ms(w["fit_to"]) >= w["gap_days"] * 86_400_000
+    assert any("gap shortened" in n for n in meta["threshold_targets"]["notes"])
+    assert 0.15 < w["validation_rows"] / (w["fit_rows"] + w["gap_rows"] + w["validation_rows"]) < 0.25
+    assert w["model_fitted_on_rows"] == w["fit_rows"]
+    assert pd.Timestamp(w["train_end"]) > pd.Timestamp(w["validation_to"])
 
 
 def test_logreg_is_fitted_on_exactly_the_window_rows(logreg: tuple[Path, dict[str, Any]], data_csv: Path) -> None:
@@ -149,7 +156,7 @@ def test_logreg_is_fitted_on_exactly_the_window_rows(logreg: tuple[Path, dict[st
     # rows outside the window were not trained on (yet did serve as history for the features).
     ds = load_csv(data_csv)
     ts = ds.frame["ts_ms"].to_numpy()
-    fit = (ts >= LOGREG_FROM.value // 1_000_000) & (ts < ms(w["validation_from"]))
+    fit = (ts >= LOGREG_FROM.value // 1_000_000) & (ts <= ms(w["fit_to"]))
     assert int(fit.sum()) == w["fit_rows"]
     expected = build_estimator("logreg", meta["seed"]).fit(features_for(ds.frame)[fit], ds.labels[fit])
     got = artifact.estimator
@@ -174,10 +181,14 @@ def test_split_never_puts_one_instant_on_both_sides(tmp_path: Path) -> None:
         }
     )
     frame.to_csv(tmp_path / "ties.csv", index=False)
-    meta = train(tmp_path / "ties.csv", tmp_path / "model", TrainOptions(model_type="logreg"))
+    meta = train(tmp_path / "ties.csv", tmp_path / "model", TrainOptions(model_type="logreg", gap_days=0))
     w = meta["training_window"]
     assert ms(w["fit_to"]) < ms(w["validation_from"])
-    assert w["fit_rows"] + w["validation_rows"] == n
+    assert w["fit_rows"] + w["validation_rows"] == n and w["gap_rows"] == 0
+    assert w["model_fitted_on_rows"] == w["fit_rows"]
+    refit = train(tmp_path / "ties.csv", tmp_path / "refit", TrainOptions(model_type="logreg", gap_days=0, refit=True))
+    assert refit["training_window"]["model_fitted_on_rows"] == n
+    assert refit["thresholds"] == meta["thresholds"]  # set on the same validation scores
     assert w["validation_rows"] % 12 == 0  # whole instants only
 
 
@@ -262,7 +273,9 @@ def test_evaluate_writes_report_and_scores_for_the_range(
     assert (instants == start).any() and (instants == end).any()  # both bounds sit on real rows
 
     report_path, scores_path = tmp_path / "out" / "report.json", tmp_path / "out" / "scores.csv"
-    returned = evaluate(out, data_csv, start, end, report_path, scores_path)
+    returned = evaluate(
+        out, data_csv, EvaluateOptions(start=start, end=end, report_path=report_path, scores_path=scores_path)
+    )
     report = json.loads(report_path.read_text())
     assert report == json.loads(json.dumps(returned))
     assert REPORT_KEYS <= set(report)
@@ -288,3 +301,106 @@ def test_evaluate_writes_report_and_scores_for_the_range(
     artifact = load_artifact(out)
     full = pd.Series(artifact.estimator.predict_proba(features_for(ds.frame))[:, 1], index=ds.frame["transaction_id"])
     np.testing.assert_allclose(s, full.loc[scores["transaction_id"]].to_numpy(), atol=1e-6)
+
+
+def test_forests_train_and_serve_single_threaded(data_csv: Path, tmp_path: Path) -> None:
+    for kind in ("rf", "et"):
+        meta = train(data_csv, tmp_path / kind, TrainOptions(model_type=kind, train_from=TRAIN_FROM))
+        assert meta["model_type"] == kind
+        assert meta["validation_metrics"]["auc_roc"] > 0.8
+        holder = ModelHolder(tmp_path / kind)
+        assert holder.load()
+        assert holder.scorer.artifact.estimator.n_jobs is None  # no worker pool per scoring call
+        frame = load_csv(data_csv).frame.iloc[-20:].reset_index(drop=True)
+        scores = holder.scorer.score_frame(frame, frame).scores
+        assert scores.shape == (20,) and np.isfinite(scores).all()
+
+
+def test_select_compares_estimators_over_folds_and_refits_the_best(data_csv: Path, tmp_path: Path) -> None:
+    options = TrainOptions(select=True, candidates=("logreg", "hgb"), folds=2, gap_days=1, baseline=True)
+    with threadpool_limits(limits=1):
+        meta = train(data_csv, tmp_path / "sel", options)
+    sel = meta["selection"]
+    assert set(sel["candidates"]) == {"logreg", "hgb"} and len(sel["folds"]) == 2
+    assert sel["gap_days"] == 1
+    for result in sel["candidates"].values():
+        ap = result["average_precision"]
+        assert len(ap["folds"]) == 2 and ap["mean"] == pytest.approx(np.mean(ap["folds"]))
+        assert ap["std"] == pytest.approx(np.std(ap["folds"]))
+    best = max(sel["candidates"], key=lambda n: sel["candidates"][n]["average_precision"]["mean"])
+    assert sel["chosen"] == best == meta["model_type"]
+    # Folds move back in time, each validated after its own gap.
+    folds = sel["folds"]
+    assert folds[1]["validation_to"] == folds[0]["validation_from"]
+    for f in folds:
+        assert ms(f["validation_from"]) - ms(f["fit_to"]) == 86_400_000
+    # The chosen model is refitted on the whole window; the thresholds come from the latest fold.
+    w = meta["training_window"]
+    assert w["model_fitted_on_rows"] == len(load_csv(data_csv).frame)
+    assert w["validation_from"] >= folds[0]["validation_from"]
+    # The textbook forest is reported on the same split.
+    base = meta["baseline"]
+    assert base["model"] == "random_forest_textbook"
+    assert base["n_transactions"] == w["validation_rows"] == meta["validation_metrics"]["n_transactions"]
+    assert 0 < base["protocol"]["n_transactions"] <= base["n_transactions"]
+
+
+def test_validation_reports_the_delay_protocol(hgb: tuple[Path, dict[str, Any]]) -> None:
+    _, meta = hgb
+    plain, protocol = meta["validation_metrics"], meta["validation_metrics"]["protocol"]
+    assert protocol["n_transactions"] <= plain["n_transactions"]
+    assert len(protocol["card_precision_per_day"]) >= 3
+    assert protocol["card_precision_at_100"] == pytest.approx(
+        np.mean([d["precision"] for d in protocol["card_precision_per_day"]])
+    )
+
+
+def test_known_compromised_cards_leave_the_later_days() -> None:
+    day = 86_400_000
+    t0 = 20_000 * day  # a UTC midnight
+    rows = [
+        # card, ts, fraud, labelled_ms
+        ("a", t0 - 2 * day, 1, -1),  # a fraud in training: known from the start
+        ("a", t0 + 1 * day, 0, -1),
+        ("b", t0 + 0 * day + 5, 1, t0 + 2 * day + 1),  # labelled on day 2 (after midnight)
+        ("b", t0 + 2 * day + 10, 0, -1),  # day 2: the label came after midnight -> kept
+        ("b", t0 + 3 * day, 0, -1),  # day 3: known -> left out
+        ("c", t0 + 1 * day, 1, -1),  # no labelled_at: known at ts + delay (4 days) -> day 5 on
+        ("c", t0 + 5 * day, 0, -1),  # 1d + 4d = 5d exactly: not before the day began -> kept
+        ("c", t0 + 6 * day, 0, -1),  # left out
+    ]
+    frame = pd.DataFrame(rows, columns=["card_id", "ts_ms", "is_fraud", "labelled_ms"])
+    everything = np.ones(len(frame), dtype=bool)
+    removed = known_compromised(frame, everything, train_end_ms=t0, delay_ms=4 * day)
+    assert removed.tolist() == [False, True, False, False, True, False, False, True]
+    # Only rows of the mask are ever marked.
+    assert not known_compromised(frame, ~everything, t0, 4 * day).any()
+
+
+def test_evaluate_defaults_to_the_delay_protocol_with_the_textbook_baseline(data_csv: Path, tmp_path: Path) -> None:
+    train_to = pd.Timestamp("2026-01-12T00:00:00Z")
+    meta = train(data_csv, tmp_path / "m", TrainOptions(model_type="logreg", train_to=train_to))
+    assert meta["training_window"]["train_end"] == train_to.isoformat()
+    report = evaluate(tmp_path / "m", data_csv, EvaluateOptions(baseline=True, compare_dir=tmp_path / "m"))
+    span = report["range"]
+    # No --from: the test range starts a label delay (7 days) after the training end.
+    assert pd.Timestamp(span["from"]) == train_to + pd.Timedelta(days=7)
+    assert span["actual_gap_days"] == span["gap_days"] == 7 and span["notes"] == []
+    protocol = report["protocol"]
+    removed = protocol["removed_known_compromised"]
+    assert removed["transactions"] > 0 and removed["cards"] > 0
+    assert protocol["n_transactions"] == report["n_transactions"] - removed["transactions"]
+    assert protocol["n_fraud"] == report["n_fraud"] - removed["fraud"]
+    assert {d["day"] for d in protocol["card_precision_per_day"]} == {f"2026-01-{d}" for d in range(19, 21)}
+    base = report["baseline"]
+    assert base["n_transactions"] == report["n_transactions"]
+    assert base["protocol"]["n_transactions"] == protocol["n_transactions"]
+    assert base["fit_rows"] == int((load_csv(data_csv).frame["ts_ms"] < train_to.value // 1_000_000).sum())
+    # The same artifact compared with itself scores the same.
+    assert report["compare"]["average_precision"] == report["average_precision"]
+    table = format_report(report)
+    assert "textbook random forest (protocol)" in table and "model (all rows)" in table
+    assert f"{removed['cards']} cards known to be compromised left out" in table
+
+    early = evaluate(tmp_path / "m", data_csv, EvaluateOptions(start=pd.Timestamp("2026-01-10T00:00:00Z")))
+    assert early["range"]["notes"] == ["the range starts inside the training window: metrics are optimistic"]

@@ -65,7 +65,7 @@ def test_columns_and_dtypes(frame: pd.DataFrame) -> None:
     assert pd.api.types.is_integer_dtype(frame["is_fraud"])
     assert set(frame["is_fraud"].unique()) == {0, 1}
 
-    assert (frame["amount"] > 0).all()
+    assert (frame["amount"] >= 0).all()
     assert np.allclose(frame["amount"], frame["amount"].round(2))
     assert set(frame["merchant_category"]) <= set(MERCHANT_CATEGORIES)
     assert set(frame["channel"]) == set(CHANNELS)
@@ -111,6 +111,49 @@ def test_fraud_rate_and_every_type_present(frame: pd.DataFrame) -> None:
     counts = frame["fraud_type"].value_counts()
     for kind in FRAUD_TYPES:
         assert counts.get(kind, 0) >= 10, kind
+
+
+def test_zero_and_tiny_amounts_are_card_testing_and_verifications(enriched: pd.DataFrame) -> None:
+    zero = enriched["amount"] == 0
+    # 0.00 appears in fraud (card testing) and in genuine e-commerce (a card put on file), so a
+    # zero amount alone does not decide.
+    assert zero[enriched["is_fraud"] == 1].sum() >= 20
+    assert zero[enriched["is_fraud"] == 0].sum() >= 200
+    assert set(enriched.loc[zero & (enriched["is_fraud"] == 1), "fraud_type"]) <= {"velocity_burst", "compromised_card"}
+    assert (enriched.loc[zero & (enriched["is_fraud"] == 0), "channel"] == "ecommerce").all()
+    # A genuine verification precedes a purchase by the same card at the same merchant within minutes.
+    legit = enriched[enriched["is_fraud"] == 0].sort_values("ts", kind="stable")
+    nxt = legit.groupby(["card_id", "merchant_id"])[["ts", "amount"]].shift(-1)
+    verified = legit.loc[legit["amount"] == 0]
+    gap = (nxt.loc[verified.index, "ts"] - verified["ts"]).dt.total_seconds()
+    assert (gap.dropna() <= 300).mean() > 0.8
+    testing = enriched[(enriched["fraud_type"] == "velocity_burst") & (enriched["amount"] < 2.01)]
+    assert (testing["amount"] == 0).mean() > 0.2 and (testing["amount"].between(0.01, 0.99)).sum() > 20
+
+
+def test_one_off_frauds_look_ordinary_but_for_the_merchant(enriched: pd.DataFrame) -> None:
+    one = enriched[enriched["fraud_type"] == "one_off"]
+    assert len(one) >= 10
+    assert (one["channel"] == "ecommerce").all()
+    assert one["night"].mean() < 0.2  # the cardholder's own hours
+    assert 0.5 < one["rel_amount"].median() < 5  # within the card's range, not an outlier
+    # One transaction per event: a card's one-off frauds are days apart, and the card lives on.
+    last_legit = enriched[enriched["is_fraud"] == 0].groupby("card_id")["ts"].max()
+    assert (last_legit.loc[one["card_id"]].to_numpy() > one["ts"].to_numpy()).mean() > 0.5
+
+
+def test_merchant_compromises_vary_in_length_and_intensity(frame: pd.DataFrame) -> None:
+    big = generate(replace(DEFAULT, n_merchants=2000, n_cards=4000, days=60.0, seed=9))
+    cm = big[big["fraud_type"] == "compromised_merchant"]
+    ts = pd.to_datetime(cm["timestamp"], utc=True, format="ISO8601")
+    span = ts.groupby(cm["merchant_id"]).agg(lambda s: (s.max() - s.min()).total_seconds() / 86_400)
+    assert span.min() < 3 and span.max() > 25  # hit-and-run and long-running
+    all_ts = pd.to_datetime(big["timestamp"], utc=True, format="ISO8601")
+    share = []
+    for m, s in ts.groupby(cm["merchant_id"]):
+        at = (big["merchant_id"] == m) & all_ts.between(s.min(), s.max())
+        share.append(big.loc[at, "is_fraud"].mean())
+    assert min(share) < 0.1 and max(share) > 0.3
 
 
 def test_fraud_amounts_are_high_for_the_card(enriched: pd.DataFrame) -> None:
@@ -262,8 +305,8 @@ def test_label_delays_are_realistic_per_source(labels: pd.DataFrame) -> None:
     assert confirmed.median() < 1  # hours, not days
     assert investigated.min() >= 1 - 1e-6 and investigated.max() <= 5 + 1e-6
     chargeback = by_source.get_group((True, "chargeback"))
-    assert chargeback.median() > DEFAULT.label_delay_days
-    assert chargeback.max() > 21 and chargeback.max() <= 120  # a tail of several weeks
+    assert chargeback.median() > 2 * DEFAULT.label_delay_days  # weeks
+    assert chargeback.quantile(0.9) > 40 and chargeback.max() <= 120  # a tail of months, within the dispute window
     # The median fraud label arrives about label_delay_days after the transaction.
     assert abs(delay[fraud].median() - DEFAULT.label_delay_days) < 1.5
 

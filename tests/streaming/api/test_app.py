@@ -59,10 +59,10 @@ def test_predict_without_worker_is_stateless_and_says_so(client: TestClient) -> 
 @pytest.mark.parametrize(
     ("body", "field"),
     [
-        ({**GOOD, "amount": 0}, "amount"),
+        ({**GOOD, "amount": -0.01}, "amount"),
         ({**GOOD, "amount": "12"}, "amount"),
         ({**GOOD, "timestamp": "2026-01-10T12:00:00"}, "timestamp"),
-        ({**GOOD, "card_id": "has space"}, "card_id"),
+        ({**GOOD, "card_id": " has space"}, "card_id"),
         ({k: v for k, v in GOOD.items() if k != "merchant_id"}, "merchant_id"),
         ({**GOOD, "channel": "kiosk"}, "channel"),
     ],
@@ -129,7 +129,7 @@ LABEL = {
         ({**LABEL, "source": "rumour"}, "source"),
         ({**LABEL, "labelled_at": "2026-01-17T09:30:00"}, "labelled_at"),  # no zone
         ({**LABEL, "timestamp": 1768042800}, "timestamp"),
-        ({**LABEL, "card_id": "has space"}, "card_id"),
+        ({**LABEL, "card_id": " has space"}, "card_id"),
         ({k: v for k, v in LABEL.items() if k != "merchant_id"}, "merchant_id"),
     ],
 )

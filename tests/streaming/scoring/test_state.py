@@ -4,13 +4,31 @@ from __future__ import annotations
 
 import copy
 import random
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import orjson
 
-from model.features import HISTORY_COLUMNS, HISTORY_SPAN_MS
-from streaming.scoring.state import CardStateCopy, changelog_key, empty_state, history_frame, merge
+from model.features import (
+    CARD_LABEL_SPAN_MS,
+    FEATURE_NAMES,
+    HISTORY_COLUMNS,
+    HISTORY_SPAN_MS,
+    RiskContext,
+    compute_features,
+    frame_from_transactions,
+)
+from model.schemas import Transaction
+from streaming.scoring.state import (
+    CardStateCopy,
+    changelog_key,
+    empty_state,
+    history_frame,
+    labels_frame,
+    merge,
+    with_fraud_label,
+)
 
 T = 1_767_225_600_000  # 2026-01-01T00:00:00Z in ms
 HOUR = 3_600_000
@@ -162,3 +180,39 @@ def test_merge_equals_a_stable_sort_of_stored_then_new_rows() -> None:
         }
         assert merge(stored, dupes, grace_ms=grace, max_entries=cap) == want
         assert merge(stored, rows, grace_ms=grace, max_entries=cap, fresh=True) == want
+
+
+def test_labels_older_than_the_card_label_features_reach_are_forgotten_and_change_nothing() -> None:
+    newest = T + 40 * 24 * HOUR
+    grace = HOUR
+    horizon = newest - CARD_LABEL_SPAN_MS - grace
+    state = None
+    for tid, known in [
+        ("too-old", horizon - 1),
+        ("edge", horizon),
+        ("recent", newest - HOUR),
+        ("early", newest + HOUR),
+    ]:
+        state = with_fraud_label(state, tid, "m", known // (24 * HOUR), known)
+    kept = merge(state, [("t", newest, 5.0, "m")], grace_ms=grace)
+    assert [lab[0] for lab in kept["lab"]] == ["edge", "recent", "early"]  # sorted by availability
+    assert state is not None and len(state["lab"]) == 4  # the input is left alone
+
+    # Any transaction the stream still scores in order (up to the grace before the newest) gets
+    # the same features from the pruned labels as from all of them.
+    for at in (newest - grace, newest, newest + 2 * HOUR, newest + 5 * 24 * HOUR):
+        tx = Transaction.model_validate(
+            {"transaction_id": "q", "timestamp": f"{np.datetime64(at, 'ms')}Z", "card_id": "c",
+             "merchant_id": "m", "amount": 9.0, "currency": "EUR"}
+        )  # fmt: skip
+        features = [
+            compute_features(
+                frame_from_transactions([tx]),
+                history_frame({"c": s}),
+                replace(RiskContext.empty(), card_labels=labels_frame({"c": s})),
+            )
+            for s in (kept, {**kept, "lab": state["lab"]})
+        ]
+        assert np.array_equal(*features), at
+    col = FEATURE_NAMES.index("card_days_since_known_fraud")
+    assert features[0][0, col] < 30.0  # the recent label still counts

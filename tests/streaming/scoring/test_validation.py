@@ -116,7 +116,7 @@ def test_several_missing_fields_are_all_named() -> None:
 
 
 def test_missing_and_invalid_together_is_invalid_field() -> None:
-    r = rejected(encode(card_id=..., amount=0))
+    r = rejected(encode(card_id=..., amount=-1))
     assert r.reason == "invalid_field"
     assert "card_id" in r.detail and "amount" in r.detail
 
@@ -124,7 +124,6 @@ def test_missing_and_invalid_together_is_invalid_field() -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("amount", 0),
         ("amount", -1),
         ("amount", -0.01),
         ("amount", "abc"),
@@ -139,6 +138,11 @@ def test_missing_and_invalid_together_is_invalid_field() -> None:
         ("channel", "kiosk"),
         ("transaction_id", ""),
         ("transaction_id", "   "),
+        ("transaction_id", " tx-1"),  # surrounding whitespace is refused, not trimmed
+        ("card_id", "card-1 "),
+        ("merchant_id", "\tm-1"),
+        ("merchant_id", "m\u00a01"),  # a no-break space is not an inner space
+        ("merchant_id", "m\x001"),
         ("transaction_id", "x" * 129),
         ("card_id", 5),
         ("merchant_id", None),
@@ -157,6 +161,21 @@ def test_invalid_field_names_the_field(field: str, value: Any) -> None:
     assert r.reason == "invalid_field"
     assert r.detail.startswith(f"{field}:"), r.detail
     assert len(r.detail) <= 500
+
+
+def test_zero_amount_and_ids_with_inner_spaces_are_valid() -> None:
+    # A 0.00 card verification is real traffic; merchant ids are often names.
+    tx = parse_transaction(encode(amount=0, merchant_id="Joe's Pizza & Grill", card_id="card 1", transaction_id="tx 1"))
+    assert isinstance(tx, Transaction)
+    assert tx.amount == 0.0 and tx.merchant_id == "Joe's Pizza & Grill"
+    assert tx.card_id == "card 1" and tx.transaction_id == "tx 1"
+    unicode = parse_transaction(encode(merchant_id="Café Zoë", amount=0.0))
+    assert isinstance(unicode, Transaction) and unicode.merchant_id == "Café Zoë"
+    label = parse_label(encode_label(merchant_id="Joe's Pizza & Grill", card_id="card 1"))
+    assert isinstance(label, Label) and label.merchant_id == "Joe's Pizza & Grill"
+    # Other strings are still trimmed as before.
+    trimmed = parse_transaction(encode(currency=" EUR ", country=" FR"))
+    assert isinstance(trimmed, Transaction) and trimmed.currency == "EUR" and trimmed.country == "FR"
 
 
 def test_detail_is_bounded_for_huge_inputs() -> None:
@@ -272,7 +291,8 @@ def test_label_missing_field(field: str) -> None:
         ("labelled_at", "2026-01-08T09:00:00"),
         ("labelled_at", 1767862800),  # epoch numbers are not the contract
         ("labelled_at", "next week"),
-        ("transaction_id", "has space"),
+        ("transaction_id", " has space"),
+        ("card_id", "card-1\n"),
         ("card_id", ""),
         ("merchant_id", "x" * 129),
         ("labelled_by", "x" * 201),

@@ -104,7 +104,9 @@ def test_the_score_page_scores_and_names_bad_fields(client: TestClient) -> None:
     assert 'class="badge ' in page.text and "Decided by" in page.text
     bad = client.get("/console/score", params={**query, "amount": "-3", "timestamp": "yesterday"})
     assert bad.status_code == 422
-    assert "greater than 0" in bad.text and "valid datetime" in bad.text
+    assert "greater than or equal to 0" in bad.text and "valid datetime" in bad.text
+    verification = client.get("/console/score", params={**query, "amount": "0.00", "merchant_id": "Joe's Pizza"})
+    assert verification.status_code == 200 and "Decided by" in verification.text  # 0.00 and a named merchant are valid
 
 
 def test_the_console_can_be_switched_off(model_dir: Path) -> None:
