@@ -24,32 +24,49 @@ BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2000)
 class BatchHistogram(Collector):
     """A histogram observed a batch at a time: one numpy pass per batch instead of one
     ``Histogram.observe`` per value (~3 µs each: two per decision was ~5% of the worker's event
-    loop when saturated). Exposed exactly like a ``prometheus_client.Histogram`` without labels."""
+    loop when saturated). Exposed exactly like a ``prometheus_client.Histogram``, with
+    ``labelnames`` when given (a series per label values, created at its first observation)."""
 
-    def __init__(self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry) -> None:
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        buckets: Sequence[float],
+        registry: CollectorRegistry,
+        labelnames: Sequence[str] = (),
+    ) -> None:
         self.name, self.documentation = name, documentation
+        # As prometheus_client's metric objects name them (the deployment tests read them).
+        self._name, self._labelnames = name, tuple(labelnames)
         self._bounds = np.asarray(sorted(buckets), dtype=np.float64)
-        self._counts = np.zeros(len(self._bounds) + 1, dtype=np.int64)  # the last one: above every bound
-        self._sum = 0.0
+        # Per label values: counts per bucket (the last one: above every bound) and the sum.
+        self._series: dict[tuple[str, ...], tuple[np.ndarray, list[float]]] = {}
+        if not self._labelnames:
+            self._series[()] = (np.zeros(len(self._bounds) + 1, dtype=np.int64), [0.0])
         self._lock = threading.Lock()
         registry.register(self)
 
-    def observe_many(self, values: np.ndarray | Sequence[float]) -> None:
+    def observe_many(self, values: np.ndarray | Sequence[float], labels: tuple[str, ...] = ()) -> None:
+        if len(labels) != len(self._labelnames):
+            raise ValueError(f"{self.name} takes labels {self._labelnames}, got {labels}")
         values = np.asarray(values, dtype=np.float64)
         # Bucket "le" is inclusive: a value equal to a bound counts in that bound's bucket.
-        counts = np.bincount(np.searchsorted(self._bounds, values, side="left"), minlength=len(self._counts))
+        counts = np.bincount(np.searchsorted(self._bounds, values, side="left"), minlength=len(self._bounds) + 1)
         with self._lock:
-            self._counts += counts
-            self._sum += float(values.sum())
+            series = self._series.get(labels)
+            if series is None:
+                series = self._series[labels] = (np.zeros(len(self._bounds) + 1, dtype=np.int64), [0.0])
+            series[0][:] += counts
+            series[1][0] += float(values.sum())
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
-            cumulative = np.cumsum(self._counts).tolist()
-            total = self._sum
+            snapshot = [(labels, np.cumsum(c).tolist(), total[0]) for labels, (c, total) in self._series.items()]
         bounds = [*(floatToGoString(b) for b in self._bounds.tolist()), "+Inf"]
-        yield HistogramMetricFamily(
-            self.name, self.documentation, buckets=list(zip(bounds, cumulative, strict=True)), sum_value=total
-        )
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self._labelnames)
+        for labels, cumulative, total in snapshot:
+            family.add_metric(list(labels), buckets=list(zip(bounds, cumulative, strict=True)), sum_value=total)
+        yield family
 
 
 class ModelMetrics:
@@ -138,21 +155,42 @@ class WorkerMetrics(ModelMetrics):
         )
         self.labelled_decisions = Gauge(
             "fraud_labelled_decisions",
-            "Decisions of this worker joined to a label, by model version, decision and verdict "
+            "Decisions of this worker joined to a label, by model version, role, decision and verdict "
             "(a relabelled transaction moves between series)",
-            ["model_version", "decision", "is_fraud"],
+            ["model_version", "role", "decision", "is_fraud"],
             registry=r,
         )
         self.live_precision = Gauge(
             "fraud_live_precision",
-            "Labelled fraud among labelled decisions flagged at the threshold (review: review or block)",
-            ["model_version", "threshold"],
+            "Labelled fraud among labelled decisions flagged at the threshold (review: review or block), "
+            "by model version and role (champion, challenger)",
+            ["model_version", "role", "threshold"],
             registry=r,
         )
         self.live_recall = Gauge(
             "fraud_live_recall",
-            "Labelled fraud flagged at the threshold among all labelled fraud",
-            ["model_version", "threshold"],
+            "Labelled fraud flagged at the threshold among all labelled fraud, by model version and role",
+            ["model_version", "role", "threshold"],
+            registry=r,
+        )
+        # Per model version and role (champion: acted on; challenger: scored in shadow).
+        self.model_decisions = Counter(
+            "fraud_model_decisions_total",
+            "Decisions by model version, role (champion, challenger) and outcome; the challenger's are shadow",
+            ["model_version", "role", "decision"],
+            registry=r,
+        )
+        self.model_score = BatchHistogram(
+            "fraud_model_score",
+            "Scores by model version and role (champion, challenger)",
+            buckets=SCORE_BUCKETS,
+            registry=r,
+            labelnames=("model_version", "role"),
+        )
+        self.challenger_info = Gauge(
+            "fraud_model_challenger_info",
+            "Model scored in shadow (value 1) by version; no series when no challenger is set",
+            ["version"],
             registry=r,
         )
         for reason in DLQ_REASONS:
@@ -162,6 +200,11 @@ class WorkerMetrics(ModelMetrics):
             self.labels.labels(is_fraud=verdict)
         for outcome in ("allow", "review", "block"):
             self.decisions.labels(decision=outcome)
+
+    def set_challenger(self, version: str | None) -> None:
+        self.challenger_info.clear()
+        if version is not None:
+            self.challenger_info.labels(version=version).set(1)
 
 
 class ApiMetrics(ModelMetrics):

@@ -31,8 +31,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from model.errors import FraudStreamError
+from model.registry import model_holders
 from model.schemas import Decision, Label, Transaction
-from model.scoring import ModelHolder, Scorer, scoring_executor
+from model.scoring import Scorer, scoring_executor
 from streaming.api.feedback import FeedbackAccepted, LabelPublisher
 from streaming.api.micro_batch import MicroBatcher
 from streaming.kafka.replica import Replica
@@ -53,7 +54,7 @@ class Services:
 
     def __init__(self, settings: ApiSettings) -> None:
         self.settings = settings
-        self.holder = ModelHolder(settings.model_dir)
+        self.holder, _ = model_holders(settings.model_dir, settings.model_uri, settings.mlflow_tracking_uri)
         self.metrics = ApiMetrics()
         self.executor = scoring_executor()
         # aiohttp rather than httpx for the per-request state look-up: ~0.5 ms less per call.
@@ -256,6 +257,7 @@ def create_api(settings: ApiSettings | None = None) -> FastAPI:
             "ready": is_ready,
             "model_version": holder.scorer.version if holder.ready else None,
             "model_error": holder.last_error,
+            "model_source": holder.source.where,
             "card_state_source": services.settings.card_state_source,
             "card_state_restored": services.card_state_restored,
             "card_state_error": None

@@ -12,16 +12,16 @@ event loop. One call uses one model throughout, so a model swap happens between 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import numpy as np
 
 from model.drift import DriftMonitor
-from model.features import Columns, RiskContext, epoch_ms, frame_from_transactions
+from model.features import Columns, RiskContext, compute_features, epoch_ms, frame_from_transactions
 from model.schemas import Decision, Transaction, decision_json
-from model.scoring import ModelHolder, ScoredBatch, utcnow
+from model.scoring import ModelHolder, ScoredBatch, Scorer, utcnow
 from streaming.scoring.merchant_risk import MerchantRisk
 from streaming.scoring.state import CardState, history_frame, labels_frame, merge
 
@@ -38,15 +38,24 @@ class Scored:
     batch: ScoredBatch
     #: Each decision as :class:`model.schemas.Decision`'s fields, in its field order.
     fields: list[dict[str, Any]]
+    #: The challenger's decisions of the same transactions (shadow: never acted on), or none.
+    shadow: list[dict[str, Any]] = field(default_factory=list)
 
 
 class ScoringService:
-    """Scores with the holder's serving model against card state and merchant risk."""
+    """Scores with the holder's serving model against card state and merchant risk, and with the
+    ``challenger`` holder's model in shadow when it has one."""
 
     def __init__(
-        self, holder: ModelHolder, risk: MerchantRisk, include_features: bool = False, track_drift: bool = False
+        self,
+        holder: ModelHolder,
+        risk: MerchantRisk,
+        include_features: bool = False,
+        track_drift: bool = False,
+        challenger: ModelHolder | None = None,
     ) -> None:
         self.holder, self.risk, self.include_features = holder, risk, include_features
+        self.challenger = challenger
         #: PSI of the scored traffic against the model's training data (``track_drift``).
         self.drift: DriftMonitor | None = None
         self._track_drift = track_drift
@@ -79,14 +88,33 @@ class ScoringService:
             keep = ~np.isin(history["transaction_id"], queries["transaction_id"])
             history = {name: values[keep] for name, values in history.items()}
         risk = self.risk.context(queries["merchant_id"], labels_frame(states))
-        batch = scorer.score_frame(queries, history, risk)
+        features = compute_features(queries, history, risk)
+        batch = scorer.score_features(features)
         if self._track_drift:
             if self.drift is None or self.drift.version != scorer.version:
                 self.drift = DriftMonitor(scorer.artifact.metadata.get("drift_reference"), version=scorer.version)
             self.drift.observe(batch.features, batch.scores)
         card_states = [_card_state(tx.card_id, states, unavailable) for tx in txs]
-        fields = scorer.decision_fields(txs, batch, card_states, scored_at or utcnow(), self.include_features)
-        return Scored(queries=queries, batch=batch, fields=fields)
+        scored_at = scored_at or utcnow()
+        fields = scorer.decision_fields(txs, batch, card_states, scored_at, self.include_features)
+        shadow = self._shadow(scorer, txs, features, card_states, scored_at)
+        return Scored(queries=queries, batch=batch, fields=fields, shadow=shadow)
+
+    def _shadow(
+        self,
+        champion: Scorer,
+        txs: Sequence[Transaction],
+        features: np.ndarray,
+        card_states: list[str],
+        scored_at: datetime,
+    ) -> list[dict[str, Any]]:
+        """The challenger's decisions on the same features (one more model call, plus one for
+        the reasons of what it flags)."""
+        challenger = self.challenger.current if self.challenger is not None else None
+        if challenger is None or challenger.version == champion.version:
+            return []
+        batch = challenger.score_features(features)
+        return challenger.decision_fields(txs, batch, card_states, scored_at, self.include_features)
 
     def decisions(self, scored: Scored) -> list[Decision]:
         """The decisions as validated models (the API's answers)."""

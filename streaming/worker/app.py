@@ -15,6 +15,7 @@ from typing import Any
 import faust
 from prometheus_client import start_http_server
 
+from model.registry import model_holders
 from model.scoring import ModelHolder, scoring_executor
 from streaming.fatal import Exit
 from streaming.kafka import clients as kafka
@@ -47,6 +48,7 @@ def create_app(
     risk: MerchantRisk | None = None,
     replica: Replica | None = None,
     exit: Exit | None = None,
+    challenger: ModelHolder | None = None,
 ) -> faust.App:
     app = faust.App(
         settings.app_id,
@@ -88,7 +90,9 @@ def create_app(
     app.topics.add(inputs)  # subscribed to as an agent's topic would be
     cards = card_table(app)
     executor = scoring_executor()
-    service = ScoringService(holder, risk or MerchantRisk(), settings.include_features, track_drift=True)
+    service = ScoringService(
+        holder, risk or MerchantRisk(), settings.include_features, track_drift=True, challenger=challenger
+    )
     executor.submit(service.warm_up)
     pipeline = Pipeline(
         settings,
@@ -135,7 +139,15 @@ def create_app(
 
     @app.page("/health")
     async def health(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
-        return web.json({"status": "ok", "model_version": holder.scorer.version if holder.ready else None})
+        shadow = challenger.current if challenger is not None else None
+        return web.json(
+            {
+                "status": "ok",
+                "model_version": holder.scorer.version if holder.ready else None,
+                "model_source": holder.source.where,
+                "challenger_version": shadow.version if shadow is not None else None,
+            }
+        )
 
     @app.page("/ready")
     async def ready(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
@@ -190,11 +202,15 @@ class _MetricsSensor(faust.Sensor):
 def run_worker(settings: WorkerSettings) -> None:
     """Blocking: start metrics, load the model, create topics, run until SIGTERM/SIGINT."""
     metrics = WorkerMetrics()
-    holder = ModelHolder(settings.model_dir)
+    holder, challenger = model_holders(
+        settings.model_dir, settings.model_uri, settings.mlflow_tracking_uri, shadow=settings.shadow
+    )
     holder.load()
     if not holder.ready:
-        raise SystemExit(f"fraud worker: no usable model in {settings.model_dir}: {holder.last_error}")
+        raise SystemExit(f"fraud worker: no usable model in {holder.source.where}: {holder.last_error}")
     metrics.set_version(holder.scorer.version)
+    if challenger is not None and challenger.load():
+        metrics.set_challenger(challenger.scorer.version)
     kafka.ensure_topics(settings, kafka.project_topics(settings))
     kafka.ensure_topics(settings, [settings.merchant_risk_topic], config={"cleanup.policy": "compact"})
     for topic in (settings.transactions_topic, settings.labels_topic):
@@ -215,7 +231,7 @@ def run_worker(settings: WorkerSettings) -> None:
         raise SystemExit(f"fraud worker: could not read {settings.merchant_risk_topic} within 120 s")
     log.info("merchant risk restored: %d daily counts, %d fraud labels", *risk.size())
     start_http_server(settings.metrics_port, registry=metrics.registry)
-    app = create_app(settings, holder, metrics, risk, replica=replica)
+    app = create_app(settings, holder, metrics, risk, replica=replica, challenger=challenger)
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
     log.info("worker %s: model %s, metrics on :%d", settings.app_id, holder.scorer.version, settings.metrics_port)
     worker.execute_from_commandline()
