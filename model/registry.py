@@ -281,6 +281,43 @@ class Registry:
         log.info("%s: %s -> %s by %s: %s", action, before, to, who, reason)
         return {**record, "run_id": run.info.run_id}
 
+    # --- retraining ---------------------------------------------------------------------------
+
+    def record_failure(self, kind: str, error: str) -> str:
+        """A failed run of ``kind`` (say, a retraining that could not finish), for the record and
+        the retraining metrics; returns its run id."""
+        tags = {TAG_KIND: kind, "fraud.actor": actor(), "fraud.error": error[:5000], "mlflow.note.content": error}
+        run = self.client.create_run(self.experiment_id(), run_name=f"{kind} failed", tags=tags)
+        self.client.set_terminated(run.info.run_id, status="FAILED")
+        return str(run.info.run_id)
+
+    def retrain_status(self) -> dict[str, Any]:
+        """The newest retraining run and the newest successful one: their end times (ms, 0 when
+        none), the newest run's outcome (``promote``, ``challenger`` or ``failed``) and the
+        average precisions the newest successful one compared."""
+
+        def newest(extra: str) -> Any:
+            found = self.client.search_runs(
+                [self.experiment_id()],
+                filter_string=f"tags.`{TAG_KIND}` = 'retrain'{extra}",
+                order_by=["attributes.start_time DESC"],
+                max_results=1,
+            )
+            return found[0] if found else None
+
+        last, success = newest(""), newest(" and attributes.status = 'FINISHED'")
+        status: dict[str, Any] = {"last_run_ms": 0, "last_success_ms": 0, "outcome": None, "average_precision": {}}
+        if last is not None:
+            status["last_run_ms"] = last.info.end_time or last.info.start_time
+            status["outcome"] = "failed" if last.info.status == "FAILED" else last.data.tags.get("fraud.gate.verdict")
+        if success is not None:
+            status["last_success_ms"] = success.info.end_time or success.info.start_time
+            for role in ("candidate", "champion"):
+                value = success.data.metrics.get(f"gate.{role}.average_precision")
+                if value is not None:
+                    status["average_precision"][role] = value
+        return status
+
     # --- loading ------------------------------------------------------------------------------
 
     def load(self, mv: Any) -> ModelArtifact:

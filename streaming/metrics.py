@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
@@ -18,6 +19,7 @@ disable_created_metrics()
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 20)) + (0.99,)
+RETRAIN_OUTCOMES = ("promoted", "challenger", "failed")
 BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2000)
 
 
@@ -193,6 +195,29 @@ class WorkerMetrics(ModelMetrics):
             ["version"],
             registry=r,
         )
+        # Retraining, as the registry records it (only while following a registry alias).
+        self.retrain_last_success = Gauge(
+            "fraud_retrain_last_success_timestamp_seconds",
+            "End of the newest successful `fraud retrain` run in the registry (0: none yet)",
+            registry=r,
+        )
+        self.retrain_last_run = Gauge(
+            "fraud_retrain_last_run_timestamp_seconds",
+            "End of the newest `fraud retrain` run in the registry, successful or not",
+            registry=r,
+        )
+        self.retrain_outcome = Gauge(
+            "fraud_retrain_last_outcome",
+            "1 for the outcome of the newest `fraud retrain` run (promoted, challenger, failed), 0 for the others",
+            ["outcome"],
+            registry=r,
+        )
+        self.retrain_average_precision = Gauge(
+            "fraud_retrain_average_precision",
+            "Average precision of the candidate and the champion on the newest successful retraining's matured window",
+            ["role"],
+            registry=r,
+        )
         for reason in DLQ_REASONS:
             self.dead_letters.labels(reason=reason)
             self.label_dead_letters.labels(reason=reason)
@@ -200,6 +225,16 @@ class WorkerMetrics(ModelMetrics):
             self.labels.labels(is_fraud=verdict)
         for outcome in ("allow", "review", "block"):
             self.decisions.labels(decision=outcome)
+
+    def set_retrain(self, status: dict[str, Any]) -> None:
+        """From :meth:`model.registry.Registry.retrain_status`."""
+        self.retrain_last_success.set(status["last_success_ms"] / 1000)
+        self.retrain_last_run.set(status["last_run_ms"] / 1000)
+        outcome = {"promote": "promoted", "challenger": "challenger", "failed": "failed"}.get(status["outcome"] or "")
+        for name in RETRAIN_OUTCOMES:
+            self.retrain_outcome.labels(outcome=name).set(1 if name == outcome else 0)
+        for role, value in status["average_precision"].items():
+            self.retrain_average_precision.labels(role=role).set(value)
 
     def set_challenger(self, version: str | None) -> None:
         self.challenger_info.clear()

@@ -188,7 +188,8 @@ def create_api(settings: ApiSettings | None = None) -> FastAPI:
         async def reload_loop() -> None:
             while True:
                 await asyncio.sleep(settings.model_reload_seconds)
-                await loop.run_in_executor(services.executor, services.refresh_model)
+                # Off the scoring thread: a registry may be slow to answer; the swap is atomic.
+                await loop.run_in_executor(None, services.refresh_model)
 
         task = asyncio.create_task(reload_loop())
         try:

@@ -32,7 +32,7 @@ import numpy as np
 import orjson
 
 from model.features import DAY_MS, MERCHANT_SPAN_DAYS, epoch_ms, frame_from_transactions
-from model.registry import CHALLENGER, CHAMPION, ROLES
+from model.registry import CHALLENGER, CHAMPION, ROLES, RegistrySource
 from model.schemas import Label, Transaction, decision_json
 from model.scoring import utcnow
 from streaming.fatal import Exit, exit_now, stop_uncommitted
@@ -524,16 +524,27 @@ class Pipeline:
     async def reload_model(self) -> None:
         """Swap in a new model (champion, and challenger when shadowing) if there is one, between
         batches: the scoring thread runs one call at a time, so no batch mixes versions. A bad
-        model is refused, counted, and the old one keeps serving."""
+        model is refused, counted, and the old one keeps serving.
+
+        Off the scoring thread: a registry may take seconds to answer (or time out), and scoring
+        goes on meanwhile; a scoring call reads the serving model once, so the swap (one
+        reference) still falls between batches."""
         service, loop = self.scorer.service, asyncio.get_running_loop()
         holder, challenger = service.holder, service.challenger
-        if await loop.run_in_executor(self.executor, holder.load):
+        if await loop.run_in_executor(None, holder.load):
             self.metrics.set_version(holder.scorer.version)
         failures = holder.reload_failures
         if challenger is not None:
-            if await loop.run_in_executor(self.executor, challenger.load):
+            if await loop.run_in_executor(None, challenger.load):
                 current = challenger.current
                 self.metrics.set_challenger(current.version if current is not None else None)
             failures += challenger.reload_failures
         self.metrics.reload_failures.inc(failures - self._reload_failures_seen)
         self._reload_failures_seen = failures
+        if isinstance(holder.source, RegistrySource):
+            try:
+                status = await loop.run_in_executor(None, holder.source.registry.retrain_status)
+            except Exception as exc:  # best effort: the registry's answer about retraining is informational
+                log.debug("retraining status unavailable: %s", exc)
+            else:
+                self.metrics.set_retrain(status)

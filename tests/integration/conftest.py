@@ -107,6 +107,7 @@ def make_topics(bootstrap: str, partitions: int = 2) -> Topics:
         labels_topic=f"labels-{suffix}",
         labels_dlq_topic=f"labels-{suffix}.dlq",
         merchant_risk_topic=f"risk-{suffix}",
+        shadow_decisions_topic=f"decisions-{suffix}.shadow",
         topic_partitions=partitions,
     )
     kafka.ensure_topics(settings, kafka.project_topics(settings))
@@ -168,6 +169,10 @@ class Stack:
     api_port: int = field(default_factory=free_port)
     card_state_source: str = "replica"
     services: list[Service] = field(default_factory=list)
+    #: Serve a registry alias (``models:/NAME@ALIAS``) of ``tracking_uri`` instead of ``model_dir``.
+    model_uri: str = ""
+    tracking_uri: str = ""
+    model_reload_seconds: float = 10.0
 
     def env(self) -> dict[str, str]:
         s = self.topics.settings
@@ -192,6 +197,10 @@ class Stack:
             "FRAUD_CARD_STATE_SOURCE": self.card_state_source,
             "FRAUD_WORKER_URL": f"http://127.0.0.1:{self.web_port}",
             "FRAUD_STATE_TIMEOUT_SECONDS": "2",
+            "FRAUD_SHADOW_DECISIONS_TOPIC": s.shadow_decisions_topic,
+            "FRAUD_MODEL_URI": self.model_uri,
+            "FRAUD_MODEL_RELOAD_SECONDS": str(self.model_reload_seconds),
+            **({"FRAUD_MLFLOW_TRACKING_URI": self.tracking_uri} if self.tracking_uri else {}),
         }
 
     def start_worker(self) -> Service:

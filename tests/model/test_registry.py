@@ -58,7 +58,12 @@ def test_a_training_run_is_logged_and_registered(registry: Registry, artifacts: 
     assert metrics["validation.at_threshold.block.recall"] >= 0
     assert metrics["window.fit_rows"] == meta["training_window"]["fit_rows"]
     listed = {f.path for f in registry.client.list_artifacts(run_id, "model")}
-    assert {f"model/{MODEL_FILE}", f"model/{METADATA_FILE}", "model/pr_curve.png", "model/confusion_matrix.png"} <= listed
+    assert {
+        f"model/{MODEL_FILE}",
+        f"model/{METADATA_FILE}",
+        "model/pr_curve.png",
+        "model/confusion_matrix.png",
+    } <= listed
     assert json.loads(registry.client.download_artifacts(run_id, "features.json", str(a.parent)) and
                       (a.parent / "features.json").read_text()) == meta["feature_names"]  # fmt: skip
     (info,) = registry.versions()
