@@ -203,16 +203,21 @@ class Stack:
             **({"FRAUD_MLFLOW_TRACKING_URI": self.tracking_uri} if self.tracking_uri else {}),
         }
 
+    @property
+    def start_timeout(self) -> float:
+        # A process serving from a registry imports MLflow first: seconds, more on a busy machine.
+        return 240.0 if self.model_uri else 60.0
+
     def start_worker(self) -> Service:
         worker = Service("worker", self.env(), self.workdir / "worker.log").start()
         self.services.append(worker)
-        worker.wait_http(f"http://127.0.0.1:{self.web_port}/ready")
+        worker.wait_http(f"http://127.0.0.1:{self.web_port}/ready", timeout=self.start_timeout)
         return worker
 
     def start_api(self) -> Service:
         api = Service("api", self.env(), self.workdir / "api.log").start()
         self.services.append(api)
-        api.wait_http(f"http://127.0.0.1:{self.api_port}/ready")
+        api.wait_http(f"http://127.0.0.1:{self.api_port}/ready", timeout=self.start_timeout)
         return api
 
     def stop_all(self) -> None:

@@ -20,7 +20,7 @@ from model.registry import CHALLENGER, CHAMPION, Registry
 from model.train import TrainOptions, train
 from producers.publisher import wire_value
 from streaming.kafka import clients as kafka
-from tests.integration.conftest import Service, Stack, consume, make_topics
+from tests.integration.conftest import Stack, consume, make_topics
 
 pytestmark = pytest.mark.integration
 
@@ -64,14 +64,6 @@ class Traffic:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(60)
-
-
-def start(stack: Stack, name: str, url: str) -> Service:
-    # Processes on a registry import MLflow first (seconds, more on a busy machine).
-    service = Service(name, stack.env(), stack.workdir / f"{name}.log").start()
-    stack.services.append(service)
-    service.wait_http(url, timeout=240)
-    return service
 
 
 def wait_for(what: str, check, timeout: float = 90.0) -> None:  # type: ignore[no-untyped-def]
@@ -121,8 +113,8 @@ def test_promotion_and_rollback_under_live_traffic(
     assert art[v1] != art[v2]
 
     worker_url = f"http://127.0.0.1:{stack.web_port}"
-    start(stack, "worker", f"{worker_url}/ready")
-    start(stack, "api", f"http://127.0.0.1:{stack.api_port}/ready")
+    stack.start_worker()
+    stack.start_api()
     health = httpx.get(f"{worker_url}/health").json()
     assert (health["model_version"], health["challenger_version"]) == (art[v1], art[v2])
     probe = traffic_frame.iloc[0].to_dict()
