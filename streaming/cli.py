@@ -452,7 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
-        "quality", help="precision/recall per model version and threshold: decisions joined to labels from the topics"
+        "quality",
+        help="precision/recall per model version and threshold: decisions joined to labels from the topics "
+        "(and champion against challenger on the same transactions, from the shadow decisions topic)",
     )
     p.add_argument("--from", dest="start", type=_timestamp, help="first decision event time included (inclusive)")
     p.add_argument("--to", dest="end", type=_timestamp, help="end of the decisions' event-time range (exclusive)")
