@@ -68,8 +68,10 @@ class _Message:
     value: bytes | None
 
 
-def _models(workdir: Path) -> tuple[Path, Path]:
-    frame = generate(SimConfig(seed=21, n_cards=1500, n_merchants=300, days=20, start=datetime(2026, 1, 1, tzinfo=UTC)))
+def _models(workdir: Path, cards: int) -> tuple[Path, Path]:
+    frame = generate(
+        SimConfig(seed=21, n_cards=cards, n_merchants=300, days=20, start=datetime(2026, 1, 1, tzinfo=UTC))
+    )
     frame.to_csv(workdir / "train.csv", index=False)
     train(workdir / "train.csv", workdir / "champion", TrainOptions())
     train(workdir / "train.csv", workdir / "challenger", TrainOptions(seed=8))
@@ -77,7 +79,11 @@ def _models(workdir: Path) -> tuple[Path, Path]:
 
 
 def _messages(n: int, topic: str) -> list[_Message]:
-    frame = generate(SimConfig(seed=22, n_cards=2000, n_merchants=300, days=10, start=datetime(2026, 2, 1, tzinfo=UTC)))
+    # About ten transactions per card over the ten days: enough to be sliced to n.
+    cards = max(100, n // 8)
+    frame = generate(
+        SimConfig(seed=22, n_cards=cards, n_merchants=300, days=10, start=datetime(2026, 2, 1, tzinfo=UTC))
+    )
     rows = frame.iloc[:n].to_dict("records")
     now = time.time()
     return [_Message(topic, i % 4, i // 4, now, str(r["card_id"]).encode(), wire_value(r)) for i, r in enumerate(rows)]
@@ -131,8 +137,10 @@ def _sample(metrics: WorkerMetrics, name: str) -> float:
     return sum(s.value for family in metrics.registry.collect() for s in family.samples if s.name == name)
 
 
-def measure(transactions: int, batches: Sequence[int], repeats: int, workdir: Path) -> dict[str, Any]:
-    champion, challenger = _models(workdir)
+def measure(
+    transactions: int, batches: Sequence[int], repeats: int, workdir: Path, train_cards: int = 1500
+) -> dict[str, Any]:
+    champion, challenger = _models(workdir, train_cards)
     messages = _messages(transactions, WorkerSettings().transactions_topic)
     out: dict[str, Any] = {"transactions": len(messages), "repeats": repeats, "batches": {}}
     for batch in batches:

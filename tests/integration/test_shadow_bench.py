@@ -12,7 +12,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_the_shadow_cost_is_measured_on_both_configurations(tmp_path: Path) -> None:
-    report = measure(transactions=600, batches=[100], repeats=1, workdir=tmp_path)
+    report = measure(transactions=600, batches=[100], repeats=1, workdir=tmp_path, train_cards=200)
     assert report["transactions"] == 600
     row = report["batches"]["100"]
     for name in ("without", "with"):
