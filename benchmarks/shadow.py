@@ -1,16 +1,17 @@
 """What shadow scoring costs the worker: its batch pipeline with and without a challenger.
 
-``python -m benchmarks.shadow [--transactions N] [--batch B ...] [--repeats R] [--json PATH]``
+``python -m benchmarks.shadow [--transactions N] [--batch B ...] [--repeats R] [--train-cards C]
+[--model hgb|logreg] [--json PATH]``
 
 The worker's own objects (:class:`streaming.worker.pipeline.Pipeline`, its scoring thread, the
 scoring service) process generated traffic in batches, first without then with a challenger
-(another gradient-boosted model of the same data), alternating ``repeats`` times; the outputs go to
-a producer that acknowledges at once, so what is measured is the worker's CPU per transaction
-(validation, card state, features, the model calls, encoding, publishing, the live-quality join),
-not the broker. Reported per batch size: the median CPU µs per transaction of the process (its
-threads together: what the worker's core pays, and steadier than wall time on a machine shared
-with other work), the wall-clock µs per transaction of the pass and of the scoring step, the
-transactions per second a core allows, and the difference.
+(another model of the same data, gradient-boosted trees unless ``--model logreg``), alternating
+``repeats`` times; the outputs go to a producer that acknowledges at once, so what is measured is
+the worker's CPU per transaction (validation, card state, features, the model calls, encoding,
+publishing, the live-quality join), not the broker. Reported per batch size: the median CPU µs
+per transaction of the process (its threads together: what the worker's core pays, and steadier
+than wall time on a machine shared with other work), the wall-clock µs per transaction of the
+pass and of the scoring step, the transactions per second a core allows, and the difference.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from model.scoring import ModelHolder, scoring_executor
-from model.train import TrainOptions, train
+from model.train import ModelType, TrainOptions, train
 from producers.publisher import wire_value
 from producers.synthetic import SimConfig, generate
 from streaming.kafka.outputs import OutputBatch
@@ -68,13 +69,13 @@ class _Message:
     value: bytes | None
 
 
-def _models(workdir: Path, cards: int) -> tuple[Path, Path]:
+def _models(workdir: Path, cards: int, model_type: ModelType) -> tuple[Path, Path]:
     frame = generate(
         SimConfig(seed=21, n_cards=cards, n_merchants=300, days=20, start=datetime(2026, 1, 1, tzinfo=UTC))
     )
     frame.to_csv(workdir / "train.csv", index=False)
-    train(workdir / "train.csv", workdir / "champion", TrainOptions())
-    train(workdir / "train.csv", workdir / "challenger", TrainOptions(seed=8))
+    train(workdir / "train.csv", workdir / "champion", TrainOptions(model_type=model_type))
+    train(workdir / "train.csv", workdir / "challenger", TrainOptions(model_type=model_type, seed=8))
     return workdir / "champion", workdir / "challenger"
 
 
@@ -138,11 +139,16 @@ def _sample(metrics: WorkerMetrics, name: str) -> float:
 
 
 def measure(
-    transactions: int, batches: Sequence[int], repeats: int, workdir: Path, train_cards: int = 1500
+    transactions: int,
+    batches: Sequence[int],
+    repeats: int,
+    workdir: Path,
+    train_cards: int = 1500,
+    model_type: ModelType = "hgb",
 ) -> dict[str, Any]:
-    champion, challenger = _models(workdir, train_cards)
+    champion, challenger = _models(workdir, train_cards, model_type)
     messages = _messages(transactions, WorkerSettings().transactions_topic)
-    out: dict[str, Any] = {"transactions": len(messages), "repeats": repeats, "batches": {}}
+    out: dict[str, Any] = {"transactions": len(messages), "repeats": repeats, "model": model_type, "batches": {}}
     for batch in batches:
         runs: dict[str, list[dict[str, float]]] = {"without": [], "with": []}
         for _ in range(repeats):
@@ -163,10 +169,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--transactions", type=int, default=20_000, help="transactions per pass (default %(default)s)")
     parser.add_argument("--batch", type=int, action="append", help="batch size (repeatable; default 50 and 500)")
     parser.add_argument("--repeats", type=int, default=3, help="passes per configuration (default %(default)s)")
+    parser.add_argument(
+        "--train-cards", type=int, default=1500, help="cards of the training data (default %(default)s)"
+    )
+    parser.add_argument(
+        "--model", choices=("hgb", "logreg"), default="hgb", help="both models' estimator (default hgb)"
+    )
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="fraud-shadow-bench-") as tmp:
-        report = measure(args.transactions, args.batch or [50, 500], args.repeats, Path(tmp))
+        report = measure(
+            args.transactions, args.batch or [50, 500], args.repeats, Path(tmp), args.train_cards, args.model
+        )
     text = json.dumps(report, indent=2)
     print(text)
     if args.json is not None:

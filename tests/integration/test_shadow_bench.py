@@ -12,8 +12,8 @@ pytestmark = pytest.mark.integration
 
 
 def test_the_shadow_cost_is_measured_on_both_configurations(tmp_path: Path) -> None:
-    report = measure(transactions=600, batches=[100], repeats=1, workdir=tmp_path, train_cards=200)
-    assert report["transactions"] == 600
+    report = measure(600, [100], repeats=1, workdir=tmp_path, train_cards=200, model_type="logreg")
+    assert (report["transactions"], report["model"]) == (600, "logreg")
     row = report["batches"]["100"]
     for name in ("without", "with"):
         assert row[name]["wall_us_per_tx"] > row[name]["scoring_us_per_tx"] > 0 and row[name]["cpu_us_per_tx"] > 0
