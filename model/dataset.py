@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from model.errors import DatasetError
 from model.features import CANONICAL_COLUMNS, parse_offsets_minutes
 from model.schemas import CHANNELS, ID_PATTERN, MAX_AMOUNT
 
@@ -23,10 +24,6 @@ REQUIRED_COLUMNS = ("transaction_id", "timestamp", "card_id", "merchant_id", "am
 OPTIONAL_COLUMNS = ("currency", "merchant_category", "channel", "country", "labelled_at")
 _EXAMPLES_PER_REASON = 5
 _EPOCH = pd.Timestamp(0, tz="UTC")
-
-
-class DatasetError(ValueError):
-    """The file cannot be used at all (missing column, unreadable, no valid rows, strict mode)."""
 
 
 @dataclass

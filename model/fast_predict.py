@@ -23,9 +23,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-#: Up to this many rows the fast path is used (scikit-learn's compiled loop, on the one thread the
-#: scoring thread allows it, was faster from ~150 rows of a 200-tree model on: 128 rows 1.6
-#: against 2.1 ms, 192 rows 3.5 against 2.2 ms; the cost of both grows with the trees).
+#: Up to this many rows the fast path is used; from a little above it, scikit-learn's compiled loop
+#: (on the one thread the scoring thread allows it) is faster for a 200-tree model. The cost of both
+#: grows with the trees; measurements in docs/performance.md.
 FAST_MAX_ROWS = 128
 #: Walkers that reached a leaf are dropped from the walk every this many steps.
 COMPACT_EVERY = 3
@@ -35,7 +35,7 @@ class FastTrees:
     """All trees of a binary HistGradientBoostingClassifier as flat arrays, walked together."""
 
     def __init__(self, estimator: HistGradientBoostingClassifier) -> None:
-        trees = [iteration[0] for iteration in estimator._predictors]
+        trees = [iteration[0] for iteration in estimator._predictors]  # noqa: SLF001  # the fitted trees; no public accessor
         sizes = np.array([len(t.nodes) for t in trees])
         offsets = np.concatenate(([0], np.cumsum(sizes)[:-1]))
         nodes = np.concatenate([t.nodes for t in trees])
@@ -56,7 +56,7 @@ class FastTrees:
         self.value = nodes["value"].astype(np.float64)
         #: Steps from a root to the deepest leaf.
         self.depth = int(nodes["depth"].max())
-        self.baseline = float(np.asarray(estimator._baseline_prediction).ravel()[0])
+        self.baseline = float(np.asarray(estimator._baseline_prediction).ravel()[0])  # noqa: SLF001  # the raw score before the trees; no public accessor
 
     @classmethod
     def supports(cls, estimator: Any) -> bool:
@@ -64,7 +64,7 @@ class FastTrees:
             isinstance(estimator, HistGradientBoostingClassifier)
             and getattr(estimator, "n_trees_per_iteration_", 0) == 1
             and getattr(estimator, "is_categorical_", None) is None
-            and all(not iteration[0].nodes["is_categorical"].any() for iteration in estimator._predictors)
+            and all(not iteration[0].nodes["is_categorical"].any() for iteration in estimator._predictors)  # noqa: SLF001  # the fitted trees; no public accessor
         )
 
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -72,8 +72,8 @@ class FastTrees:
         n_trees = len(self.roots)
         # One walker per (row, tree), flattened. Walkers at a leaf stay there (leaves are their
         # own children); every COMPACT_EVERY steps they are dropped from the arrays the steps
-        # work on (most trees end well above the deepest one). Compacting every step cost more
-        # than it saved: 1 row 127 -> 87 µs, 17 rows 405 -> 297 µs, 64 rows 1.12 -> 0.88 ms.
+        # work on (most trees end well above the deepest one). Compacting every step costs more
+        # than it saves (docs/performance.md).
         node = np.tile(self.roots, n)
         walking = np.arange(n * n_trees)
         current = node

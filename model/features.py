@@ -211,8 +211,8 @@ class _Index:
         return lo, hi
 
 
-#: Up to this many values a dict factorises faster than pandas (measured: 3.5 against 9 µs for 16
-#: strings, even at ~70 strings or ~45 integers); one-row ``/predict`` features factorise six times.
+#: Up to this many values a dict factorises faster than pandas (docs/performance.md); one-row
+#: ``/predict`` features factorise six times.
 SMALL_FACTORIZE = 64
 
 

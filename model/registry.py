@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from model.artifact import METADATA_FILE, ModelArtifact, load_artifact
-from model.errors import FraudStreamError, ModelLoadError
+from model.errors import ConfigurationError, ModelLoadError, UserInputError
 from model.scoring import ModelHolder
 
 log = logging.getLogger(__name__)
@@ -51,10 +51,8 @@ TAG_REPLACED = "fraud.replaced"
 TAG_KIND = "fraud.kind"
 
 
-class RegistryError(FraudStreamError):
+class RegistryError(UserInputError):
     """The registry cannot do what was asked (unknown version, no champion to roll back, ...)."""
-
-    status_code = 400
 
 
 class RegistryUnavailableError(ModelLoadError):
@@ -439,7 +437,7 @@ def parse_model_uri(uri: str) -> tuple[str, str]:
     body = uri[len(prefix) :] if uri.startswith(prefix) else ""
     name, sep, alias = body.partition("@")
     if not (name and sep and alias) or "/" in name:
-        raise ValueError(f"model URI {uri!r}: expected models:/NAME@ALIAS, e.g. models:/fraudstream@champion")
+        raise ConfigurationError(f"model URI {uri!r}: expected models:/NAME@ALIAS, e.g. models:/fraudstream@champion")
     return name, alias
 
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 
 #: Channels a transaction can arrive through; anything else is a validation error.
 CHANNELS: tuple[str, ...] = ("pos", "ecommerce", "atm")
@@ -47,10 +47,20 @@ MAX_MESSAGE_BYTES = 16 * 1024
 Outcome = Literal["allow", "review", "block"]
 
 
+def _exactly_version_1(v: object) -> object:
+    # JSON 1 only: not true, 1.0 or "1", and never a huge integer (which would not fit the
+    # 64-bit integers the JSON encoder writes: a server error instead of a 422).
+    if type(v) is not int or v != SCHEMA_VERSION:
+        raise ValueError(f"schema_version must be the integer {SCHEMA_VERSION}")
+    return v
+
+
 class Transaction(BaseModel):
     """A card or payment transaction to score."""
 
     model_config = ConfigDict(extra="ignore", frozen=True, str_strip_whitespace=True)
+
+    schema_version: Literal[1] = Field(default=SCHEMA_VERSION, description="Contract version; optional, 1.")
 
     transaction_id: str = Field(
         min_length=1, max_length=128, pattern=ID_PATTERN, description="Unique id; decisions are idempotent by it."
@@ -66,10 +76,14 @@ class Transaction(BaseModel):
         strict=True,
         description="Amount in the currency's major unit, a JSON number; > 0 and at most 1e9.",
     )
-    currency: str = Field(min_length=3, max_length=3, description="ISO-4217 code.")
+    currency: str = Field(pattern=r"^[A-Z]{3}$", description="ISO-4217 code: three uppercase letters.")
     merchant_category: str | None = Field(default=None, max_length=64)
     channel: Literal["pos", "ecommerce", "atm"] | None = None
-    country: str | None = Field(default=None, min_length=2, max_length=2, description="ISO-3166 alpha-2.")
+    country: str | None = Field(
+        default=None, pattern=r"^[A-Z]{2}$", description="ISO-3166 alpha-2 code: two uppercase letters."
+    )
+
+    _version = field_validator("schema_version", mode="before")(_exactly_version_1)
 
     @field_validator("timestamp", mode="before")
     @classmethod
@@ -90,11 +104,6 @@ class Transaction(BaseModel):
         if not math.isfinite(v):
             raise ValueError("amount must be finite")
         return v
-
-    @field_validator("currency", "country")
-    @classmethod
-    def _upper(cls, v: str | None) -> str | None:
-        return v.upper() if v is not None else v
 
 
 class Decision(BaseModel):
@@ -120,11 +129,34 @@ class Decision(BaseModel):
             "'unavailable': the history could not be reached and the score is stateless."
         ),
     )
+    decided_by: str = Field(
+        default="model",
+        description="What decided: 'model' (the thresholds), 'rule:<id>', 'allow_list:<kind>' or "
+        "'block_list:<kind>' (rules and lists come before the model; the score is the model's either way).",
+    )
     features: dict[str, float] | None = Field(
         default=None,
         description="Feature values the score was computed from; only when the worker runs with "
         "FRAUD_INCLUDE_FEATURES=true (audit and parity checks).",
     )
+
+
+class DecisionOnly(BaseModel):
+    """``/predict``'s answer with ``FRAUD_PREDICT_DECISION_ONLY``: the verdict without the score or
+    reasons a caller could use to learn the thresholds."""
+
+    model_config = ConfigDict(frozen=True)
+
+    schema_version: int = SCHEMA_VERSION
+    transaction_id: str
+    card_id: str
+    decision: Outcome
+    model_version: str
+    scored_at: datetime
+
+    @classmethod
+    def of(cls, decision: Decision) -> DecisionOnly:
+        return cls(**decision.model_dump(include=set(cls.model_fields)))
 
 
 def decision_json(fields: Mapping[str, Any]) -> bytes:
@@ -148,7 +180,7 @@ class Label(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True, str_strip_whitespace=True)
 
-    schema_version: int = SCHEMA_VERSION
+    schema_version: Literal[1] = Field(default=SCHEMA_VERSION, description="Contract version; optional, 1.")
     transaction_id: str = Field(min_length=1, max_length=128, pattern=ID_PATTERN)
     card_id: str = Field(min_length=1, max_length=128, pattern=ID_PATTERN)
     merchant_id: str = Field(min_length=1, max_length=128, pattern=ID_PATTERN)
@@ -156,6 +188,11 @@ class Label(BaseModel):
     timestamp: AwareDatetime = Field(description="The labelled transaction's own timestamp.")
     labelled_at: AwareDatetime = Field(description="When the label became known; not before `timestamp`.")
     source: LabelSource = Field(description="Where the label came from.")
+    labelled_by: str | None = Field(
+        default=None, max_length=200, description="Who labelled it (the analyst, for `manual` labels); optional."
+    )
+
+    _version = field_validator("schema_version", mode="before")(_exactly_version_1)
 
     @field_validator("timestamp", "labelled_at", mode="before")
     @classmethod
@@ -172,7 +209,8 @@ class Label(BaseModel):
 
 
 #: Fields of a transaction on the wire, in contract order; anything else (labels) stays off it.
-WIRE_FIELDS: tuple[str, ...] = tuple(Transaction.model_fields)
+#: ``schema_version`` is optional and left out: version 1 is what an absent one means.
+WIRE_FIELDS: tuple[str, ...] = tuple(f for f in Transaction.model_fields if f != "schema_version")
 
 
 def wire_value(row: Mapping[str, Any]) -> bytes:
@@ -181,5 +219,6 @@ def wire_value(row: Mapping[str, Any]) -> bytes:
 
 
 def label_value(label: Label) -> bytes:
-    """The JSON a label event travels as: the :class:`Label` contract's fields."""
-    return orjson.dumps(label.model_dump(mode="json"))
+    """The JSON a label event travels as: the :class:`Label` contract's fields (``labelled_by``
+    only when known, so a label without it is byte for byte what it was before the field)."""
+    return orjson.dumps(label.model_dump(mode="json", exclude_none=True))

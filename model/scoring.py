@@ -140,6 +140,7 @@ class Scorer:
                 "event_timestamp": tx.timestamp,
                 "scored_at": scored_at,
                 "card_state": card_states[i],
+                "decided_by": "model",
             }
             if include_features:
                 fields["features"] = dict(zip(FEATURE_NAMES, batch.features[i].tolist(), strict=True))

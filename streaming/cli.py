@@ -9,16 +9,24 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import signal
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
+import pydantic
+from pydantic_settings import BaseSettings
+
+from model.errors import FraudStreamError, UserInputError
+from streaming import cli_admin
 
 log = logging.getLogger("fraudstream")
+
+S = TypeVar("S", bound=BaseSettings)
 
 
 def _timestamp(value: str) -> pd.Timestamp:
@@ -29,18 +37,66 @@ def _timestamp(value: str) -> pd.Timestamp:
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
+def _finite(value: str) -> float:
+    try:
+        f = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not math.isfinite(f):
+        raise argparse.ArgumentTypeError(f"not a finite number: {value!r}")
+    return f
+
+
 def _positive_float(value: str) -> float:
-    f = float(value)
+    f = _finite(value)
     if not f > 0:
         raise argparse.ArgumentTypeError("must be > 0")
     return f
 
 
 def _non_negative_float(value: str) -> float:
-    f = float(value)
+    f = _finite(value)
     if not f >= 0:
         raise argparse.ArgumentTypeError("must be >= 0")
     return f
+
+
+def _share(value: str) -> float:
+    """A share of something that must leave some of it on either side: in (0, 1)."""
+    f = _finite(value)
+    if not 0 < f < 1:
+        raise argparse.ArgumentTypeError("must be > 0 and < 1")
+    return f
+
+
+def _precision(value: str) -> float:
+    f = _finite(value)
+    if not 0 < f <= 1:
+        raise argparse.ArgumentTypeError("must be > 0 and <= 1")
+    return f
+
+
+def _positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return n
+
+
+def _settings(cls: type[S], **overrides: Any) -> S:
+    """``cls`` read from the ``FRAUD_*`` environment; an invalid value is the user's to fix."""
+    try:
+        return cls(**overrides)
+    except pydantic.ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else "?"
+            where = f"--{name}" if name in overrides else f"FRAUD_{name.upper()}"
+            problems.append(f"{where}: {error['msg']}")
+        raise UserInputError("invalid setting " + "; ".join(problems)) from None
 
 
 def _write_report(path: Path | None, report: dict[str, Any]) -> None:
@@ -72,7 +128,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
     print("Ctrl-C to stop (storage is in memory and is lost on exit)", flush=True)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        while broker.process is not None and broker.process.poll() is None:
+        while broker.running():
             time.sleep(0.5)
         return 1
     except KeyboardInterrupt:
@@ -150,7 +206,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         record = registry.set_challenger(None, args.reason)
     else:
         if args.version is None:
-            raise ValueError("fraud models challenger: give a VERSION or --clear")
+            raise UserInputError("give a VERSION or --clear")
         record = registry.set_challenger(args.version, args.reason)
     print(json.dumps(record))
     return 0
@@ -201,7 +257,7 @@ def cmd_quality(args: argparse.Namespace) -> int:
 
     start_ms = None if args.start is None else args.start.value // 1_000_000
     end_ms = None if args.end is None else args.end.value // 1_000_000
-    report = read_quality(KafkaSettings(), start_ms, end_ms, timeout_s=args.timeout)
+    report = read_quality(_settings(KafkaSettings), start_ms, end_ms, timeout_s=args.timeout)
     print(format_quality(report))
     _write_report(args.json, report)
     return 0
@@ -211,7 +267,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from streaming.settings import WorkerSettings
     from streaming.worker.app import run_worker
 
-    settings = WorkerSettings()
+    settings = _settings(WorkerSettings)
     _setup_logging(settings.log_level)
     run_worker(settings)
     return 0
@@ -224,7 +280,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     from streaming.settings import ApiSettings
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    settings = ApiSettings(**overrides)
+    settings = _settings(ApiSettings, **overrides)
     _setup_logging(settings.log_level)
     uvicorn.run(
         create_api(settings),
@@ -265,12 +321,12 @@ def cmd_produce(args: argparse.Namespace) -> int:
     from streaming.kafka import clients as kafka
     from streaming.settings import ProducerSettings
 
-    settings = ProducerSettings()
+    settings = _settings(ProducerSettings)
     labels = None
     kafka.ensure_topics(settings, [settings.transactions_topic, *([settings.labels_topic] if args.labels else [])])
     publisher = Publisher(settings)
     if settings.metrics_port:
-        start_http_server(settings.metrics_port, registry=publisher.metrics.registry)
+        start_http_server(settings.metrics_port, addr=settings.metrics_bind, registry=publisher.metrics.registry)
     if args.from_csv is not None:
         dataset = load_csv(args.from_csv)
         if dataset.invalid.count:
@@ -337,7 +393,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from benchmarks.bench import BenchOptions, format_table, run_bench
+    from benchmarks.report import format_table
+    from benchmarks.run import BenchOptions, run_bench
 
     opts = BenchOptions.quick_profile() if args.quick else BenchOptions()
     overrides = {
@@ -360,7 +417,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for item in args.worker_env:
         key, sep, value = item.partition("=")
         if not sep or not key.startswith("FRAUD_"):
-            raise ValueError(f"--worker-env wants FRAUD_NAME=VALUE, got {item!r}")
+            raise UserInputError(f"--worker-env wants FRAUD_NAME=VALUE, got {item!r}")
         opts.worker_env[key] = value
     # SIGTERM ends the bench like Ctrl-C: every process it started is stopped on the way out.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -384,7 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fraud",
         description="fraudstream: real-time fraud scoring of card transactions on Kafka.",
-        epilog="Kafka and topic settings come from FRAUD_* environment variables; see README.md.",
+        epilog="Kafka and topic settings come from FRAUD_* environment variables; see README.md. "
+        "Exit status: 0 done, 1 failed, 2 bad input (a file, an option or a setting), 130 interrupted.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -406,19 +464,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--validation-fraction",
-        type=float,
+        type=_share,
         default=0.2,
         help="latest share of the window held out for validation and thresholds (default %(default)s)",
     )
     p.add_argument(
         "--block-precision",
-        type=float,
+        type=_precision,
         default=0.8,
         help="precision the block threshold must reach on validation (default %(default)s)",
     )
     p.add_argument(
         "--review-precision",
-        type=float,
+        type=_precision,
         default=0.3,
         help="precision the review threshold must reach on validation (default %(default)s)",
     )
@@ -426,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="refuse the CSV if any row is invalid")
     p.add_argument(
         "--label-delay-days",
-        type=float,
+        type=_non_negative_float,
         default=7.0,
         help="when a fraud row without labelled_at became known, in days after it (default %(default)s)",
     )
@@ -460,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", dest="end", type=_timestamp, help="end of the decisions' event-time range (exclusive)")
     p.add_argument("--json", type=Path, help="also write the report as JSON here")
     p.add_argument(
-        "--timeout", type=float, default=30.0, help="seconds to reach the topics' ends (default %(default)s)"
+        "--timeout", type=_positive_float, default=30.0, help="seconds to reach the topics' ends (default %(default)s)"
     )
     p.set_defaults(func=cmd_quality)
 
@@ -557,9 +615,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, help="stop after this many messages")
     p.add_argument("--duration", type=_positive_float, help="stop after this many seconds")
     p.add_argument("--seed", type=int, default=7, help="simulation seed (default %(default)s)")
-    p.add_argument("--cards", type=int, default=2000, help="simulated cards (default %(default)s)")
-    p.add_argument("--merchants", type=int, default=400, help="simulated merchants (default %(default)s)")
-    p.add_argument("--days", type=float, default=30.0, help="simulated days of event time (default %(default)s)")
+    p.add_argument("--cards", type=_positive_int, default=2000, help="simulated cards (default %(default)s)")
+    p.add_argument("--merchants", type=_positive_int, default=400, help="simulated merchants (default %(default)s)")
+    p.add_argument(
+        "--days", type=_positive_float, default=30.0, help="simulated days of event time (default %(default)s)"
+    )
     p.add_argument("--start", type=_timestamp, help="event time of the simulation start (default 2026-01-01)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
@@ -629,6 +689,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workdir", type=Path, help="keep logs and data here (default: a temporary directory, removed)")
     p.set_defaults(func=cmd_bench)
+
+    cli_admin.add_parsers(sub, _timestamp)
     return parser
 
 
@@ -637,16 +699,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command not in ("worker", "api"):
         _setup_logging("info" if args.command in ("train", "demo") else "warning")
-    from model.errors import FraudStreamError
-
     try:
         return int(args.func(args))
-    except FraudStreamError as exc:
+    except UserInputError as exc:  # a bad file, option or setting: the user can fix it
         print(f"fraud {args.command}: {exc}", file=sys.stderr)
         return 2
-    except ValueError as exc:  # DatasetError and bad option values
+    except FraudStreamError as exc:  # raised on purpose with a message for a person: not a bug
         print(f"fraud {args.command}: {exc}", file=sys.stderr)
-        return 2
+        return 1
+    # Anything else is a bug: Python prints its traceback and exits with status 1.
 
 
 if __name__ == "__main__":

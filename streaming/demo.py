@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 import numpy as np
@@ -28,8 +26,10 @@ from confluent_kafka import TopicPartition
 from model.features import epoch_ms
 from producers.publisher import Progress, Publisher, label_events
 from producers.synthetic import SimConfig, generate, iter_records, labels_for, with_label_columns
+from streaming.api.security import SCOPES, key_line, new_key
+from streaming.children import Children, free_port, python_module, wait_http
 from streaming.kafka import clients as kafka
-from streaming.kafka.broker import EmbeddedBroker, free_port, wait_http
+from streaming.kafka.broker import EmbeddedBroker
 from streaming.settings import ProducerSettings
 
 #: Every this many transactions the demo also sends one malformed message.
@@ -46,6 +46,10 @@ TRAIN_CONFIG = SimConfig(seed=7, days=45.0, start=datetime(2026, 1, 1, tzinfo=UT
 # Labels in the demo come after a day rather than a week: its minutes of traffic cover a few days
 # of event time, and the feedback loop should visibly close within them.
 TRAFFIC_CONFIG = SimConfig(seed=11, days=30.0, start=datetime(2026, 2, 15, tzinfo=UTC), label_delay_days=1.0)
+
+
+#: How long the demo waits for the worker and the API to be ready.
+READY_SECONDS = 240.0
 
 
 @dataclass
@@ -107,34 +111,6 @@ def _follow(settings: ProducerSettings, observed: Observed, stop: threading.Even
         consumer.close()
 
 
-class Processes:
-    """Child processes of the demo; all stopped on exit."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.children: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = []
-
-    def start(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        log = (self.workdir / f"{name}.log").open("wb")
-        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and CLI
-            [sys.executable, "-m", "streaming.cli", *args], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-        self.children.append((name, proc, log))
-        return proc
-
-    def stop(self) -> None:
-        for _, proc, _ in reversed(self.children):
-            if proc.poll() is None:
-                proc.terminate()  # SIGTERM: the worker commits and leaves the group
-        for _, proc, log in reversed(self.children):
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log.close()
-
-
 def _ensure_model(options: DemoOptions) -> None:
     from model.artifact import load_artifact
     from model.errors import ModelLoadError
@@ -160,7 +136,8 @@ def _ensure_model(options: DemoOptions) -> None:
 def run_demo(options: DemoOptions) -> int:
     options.workdir.mkdir(parents=True, exist_ok=True)
     _ensure_model(options)
-    procs = Processes(options.workdir)
+    # Each demo run's logs replace the previous run's.
+    procs = Children(options.workdir, append=False)
     broker = EmbeddedBroker(log_file=options.workdir / "broker.log")
     stop = threading.Event()
     follower: threading.Thread | None = None
@@ -174,6 +151,7 @@ def run_demo(options: DemoOptions) -> int:
         settings = ProducerSettings(kafka_bootstrap_servers=broker.bootstrap_servers, metrics_port=0)
         kafka.ensure_topics(settings, kafka.project_topics(settings))
         web_port, api_port, metrics_port = free_port(), free_port(), free_port()
+        api_key = new_key()
         env = {
             **os.environ,
             "FRAUD_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
@@ -182,16 +160,18 @@ def run_demo(options: DemoOptions) -> int:
             "FRAUD_METRICS_PORT": str(metrics_port),
             "FRAUD_DATA_DIR": str(options.workdir / "worker-data"),
             "FRAUD_PORT": str(api_port),
+            # The demo's own key, every scope; a deployment lists its callers' keys instead.
+            "FRAUD_API_KEYS": key_line("demo", api_key, SCOPES),
         }
-        worker = procs.start("worker", ["worker"], env)
-        api = procs.start("api", ["api"], env)
-        for url, proc, what in (
-            (f"http://127.0.0.1:{web_port}/ready", worker, "worker"),
-            (f"http://127.0.0.1:{api_port}/ready", api, "api"),
-        ):
-            log = options.workdir / f"{what}.log"
-            wait_http(url, proc, what, partial("see {}".format, log))
+        # SIGTERM on the way out: the worker commits and leaves the group.
+        worker = procs.start("worker", python_module("streaming.cli", "worker"), env)
+        api = procs.start("api", python_module("streaming.cli", "api"), env)
+        # Generous: a worker on a busy machine may take a minute to import and join its group.
+        wait_http(f"http://127.0.0.1:{web_port}/ready", worker, timeout=READY_SECONDS)
+        wait_http(f"http://127.0.0.1:{api_port}/ready", api, timeout=READY_SECONDS)
         print(f"worker (state view :{web_port}) and API (http://127.0.0.1:{api_port}/docs) are up")
+        print(f"API key for this demo (all scopes): {api_key}")
+        print(f"analyst console: http://127.0.0.1:{api_port}/console (sign in with the key above)")
         follower = threading.Thread(target=_follow, args=(settings, observed, stop), daemon=True)
         follower.start()
 
@@ -244,7 +224,7 @@ def run_demo(options: DemoOptions) -> int:
             time.sleep(5)
         progress.update(sent_valid, f"decided {len(observed.decisions)}", force=True)
         progress.close()
-        parity = _predict_check(api_port, observed, sent)
+        parity = _predict_check(api_port, api_key, observed, sent)
         quality = _live_quality(metrics_port, next_label)
     finally:
         stop.set()
@@ -253,12 +233,12 @@ def run_demo(options: DemoOptions) -> int:
         # Dropped before the broker stops: its producer (the last reference) then disconnects
         # instead of logging failed reconnections to a broker that is gone.
         publisher = None
-        procs.stop()
+        procs.stop_all()
         broker.stop()
     return _summary(observed, sent_valid, sent_bad, sent, parity, quality)
 
 
-def _predict_check(api_port: int, observed: Observed, sent: dict[str, dict[str, Any]]) -> str:
+def _predict_check(api_port: int, api_key: str, observed: Observed, sent: dict[str, dict[str, Any]]) -> str:
     """Ask /predict about a transaction the stream already decided; the scores must agree."""
     from model.schemas import Transaction
 
@@ -269,7 +249,8 @@ def _predict_check(api_port: int, observed: Observed, sent: dict[str, dict[str, 
         return "no decision to compare"
     tx_id = sample[0]["transaction_id"]
     body = Transaction.model_validate(sent[tx_id]).model_dump(mode="json")
-    resp = httpx.post(f"http://127.0.0.1:{api_port}/predict", json=body, timeout=5)
+    headers = {"Authorization": f"Bearer {api_key}"}
+    resp = httpx.post(f"http://127.0.0.1:{api_port}/predict", json=body, headers=headers, timeout=5)
     if resp.status_code != 200:
         return f"/predict on {tx_id}: HTTP {resp.status_code}: {resp.text[:200]}"
     api_score = float(resp.json()["score"])

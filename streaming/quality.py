@@ -48,7 +48,7 @@ CountKey = tuple[str, str, bool]
 #: A retained decision: (model_version, decision, score, event_ms, label), the label being the
 #: latest one joined to it (None: not labelled yet). A plain tuple of atomic values, which the
 #: garbage collector stops tracking: with objects (even slotted ones) every full collection walked
-#: all retained decisions, a pause that grew to ~80 ms with 130k of them.
+#: all retained decisions, a pause that grew with their number.
 _Entry = tuple[str, str, float, int, bool | None]
 
 
@@ -222,6 +222,11 @@ def parse_decision(raw: bytes | None) -> tuple[str, str, str, float, int] | None
         d = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
+    return decision_key_fields(d)
+
+
+def decision_key_fields(d: object) -> tuple[str, str, str, float, int] | None:
+    """:func:`parse_decision` of a record already decoded from JSON."""
     if not isinstance(d, dict):
         return None
     tx, mv, decision, score, ts = (
@@ -279,7 +284,7 @@ def read_quality(
     that both decided.
 
     Raises ``UpstreamUnavailableError`` when the watermarks are not reached in ``timeout_s``
-    (a partial report would be wrong), ``ValueError`` when a topic does not exist.
+    (a partial report would be wrong), ``TopicNotFoundError`` when a topic does not exist.
     """
     tracker = QualityTracker(max_decisions=None, max_pending=None)
     records = {"decisions": 0, "labels": 0}

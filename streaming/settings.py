@@ -46,6 +46,12 @@ class KafkaSettings(BaseSettings):
     """Dead-letter topic for label events that fail validation."""
     merchant_risk_topic: str = "fraud-merchant-risk"
     """Internal compacted topic: merchant daily counts and fraud labels, read by every worker and API."""
+    rules_topic: str = "fraud-rules"
+    """Compacted topic of rules and allow/block lists, followed by every worker and API process."""
+    review_topic: str = "fraud-review"
+    """Review cases (decision, transaction, features, card history) of every ``review`` decision,
+    keyed by transaction id; the console's review queue reads it."""
+
     topic_partitions: int = Field(default=4, ge=1)
     """Partitions for topics this project creates; the worker's table shards match it."""
     topic_replication_factor: int = Field(default=1, ge=1)
@@ -121,6 +127,11 @@ class WorkerSettings(KafkaSettings):
     """Port of the worker's state view."""
     metrics_port: int = 9101
     """Port of the worker's Prometheus /metrics."""
+    metrics_bind: str = "127.0.0.1"
+    """Interface the worker's Prometheus /metrics listens on (containers: 0.0.0.0)."""
+    state_token: SecretStr | None = None
+    """Bearer token guarding the worker's card state view (``/cards/history``), shared by the
+    workers and an API with ``card_state_source=worker``; without it the view answers 403. Never logged."""
     data_dir: Path = Path(".fraudstream")
     """Local data directory of the Faust app."""
     model_reload_seconds: float = Field(default=10.0, gt=0)
@@ -165,6 +176,10 @@ class ApiSettings(KafkaSettings):
     worker_url: str = "http://127.0.0.1:6066"
     """Base URL of a worker's state view (``worker`` source); requests are routed to the worker
     owning the card."""
+    state_token: SecretStr | None = None
+    """Bearer token guarding the worker's card state view (``/cards/history``), shared by the
+    workers and an API with ``card_state_source=worker``; with that source the API refuses to
+    start without it. Never logged."""
     state_timeout_seconds: float = Field(default=0.5, gt=0)
     """How long /predict waits for card state from the worker (``worker`` source) before
     answering with the stateless score."""
@@ -173,6 +188,42 @@ class ApiSettings(KafkaSettings):
     (the producer gives up on the message at the same time)."""
     model_reload_seconds: float = Field(default=10.0, gt=0)
     """How often the model directory is checked for a new artifact."""
+    auth_disabled: bool = False
+    """Serve without API keys. Off by default: the API refuses to start without keys unless this
+    is set explicitly (for a laptop or a test, never on a network)."""
+    api_keys: SecretStr | None = None
+    """Accepted API keys, one per line: ``NAME SHA256 SCOPE[,SCOPE...]`` (scopes: predict, feedback,
+    admin, console); ``fraud keys create`` prints a key and its line. Never logged."""
+    api_keys_file: Path | None = None
+    """A file with the key list (a mounted secret), read at start; adds to ``FRAUD_API_KEYS``."""
+    rate_limit_per_second: float = Field(default=200.0, gt=0)
+    """Requests a second each key may make on average (429 with Retry-After past it)."""
+    rate_limit_burst: int = Field(default=400, ge=1)
+    """Requests a key may make at once above its rate."""
+    max_body_bytes: int = Field(default=65_536, ge=1024)
+    """Largest request body accepted (413 past it); a transaction is at most 16 KiB."""
+    max_concurrent_requests: int = Field(default=256, ge=1)
+    """Requests in flight at once (probes excepted); more get 503 at once instead of queueing."""
+    predict_decision_only: bool = False
+    """Answer /predict with the decision alone (allow/review/block and ids), no score or reasons:
+    for callers who must not learn how close to a threshold a transaction was."""
+    backtest_data: Path | None = None
+    """Labelled CSV the console and ``POST /admin/rules/backtest`` test rules on (none: disabled)."""
+    console_enabled: bool = True
+    """Serve the analyst console at /console, with its four topic readers (review cases, labels,
+    decisions, transactions); false on API processes that only serve /predict."""
+    console_max_cases: int = Field(default=10_000, ge=1)
+    """Unlabelled review cases the console's queue holds (the oldest, ~3 KB each); newer ones
+    stay on the review topic, are counted, and are read again at the API's next start."""
+    console_max_labels: int = Field(default=200_000, ge=1)
+    """Labelled transaction ids the console remembers (~100 B each), to keep their cases out of
+    the queue; past it the oldest are forgotten, and their cases could return after a restart."""
+    console_decisions: int = Field(default=20_000, ge=1)
+    """Recent decisions the console's live view and live precision/recall keep (~300 B each);
+    at start it reads back this many from the end of the decisions topic."""
+    worker_metrics_url: str | None = None
+    """A worker's Prometheus /metrics URL (``http://worker:9101/metrics``): the console's model
+    page shows its drift gauges from it (none: drift is not shown)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level of the API."""
     model_uri: str = ""
@@ -199,10 +250,12 @@ class ProducerSettings(KafkaSettings):
 
     metrics_port: int = 9102
     """Port of the producer's Prometheus /metrics (0 disables it)."""
+    metrics_bind: str = "127.0.0.1"
+    """Interface the producer's Prometheus /metrics listens on (containers: 0.0.0.0)."""
     linger_ms: float = Field(default=5.0, ge=0)
     """How long the producer gathers records into one batch per partition (librdkafka's
     ``linger.ms``). Records are stamped when sent, so this much counts towards their measured
-    latency; longer batches cost the broker less per record (see the README's Performance)."""
+    latency; longer batches cost the broker less per record (see docs/performance.md)."""
 
 
 def env_help(settings_class: type[BaseSettings]) -> str:

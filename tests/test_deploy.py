@@ -408,6 +408,7 @@ def test_compose_file_is_valid() -> None:
             pytest.fail("no compose tool on PATH; CI must install it (Debian package: docker-compose)")
         pytest.skip("neither `docker compose` nor `docker-compose` is installed (apt-get install docker-compose)")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "DOCKER_"))}
+    env |= COMPOSE_SECRETS
     for command in commands:
         result = subprocess.run(
             [*command, "-f", str(COMPOSE_FILE), "config"],
@@ -433,6 +434,61 @@ def test_compose_file_is_valid() -> None:
         )
         for service in services:
             assert re.search(rf"^  {service}:$", result.stdout, re.MULTILINE), f"no {service} service"
+
+
+#: What a user puts in .env (.env.example lists them); compose refuses to start without them.
+COMPOSE_SECRETS = {"GRAFANA_ADMIN_PASSWORD": "a-password", "FRAUD_API_KEYS": "demo " + "0" * 64 + " predict"}
+
+
+def test_compose_refuses_to_start_without_the_secrets_from_env(tmp_path: Path) -> None:
+    commands = _compose_commands()
+    if not commands:
+        if os.environ.get("CI"):
+            pytest.fail("no compose tool on PATH; CI must install it (Debian package: docker-compose)")
+        pytest.skip("neither `docker compose` nor `docker-compose` is installed (apt-get install docker-compose)")
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "DOCKER_", *COMPOSE_SECRETS))}
+    for missing in COMPOSE_SECRETS:
+        env = base | {k: v for k, v in COMPOSE_SECRETS.items() if k != missing}
+        for command in commands:
+            # From an empty directory: no .env of the developer's is read.
+            result = _run_in([*command, "-f", str(COMPOSE_FILE), "config"], tmp_path, env)
+            assert result.returncode != 0 and missing in result.stderr, (missing, result.stderr[-500:])
+
+
+def _run_in(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_compose_containers_are_hardened_and_bounded() -> None:
+    compose = _compose()
+    for name, service in compose["services"].items():
+        assert service.get("cap_drop") == ["ALL"], name
+        assert "no-new-privileges:true" in service.get("security_opt", []), name
+        assert service.get("mem_limit") and float(service.get("cpus", 0)) > 0, name
+    fraud = [n for n, s in compose["services"].items() if s.get("image") == "fraudstream:local"]
+    assert set(fraud) >= {"train", "retrain", "worker", "api", "producer"}
+    for name in [*fraud, "mlflow", "prometheus", "grafana", "kafka-exporter"]:
+        assert compose["services"][name].get("read_only") is True, name
+    for name in fraud:
+        mounts = {m.split(":")[0] for m in compose["services"][name]["tmpfs"]}
+        assert {"/tmp", "/var/lib/fraudstream", "/home/fraud/.cache"} <= mounts, name  # noqa: S108
+    # Every metrics listener inside a container binds all interfaces; the default is loopback.
+    assert compose["services"]["worker"]["environment"]["FRAUD_METRICS_BIND"] == "0.0.0.0"  # noqa: S104
+    assert compose["services"]["producer"]["environment"]["FRAUD_METRICS_BIND"] == "0.0.0.0"  # noqa: S104
+
+
+def test_compose_has_no_default_passwords_and_no_anonymous_access() -> None:
+    compose = _compose()
+    grafana = compose["services"]["grafana"]["environment"]
+    assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")
+    api = compose["services"]["api"]["environment"]
+    assert api["FRAUD_API_KEYS"].startswith("${FRAUD_API_KEYS:?")
+    assert "FRAUD_AUTH_DISABLED" not in api
+    example = (ROOT / ".env.example").read_text()
+    for name in COMPOSE_SECRETS:
+        assert re.search(rf"^{name}=$", example, re.MULTILINE), name  # listed, and empty
+    assert ".env" in (ROOT / ".gitignore").read_text().splitlines()
 
 
 def _compose() -> dict[str, Any]:
@@ -496,11 +552,15 @@ def test_compose_topics_service_creates_every_topic(tmp_path: Path) -> None:
     assert set(created) == set(topics.values()), f"created {sorted(created)}, settings name {sorted(topics.values())}"
     for name, args in created.items():
         assert "--if-not-exists" in args, name
-        # The labels topic must match the transactions topic's partitions; all share the setting.
-        assert args[args.index("--partitions") + 1] == env["FRAUD_TOPIC_PARTITIONS"], name
+        # The labels topic must match the transactions topic's partitions; all share the setting
+        # but the rules topic's single partition.
+        partitions = "1" if name == topics["FRAUD_RULES_TOPIC"] else env["FRAUD_TOPIC_PARTITIONS"]
+        assert args[args.index("--partitions") + 1] == partitions, name
         assert args[args.index("--replication-factor") + 1] == env["FRAUD_TOPIC_REPLICATION_FACTOR"], name
         configs = [args[i + 1] for i, arg in enumerate(args) if arg == "--config"]
-        if name == topics["FRAUD_MERCHANT_RISK_TOPIC"]:
+        if name == topics["FRAUD_REVIEW_TOPIC"]:
+            assert configs == ["cleanup.policy=compact,delete", "retention.ms=2592000000"], name
+        elif name in (topics["FRAUD_MERCHANT_RISK_TOPIC"], topics["FRAUD_RULES_TOPIC"]):
             assert configs == ["cleanup.policy=compact"], f"{name} must be log-compacted"
         else:
             assert configs == [], f"{name} has configs {configs}"

@@ -40,7 +40,9 @@ CORE_KINDS = {
     "ConfigMap",
     "CronJob",
     "Deployment",
+    "Ingress",
     "Job",
+    "NetworkPolicy",
     "PersistentVolumeClaim",
     "PodDisruptionBudget",
     "Service",
@@ -216,6 +218,7 @@ def test_rendered_kinds(render: Render) -> None:
     if render.name == "default":
         # Installs on a cluster without prometheus-operator or KEDA.
         assert not kinds & set(CRD_KINDS), f"default values render custom resources: {kinds & set(CRD_KINDS)}"
+        assert "Ingress" not in kinds and "NetworkPolicy" in kinds  # policies on, the Ingress opt-in
     else:
         # Everything, but the model PVC: these values use an existing claim.
         expected = (CORE_KINDS | set(CRD_KINDS)) - {"PersistentVolumeClaim"}
@@ -319,6 +322,7 @@ def test_worker_deployment(render: Render) -> None:
     assert env["FRAUD_LABELS_TOPIC"] == kafka["topics"]["labels"]
     assert env["FRAUD_LABELS_DLQ_TOPIC"] == kafka["topics"]["labelsDlq"]
     assert env["FRAUD_MERCHANT_RISK_TOPIC"] == kafka["topics"]["merchantRisk"]
+    assert env["FRAUD_RULES_TOPIC"] == kafka["topics"]["rules"]
     assert env["FRAUD_TOPIC_PARTITIONS"] == str(kafka["partitions"])
     assert env["FRAUD_APP_ID"] == worker["appId"]
     assert env["FRAUD_MODEL_DIR"] == f"{model['mountPath']}/{model['subPath']}"
@@ -370,6 +374,8 @@ TOPIC_VARIABLES = {
     "labelsDlq": "FRAUD_LABELS_DLQ_TOPIC",
     "merchantRisk": "FRAUD_MERCHANT_RISK_TOPIC",
     "shadowDecisions": "FRAUD_SHADOW_DECISIONS_TOPIC",
+    "rules": "FRAUD_RULES_TOPIC",
+    "review": "FRAUD_REVIEW_TOPIC",
 }
 
 
@@ -449,6 +455,110 @@ def test_pods_run_as_non_root_on_a_read_only_filesystem(render: Render) -> None:
     volumes = {v["name"]: v for v in worker["spec"]["template"]["spec"]["volumes"]}
     assert data_dir == values["worker"]["dataDir"]
     assert "emptyDir" in volumes[mounts[data_dir]], "the worker's FRAUD_DATA_DIR is not an emptyDir"
+
+
+def test_every_container_has_cpu_and_memory_requests_and_limits(render: Render) -> None:
+    for doc in _all(render.docs, "Deployment") + _all(render.docs, "Job"):
+        for container in doc["spec"]["template"]["spec"]["containers"]:
+            resources = container["resources"]
+            for kind in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(resources.get(kind, {})), (doc["metadata"]["name"], kind)
+
+
+def test_api_keys_come_from_a_mounted_secret(render: Render) -> None:
+    auth = render.values["api"]["auth"]
+    api = _only(render.docs, "Deployment", "api")
+    container = _container(api)
+    env = _env(container)
+    assert "FRAUD_AUTH_DISABLED" not in env and "FRAUD_API_KEYS" not in env
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["api-keys"]["readOnly"] is True
+    assert env["FRAUD_API_KEYS_FILE"] == f"{mounts['api-keys']['mountPath']}/{auth['key']}"
+    volumes = {v["name"]: v for v in api["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["api-keys"]["secret"]["secretName"] == auth["existingSecret"]
+    assert volumes["api-keys"]["secret"]["items"] == [{"key": auth["key"], "path": auth["key"]}]
+
+
+def test_auth_and_state_token_misconfigurations_fail_the_render(helm: str) -> None:
+    no_keys = _template(helm, "--set", "api.auth.existingSecret=")
+    assert no_keys.returncode != 0 and "api.auth.existingSecret" in no_keys.stderr
+    no_token = _template(helm, "--set", "api.cardStateSource=worker")
+    assert no_token.returncode != 0 and "stateToken.existingSecret" in no_token.stderr
+    docs = _render(helm, "--set", "api.auth.existingSecret=", "--set", "api.auth.disabled=true")
+    env = _env(_container(_only(docs, "Deployment", "api")))
+    assert env["FRAUD_AUTH_DISABLED"] == "true" and "FRAUD_API_KEYS_FILE" not in env
+
+
+def test_state_token_and_metrics_bind(render: Render) -> None:
+    token = render.values["stateToken"]
+    worker_env = _env(_container(_only(render.docs, "Deployment", "worker")))
+    api_env = _env(_container(_only(render.docs, "Deployment", "api")))
+    assert worker_env["FRAUD_METRICS_BIND"] == ALL_INTERFACES
+    if token["existingSecret"]:
+        ref = {"secretKeyRef": {"name": token["existingSecret"], "key": token["key"]}}
+        assert worker_env["FRAUD_STATE_TOKEN"] == api_env["FRAUD_STATE_TOKEN"] == ref
+    else:
+        assert "FRAUD_STATE_TOKEN" not in worker_env and "FRAUD_STATE_TOKEN" not in api_env
+
+
+def _policy_ports(rules: list[Manifest]) -> set[int]:
+    return {p["port"] for rule in rules for p in rule.get("ports", [])}
+
+
+def test_network_policies_admit_only_what_each_pod_needs(render: Render) -> None:
+    values, np = render.values, render.values["networkPolicy"]
+    policies = {p["metadata"]["name"]: p for p in _all(render.docs, "NetworkPolicy")}
+    worker_deploy, api_deploy = _only(render.docs, "Deployment", "worker"), _only(render.docs, "Deployment", "api")
+    worker = next(p for p in policies.values() if p["metadata"]["labels"]["app.kubernetes.io/component"] == "worker")
+    api = next(p for p in policies.values() if p["metadata"]["labels"]["app.kubernetes.io/component"] == "api")
+    for policy, deployment in ((worker, worker_deploy), (api, api_deploy)):
+        pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert _matches(policy["spec"]["podSelector"]["matchLabels"], pod_labels)
+    for policy in (worker, api):
+        assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+        egress = policy["spec"]["egress"]
+        assert set(np["dnsPorts"]) | set(np["kafka"]["ports"]) <= _policy_ports(egress)
+        assert {"UDP", "TCP"} <= {p["protocol"] for p in egress[0]["ports"]}  # DNS both ways
+        kafka_rule = next(r for r in egress if {p["port"] for p in r["ports"]} == set(np["kafka"]["ports"]))
+        assert kafka_rule.get("to", []) == np["kafka"]["to"]
+        if np["modelRegistry"]["ports"]:
+            assert set(np["modelRegistry"]["ports"]) <= _policy_ports(egress)
+    # Worker ingress: the web port from workers and the API only; metrics from the scrapers.
+    web_rule, metrics_rule = worker["spec"]["ingress"]
+    assert _policy_ports([web_rule]) == {values["worker"]["webPort"]}
+    components = {peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for peer in web_rule["from"]}
+    assert components == {"worker", "api"}
+    assert _policy_ports([metrics_rule]) == {values["worker"]["metricsPort"]}
+    assert metrics_rule.get("from", []) == np["metricsFrom"]
+    # API ingress: its port, from the listed callers; egress to the workers only with that source.
+    assert _policy_ports(api["spec"]["ingress"]) == {values["api"]["port"]}
+    assert api["spec"]["ingress"][0].get("from", []) == np["apiFrom"]
+    to_workers = values["worker"]["webPort"] in _policy_ports(api["spec"]["egress"])
+    assert to_workers == (values["api"]["cardStateSource"] == "worker")
+    # The retraining pods: no ingress; DNS, Kafka and the registry out.
+    retrain = [p for p in policies.values() if p["metadata"]["labels"]["app.kubernetes.io/component"] == "retrain"]
+    assert len(retrain) == (1 if values["retrain"]["enabled"] else 0)
+    for policy in retrain:
+        cronjob = _only(render.docs, "CronJob", "retrain")
+        pod_labels = cronjob["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+        assert _matches(policy["spec"]["podSelector"]["matchLabels"], pod_labels)
+        assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"] and not policy["spec"].get("ingress")
+        expected = set(np["dnsPorts"]) | set(np["kafka"]["ports"]) | set(np["modelRegistry"]["ports"])
+        assert _policy_ports(policy["spec"]["egress"]) == expected
+
+
+def test_optional_ingress_with_tls(render: Render) -> None:
+    ingress = render.values["api"]["ingress"]
+    found = _all(render.docs, "Ingress")
+    if not ingress["enabled"]:
+        assert not found
+        return
+    (doc,) = found
+    assert doc["spec"]["tls"] == [{"hosts": [ingress["host"]], "secretName": ingress["tlsSecret"]}]
+    backend = doc["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend["name"] == _only(render.docs, "Service", "api")["metadata"]["name"]
+    assert backend["port"]["number"] == render.values["api"]["service"]["port"]
+    assert doc["spec"]["rules"][0]["host"] == ingress["host"]
 
 
 def test_model_volume(render: Render) -> None:
@@ -686,6 +796,11 @@ def test_the_schema_refuses_bad_values(change: dict[str, Any], error: str) -> No
         (["--set", "kafka.topics.merchantRisk="], "merchantRisk"),
         (["--set", "model.uri=models:/fraudstream@champion"], "model.uri needs mlflow.trackingUri"),
         (["--set", "retrain.enabled=true"], "retrain.enabled needs mlflow.trackingUri"),
+        # Pods that must reach the registry, behind policies that do not let them.
+        (
+            ["--set", "mlflow.trackingUri=http://m:5000", "--set", "retrain.enabled=true"],
+            "set networkPolicy.modelRegistry.ports",
+        ),
         (["--set", "mlflow.trackingUri=http://m:5000", "--set", "model.uri=fraudstream"], "/model/uri"),
     ],
 )
@@ -732,7 +847,7 @@ def test_notes_render(helm: str) -> None:
         assert f"service/{RELEASE}-fraudstream-api" in notes, notes
         values = _values(*([ALL_FEATURES] if args else []))
         assert f'Labels from "{values["kafka"]["topics"]["labels"]}"' in notes, notes
-        assert f'"{values["kafka"]["topics"]["merchantRisk"]}" (compacted' in notes, notes
+        assert f'"{values["kafka"]["topics"]["rules"]}" (both compacted' in notes, notes
         assert "<no value>" not in notes, notes
 
 

@@ -1,7 +1,7 @@
 """The package layers follow the data: each layer imports only the ones below it.
 
 model (schemas, features, training, scoring)
-  <- streaming.settings / .metrics / .fatal / .kafka (infrastructure every process shares)
+  <- streaming.settings / .metrics / .fatal / .children / .kafka (infrastructure every process shares)
   <- producers, streaming.scoring (validation, state, merchant risk, the scoring service)
   <- streaming.worker, streaming.api (the two processes on the one scoring service)
   <- streaming.cli, streaming.demo, streaming.quality, benchmarks (tools on top)
@@ -22,6 +22,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "streaming.settings": ("streaming.worker", "streaming.api", "streaming.scoring", "producers"),
     "streaming.metrics": ("streaming.worker", "streaming.api", "producers"),
     "streaming.fatal": ("streaming.worker", "streaming.api", "streaming.scoring", "producers"),
+    "streaming.children": ("streaming.worker", "streaming.api", "streaming.scoring", "producers", "benchmarks"),
     "streaming.kafka": ("streaming.worker", "streaming.api", "streaming.scoring", "producers", "benchmarks"),
     "producers": ("streaming.worker", "streaming.api", "streaming.scoring", "streaming.cli", "streaming.demo"),
     "streaming.scoring": ("streaming.worker", "streaming.api", "producers", "benchmarks"),

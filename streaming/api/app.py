@@ -20,98 +20,32 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Any
 
 import aiohttp
-import orjson
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from model.errors import FraudStreamError
-from model.registry import model_holders
-from model.schemas import Decision, Label, Transaction
-from model.scoring import Scorer, scoring_executor
-from streaming.api.feedback import FeedbackAccepted, LabelPublisher
-from streaming.api.micro_batch import MicroBatcher
-from streaming.kafka.replica import Replica
+from model.schemas import Decision, DecisionOnly, Label, Transaction
+from streaming.api import admin
+from streaming.api.console import routes as console
+from streaming.api.feedback import FeedbackAccepted
+from streaming.api.security import AUTH_RESPONSES, AuthError, Limits, console_login_router
+from streaming.api.services import LabelPublisherDep, ScorerDep, Services, ServicesDep
 from streaming.metrics import ApiMetrics
-from streaming.scoring.merchant_risk import MerchantRisk
-from streaming.scoring.service import ScoringService
-from streaming.scoring.state import CardState, CardStateCopy, card_changelog_topic
 from streaming.settings import ApiSettings
 
 log = logging.getLogger("fraudstream.api")
 
+#: What a route taking a JSON body may answer besides its result (FastAPI documents the 422).
+BODY_RESPONSES: dict[int | str, dict[str, Any]] = {400: {"description": "The body is not UTF-8 JSON"}}
+
 #: Routes left out of request metrics: probes and scrapes would drown the real traffic.
 UNMETERED = {"/health", "/ready", "/metrics"}
-
-
-class Services:
-    """Process-wide objects the routes depend on."""
-
-    def __init__(self, settings: ApiSettings) -> None:
-        self.settings = settings
-        self.holder, _ = model_holders(settings.model_dir, settings.model_uri, settings.mlflow_tracking_uri)
-        self.metrics = ApiMetrics()
-        self.executor = scoring_executor()
-        # aiohttp rather than httpx for the per-request state look-up: ~0.5 ms less per call.
-        self.http: aiohttp.ClientSession | None = None
-        self.labels = LabelPublisher(settings)
-        # Merchant risk (daily counts, fraud labels) from the workers' compacted topic.
-        self.risk = MerchantRisk()
-        self.replica = Replica(settings, settings.merchant_risk_topic, self.risk.apply, "merchant-risk")
-        # The card table from its changelog: the worker writes it with the decisions, so the copy
-        # trails them by one fetch. A short fetch wait keeps that small on brokers that answer
-        # a fetch only when the wait is over (the embedded one); Kafka answers as data arrives.
-        self.cards = CardStateCopy()
-        self.card_replica = (
-            Replica(
-                settings,
-                card_changelog_topic(settings.app_id),
-                self.cards.apply,
-                "card-state",
-                **{"fetch.wait.max.ms": 20},
-            )
-            if settings.card_state_source == "replica"
-            else None
-        )
-        self.metrics.watch_card_states(
-            lambda: len(self.cards),
-            lambda: self.cards.stored_bytes,
-            lambda: self.card_state_restored,
-        )
-        self.service = ScoringService(self.holder, self.risk)
-        self.batcher = MicroBatcher(self.service, self.executor)
-
-    @property
-    def card_state_restored(self) -> bool:
-        """The card state copy has read its topic to the end (always true with the ``worker`` source)."""
-        return self.card_replica is None or self.card_replica.caught_up.is_set()
-
-    def refresh_model(self) -> None:
-        before = self.holder.reload_failures
-        if self.holder.load():
-            self.metrics.set_version(self.holder.scorer.version)
-        self.metrics.reload_failures.inc(self.holder.reload_failures - before)
-
-    async def card_state(self, card_id: str) -> CardState | None:
-        """The card's stored history, or None when the copy is not restored yet or the worker
-        cannot be reached in time."""
-        if self.card_replica is not None:
-            return self.cards.get(card_id) if self.card_replica.caught_up.is_set() else None
-        try:
-            if self.http is None:
-                raise RuntimeError("the API is not started")
-            async with self.http.get("/cards/history", params={"card_id": card_id}) as resp:
-                resp.raise_for_status()
-                state: CardState = (await resp.json(loads=orjson.loads))["history"]
-            return state
-        except (aiohttp.ClientError, TimeoutError, RuntimeError, ValueError, KeyError) as exc:
-            log.warning("card state unavailable for predict: %s", exc)
-            return None
 
 
 class MeterRequests:
@@ -147,28 +81,6 @@ class MeterRequests:
 
 # The dependencies are ``async def``: FastAPI runs a plain ``def`` dependency in its thread pool,
 # a thread hop per dependency per request (most of /predict's overhead over a no-op route).
-async def get_services(request: Request) -> Services:
-    services: Services = request.app.state.services
-    return services
-
-
-ServicesDep = Annotated[Services, Depends(get_services)]
-
-
-async def get_scorer(services: ServicesDep) -> Scorer:
-    return services.holder.scorer  # raises ModelNotReadyError (503) when no model is loaded
-
-
-ScorerDep = Annotated[Scorer, Depends(get_scorer)]
-
-
-async def get_label_publisher(services: ServicesDep) -> LabelPublisher:
-    return services.labels
-
-
-LabelPublisherDep = Annotated[LabelPublisher, Depends(get_label_publisher)]
-
-
 def create_api(settings: ApiSettings | None = None) -> FastAPI:
     settings = settings or ApiSettings()
     services = Services(settings)
@@ -178,6 +90,9 @@ def create_api(settings: ApiSettings | None = None) -> FastAPI:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(services.executor, services.refresh_model)
         services.replica.start()
+        services.rules_replica.start()
+        if services.console is not None:
+            services.console.start()
         if services.card_replica is not None:
             services.card_replica.start()
         else:
@@ -202,6 +117,9 @@ def create_api(settings: ApiSettings | None = None) -> FastAPI:
                 await services.http.close()
             await loop.run_in_executor(None, services.labels.close)
             services.replica.stop()
+            services.rules_replica.stop()
+            if services.console is not None:
+                services.console.stop()
             if services.card_replica is not None:
                 services.card_replica.stop()
             services.executor.shutdown(wait=False)
@@ -215,8 +133,14 @@ def create_api(settings: ApiSettings | None = None) -> FastAPI:
     app.state.services = services
 
     @app.exception_handler(FraudStreamError)
-    async def _project_error(request: Request, exc: FraudStreamError) -> JSONResponse:
-        return JSONResponse(status_code=exc.status_code, content={"detail": str(exc), "error": type(exc).__name__})
+    async def _project_error(request: Request, exc: FraudStreamError) -> Response:
+        if isinstance(exc, AuthError) and request.method == "GET" and request.url.path.startswith("/console"):
+            return RedirectResponse(request.scope.get("root_path", "") + "/console/login", status_code=303)
+        return JSONResponse(
+            status_code=exc.status_code,
+            content={"detail": str(exc), "error": type(exc).__name__},
+            headers=getattr(exc, "headers", None),
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -225,13 +149,31 @@ def create_api(settings: ApiSettings | None = None) -> FastAPI:
         detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
         return JSONResponse(status_code=422, content={"detail": detail})
 
+    app.add_middleware(
+        Limits,
+        max_body_bytes=settings.max_body_bytes,
+        max_concurrent=settings.max_concurrent_requests,
+        exempt=UNMETERED,
+    )
     app.add_middleware(MeterRequests, metrics=services.metrics)
+    guard = services.guard
+    app.include_router(admin.router, dependencies=[Depends(guard.require("admin"))], responses=AUTH_RESPONSES)
+    app.include_router(console_login_router(guard))
+    app.include_router(console.router, dependencies=[Depends(guard.require("console"))])
 
-    @app.post("/predict", response_model=Decision, summary="Score one transaction against its card's current state")
-    async def predict(tx: Transaction, services: ServicesDep, scorer: ScorerDep) -> Decision:
+    @app.post(
+        "/predict",
+        response_model=Decision | DecisionOnly,
+        summary="Score one transaction against its card's current state",
+        responses={**BODY_RESPONSES, **AUTH_RESPONSES, 503: {"description": "No model loaded, or too busy"}},
+        dependencies=[Depends(guard.require("predict"))],
+    )
+    async def predict(tx: Transaction, services: ServicesDep, scorer: ScorerDep) -> Any:
         state = await services.card_state(tx.card_id)
         decision = await services.batcher.score(tx, state)
         services.metrics.decisions.labels(decision=decision.decision, card_state=decision.card_state).inc()
+        if settings.predict_decision_only:
+            return DecisionOnly.of(decision)
         return decision
 
     @app.post(
@@ -239,7 +181,12 @@ def create_api(settings: ApiSettings | None = None) -> FastAPI:
         status_code=202,
         response_model=FeedbackAccepted,
         summary="Publish a label (chargeback, investigation verdict, ...) to the labels topic",
-        responses={503: {"description": "The broker did not acknowledge the label in time"}},
+        responses={
+            **BODY_RESPONSES,
+            **AUTH_RESPONSES,
+            503: {"description": "The broker did not acknowledge the label in time"},
+        },
+        dependencies=[Depends(guard.require("feedback"))],
     )
     async def feedback(label: Label, labels: LabelPublisherDep) -> FeedbackAccepted:
         return await labels.publish(label)
@@ -266,6 +213,9 @@ def create_api(settings: ApiSettings | None = None) -> FastAPI:
             else card_replica.last_error,
             # Informational: without it /predict still answers, with merchant features of zero.
             "merchant_risk_restored": services.replica.caught_up.is_set(),
+            # Informational too: until then /predict applies the rules and lists read so far.
+            "rules_restored": services.rules_replica.caught_up.is_set(),
+            "rules_version": services.rules.snapshot().version,
         }
         return JSONResponse(status_code=200 if is_ready else 503, content=body)
 

@@ -70,7 +70,7 @@ class LabelPublisher:
                 return
             if err is None:
                 done.set_result(msg)
-            elif err.code() == KafkaError._MSG_TIMED_OUT:
+            elif err.code() == KafkaError._MSG_TIMED_OUT:  # noqa: SLF001  # librdkafka's local error codes start with an underscore
                 done.set_exception(UpstreamUnavailableError(self._late(f" ({err.str()})")))
             else:
                 done.set_exception(UpstreamUnavailableError(f"the broker refused the label: {err.str()}"))

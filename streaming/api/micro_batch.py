@@ -17,6 +17,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from model.fast_predict import FAST_MAX_ROWS
+from model.features import FEATURE_NAMES
 from model.schemas import Decision, Transaction
 from streaming.scoring.service import ScoringService
 from streaming.scoring.state import CardState
@@ -28,6 +29,8 @@ class _Request:
     #: The card's stored state; None when it could not be read (the score is then stateless).
     state: CardState | None
     future: asyncio.Future[Decision]
+    #: Add the feature values to the decision (the console's score page).
+    features: bool = False
 
 
 class MicroBatcher:
@@ -37,9 +40,9 @@ class MicroBatcher:
         self._running: asyncio.Task[None] | None = None
         self.calls = 0
 
-    async def score(self, tx: Transaction, state: CardState | None) -> Decision:
+    async def score(self, tx: Transaction, state: CardState | None, features: bool = False) -> Decision:
         future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Request(tx, state, future))
+        self._pending.append(_Request(tx, state, future, features))
         if self._running is None or self._running.done():
             self._running = asyncio.create_task(self._drain())
         return await future
@@ -75,4 +78,7 @@ class MicroBatcher:
         states = {req.tx.card_id: req.state for req in batch if req.state}
         unavailable = {req.tx.card_id for req in batch if req.state is None}
         scored = self.service.score(txs, states, unavailable=unavailable, exclude_scored=True)
+        for req, fields, row in zip(batch, scored.fields, scored.batch.features, strict=True):
+            if req.features:
+                fields["features"] = dict(zip(FEATURE_NAMES, row.tolist(), strict=True))
         return self.service.decisions(scored)

@@ -20,7 +20,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from model.errors import UpstreamUnavailableError
+from model.errors import TopicNotFoundError, UpstreamUnavailableError
 from streaming.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ def read_to_end(
     On Apache Kafka the watermarks are exact and this costs at most ``idle_s``.
 
     Raises ``UpstreamUnavailableError`` when the watermarks are not reached in ``timeout_s``,
-    ``ValueError`` when a topic does not exist.
+    ``TopicNotFoundError`` when a topic does not exist.
     """
     cutoff_ms = int(time.time() * 1000)
     deadline = time.monotonic() + timeout_s
@@ -187,7 +187,7 @@ def read_to_end(
                 raise UpstreamUnavailableError(f"cannot read metadata of {topic}: {exc}") from exc
             tmeta = meta.topics.get(topic)
             if tmeta is None or tmeta.error is not None or not tmeta.partitions:
-                raise ValueError(f"topic {topic!r} does not exist (or has no partitions)")
+                raise TopicNotFoundError(f"topic {topic!r} does not exist (or has no partitions)")
             for p in sorted(tmeta.partitions):
                 low, high = reader.get_watermark_offsets(
                     TopicPartition(topic, p), timeout=max(1.0, deadline - time.monotonic()), cached=False
@@ -214,7 +214,7 @@ def read_to_end(
             for msg in reader.consume(500, 0.2):
                 err = msg.error()
                 if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
+                    if err.code() == KafkaError._PARTITION_EOF:  # noqa: SLF001  # librdkafka's local error codes start with an underscore
                         continue
                     raise UpstreamUnavailableError(f"reading {msg.topic()}[{msg.partition()}]: {err}")
                 name, partition, offset = msg.topic(), msg.partition(), msg.offset()
@@ -240,3 +240,24 @@ def read_to_end(
         return beyond
     finally:
         reader.close()
+
+
+def produce_and_wait(
+    settings: KafkaSettings, topic: str, records: Iterable[tuple[bytes, bytes | None]], timeout: float = 10.0
+) -> None:
+    """Write ``records`` (key, value; None: a tombstone) and return once the broker acknowledged
+    every one; raises ``UpstreamUnavailableError`` naming the first failure otherwise. Blocking:
+    for commands and off-loop calls."""
+    errors: list[str] = []
+
+    def delivered(err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            errors.append(err.str())
+
+    client = producer(settings, **{"linger.ms": 0, "message.timeout.ms": max(1, round(timeout * 1000))})
+    for key, value in records:
+        client.produce(topic, key=key, value=value, on_delivery=delivered)
+    left = client.flush(timeout + 1.0)
+    if errors or left:
+        why = errors[0] if errors else f"{left} record(s) not acknowledged within {timeout:g} s"
+        raise UpstreamUnavailableError(f"cannot write to {topic}: {why}")

@@ -37,22 +37,119 @@ offset + 1, so recovery stopped inside the last batch and the cards written afte
 record came back empty. With ``read_ends`` given to :func:`install`, the watermarks recovery
 asks for are raised to the last record actually there (``streaming.kafka.clients.read_ends``), and the
 changelog can be written in ordinary batches.
+
+Faust internals. All of the above overrides private methods of Faust's consumer and reads private
+attributes of Faust and aiokafka; :data:`INTERNALS` lists every one (with what the worker reads),
+and :func:`install` refuses to run on a Faust or aiokafka that lacks any of them. The pins in
+pyproject.toml are the versions the tests cover. ``_Consumer._drain_messages`` is faust-streaming
+0.15.3's ``Consumer._drain_messages`` (the loop is the same in 0.13.2) with these changes: it takes
+the records from ``_wait_next_records`` itself instead of through ``getmany``, so getmany's checks
+(active or buffered partition, same generation, flow active or else seek back) are inlined; a
+fetch's records go partition by partition instead of round-robin (a batch topic's fetch is queued
+whole anyway); and it does not commit every ``broker_commit_every`` acknowledgements, so offsets
+are committed by Faust's commit timer (``broker_commit_interval``) and on rebalance only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import logging
-import os
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
+import aiokafka
 import faust
-from faust.transport.consumer import CONSUMER_FETCHING
+from faust.tables.manager import TableManager
+from faust.tables.recovery import Recovery
+from faust.transport.consumer import CONSUMER_FETCHING, Fetcher
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message
 
+from model.errors import DependencyMismatchError
+from streaming.fatal import stop_uncommitted
+
 log = logging.getLogger("fraudstream.transport")
+
+#: The versions the tests cover: the pins in pyproject.toml (a test keeps them equal).
+TESTED_FAUST = "0.15.3"
+TESTED_AIOKAFKA = "0.14"
+
+
+class Internal(NamedTuple):
+    """A private (or undeclared) member of a Faust or aiokafka class that this code relies on."""
+
+    owner: type
+    name: str
+    #: Methods whose code must assign or read it: an instance attribute (set up in ``__init__``)
+    #: that ``hasattr`` on the class cannot see. Empty: an attribute of the class (a method).
+    used_in: tuple[str, ...] = ()
+    why: str = ""
+
+
+_FaustConsumer = faust_aiokafka.Consumer
+INTERNALS: tuple[Internal, ...] = (
+    Internal(faust_aiokafka.AIOKafkaConsumerThread, "_create_worker_consumer", why="overridden: fetch wait"),
+    Internal(aiokafka.AIOKafkaConsumer, "_fetch_max_wait_ms", ("__init__", "start"), "set before start()"),
+    Internal(_FaustConsumer, "_new_consumer_thread", why="overridden: our consumer thread"),
+    Internal(_FaustConsumer, "_getmany", why="overridden: fetch from a snapshot"),
+    Internal(_FaustConsumer, "_drain_messages", why="overridden: the fetch loop"),
+    Internal(_FaustConsumer, "perform_seek", why="overridden: ends the hold"),
+    Internal(_FaustConsumer, "resume_partitions", why="overridden: holds stream partitions"),
+    Internal(_FaustConsumer, "on_partitions_assigned", why="overridden: starts the hold"),
+    Internal(_FaustConsumer, "highwaters", why="overridden: recovery's read ends"),
+    Internal(_FaustConsumer, "_is_changelog_tp", why="which partitions to hold"),
+    Internal(_FaustConsumer, "_wait_next_records", why="the fetch loop"),
+    Internal(_FaustConsumer, "_add_gap", why="the fetch loop"),
+    Internal(_FaustConsumer, "_to_message", why="the fetch loop"),
+    Internal(_FaustConsumer, "_stopped", ("__init__",), "the fetch loop"),
+    Internal(_FaustConsumer, "_read_offset", ("__init__",), "the fetch loop"),
+    Internal(_FaustConsumer, "_buffered_partitions", ("__init__",), "the fetch loop"),
+    Internal(_FaustConsumer, "_unacked_messages", ("__init__",), "batches tracked until acked"),
+    Internal(_FaustConsumer, "_committed_offset", ("__init__",), "the worker's committed-offset metric"),
+    Internal(Fetcher, "_stopped", ("__init__",), "the fetch loop"),
+    Internal(TableManager, "recovery", why="not in TableManagerT; the seek and the worker's readiness"),
+    Internal(Recovery, "signal_recovery_start", why="a cancelled seek: rebalance or timeout"),
+    Internal(Recovery, "completed", ("__init__",), "the worker's readiness"),
+    Internal(faust.App, "rebalancing", why="the worker's readiness"),
+)
+
+
+def _present(internal: Internal) -> bool:
+    if not internal.used_in:
+        return hasattr(internal.owner, internal.name)
+    # An instance attribute exists only on instances: look for it in the code that uses it.
+    return all(_mentioned(internal.owner, method, internal.name) for method in internal.used_in)
+
+
+def _mentioned(owner: type, method: str, attribute: str) -> bool:
+    """Whether a ``method`` of ``owner`` or of a class it derives from assigns or reads ``attribute``."""
+    for klass in owner.__mro__:
+        code = getattr(vars(klass).get(method), "__code__", None)
+        if code is not None and attribute in code.co_names:
+            return True
+    return False
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "(unknown version)"
+
+
+def check_internals(internals: Iterable[Internal] = INTERNALS) -> None:
+    """Raise :class:`DependencyMismatchError` naming the first of ``internals`` the installed
+    Faust or aiokafka lacks: fail at start-up instead of misbehaving mid-stream."""
+    for internal in internals:
+        if not _present(internal):
+            where = f"{internal.owner.__module__}.{internal.owner.__qualname__}.{internal.name}"
+            raise DependencyMismatchError(
+                f"{where} ({internal.why}) is missing from the installed faust-streaming "
+                f"{_version('faust-streaming')} / aiokafka {_version('aiokafka')}; "
+                f"streaming.kafka.faust_transport is tested with faust-streaming {TESTED_FAUST} "
+                f"and aiokafka {TESTED_AIOKAFKA}.x"
+            )
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -61,7 +158,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         # aiokafka hands this to its Fetcher in start(), which has not run yet.
-        consumer._fetch_max_wait_ms = self.fetch_max_wait_ms
+        consumer._fetch_max_wait_ms = self.fetch_max_wait_ms  # noqa: SLF001  # no public setter; see INTERNALS
         return consumer
 
 
@@ -121,10 +218,10 @@ class _Consumer(faust_aiokafka.Consumer):
             # the hold) or when it times out: then the held partitions would never resume, and a
             # worker that consumes nothing while looking alive is worse than a restart.
             if not self.app.tables.recovery.signal_recovery_start.is_set():  # type: ignore[attr-defined]  # TableManager has .recovery
-                _give_up("the seek to committed offsets timed out")
+                stop_uncommitted("stream partitions cannot be resumed: the seek to committed offsets timed out")
             raise
         except Exception as exc:  # the same: partitions held forever otherwise
-            _give_up(f"the seek to committed offsets failed: {exc!r}")
+            stop_uncommitted(f"stream partitions cannot be resumed: the seek failed: {exc!r}", exc_info=True)
         # Faust also seeks when a fetch returns while flow is stopped, which can come between
         # the assignment and recovery's resume: that seek must not end the hold.
         if self._held:
@@ -133,8 +230,9 @@ class _Consumer(faust_aiokafka.Consumer):
             super().resume_partitions(held & set(self.assignment()))
 
     async def _drain_messages(self, fetcher: Any) -> None:
-        """Faust's fetch loop (``Consumer._drain_messages``), with records of the batch topics
-        queued one list per fetch instead of one callback per record."""
+        """Faust 0.15.3's fetch loop (``Consumer._drain_messages``), with records of the batch topics
+        queued one list per fetch instead of one callback per record (the module docstring lists
+        what else differs; the private members of Faust it uses are in :data:`INTERNALS`)."""
         if not self.batch_topics:
             return await super()._drain_messages(fetcher)
         callback = self.callback
@@ -142,7 +240,7 @@ class _Consumer(faust_aiokafka.Consumer):
         acks_enabled_for = self.app.topics.acks_enabled_for
         batch_topics = self.batch_topics
         try:
-            while not (self._stopped.is_set() or fetcher._stopped.is_set()):
+            while not (self._stopped.is_set() or fetcher._stopped.is_set()):  # noqa: SLF001  # as Faust's loop
                 self.diag.set_flag(CONSUMER_FETCHING)
                 records, active = await self._wait_next_records(timeout=1.0)
                 await self.sleep(0)
@@ -222,13 +320,6 @@ def ack(app: faust.App, messages: Sequence[Message]) -> None:
         consumer_ack(message)
 
 
-def _give_up(why: str) -> None:
-    """Exit without committing anything more: the restart resumes from the committed offsets."""
-    log.critical("stream partitions cannot be resumed safely: %s; exiting", why)
-    logging.shutdown()
-    os._exit(70)
-
-
 class Transport(faust_aiokafka.Transport):
     Consumer = _Consumer
     batch_topics: frozenset[str] = frozenset()
@@ -243,7 +334,9 @@ def install(
 ) -> None:
     """Use this transport for ``app``; call before the app declares topics or tables. Records of
     ``batch_topics`` are read with :func:`take_batches` instead of agents; ``read_ends`` (blocking,
-    run in a thread) corrects the high watermarks state recovery reads up to."""
+    run in a thread) corrects the high watermarks state recovery reads up to. Raises
+    :class:`DependencyMismatchError` when Faust or aiokafka lacks an internal this relies on."""
+    check_internals()
     _ConsumerThread.fetch_max_wait_ms = fetch_max_wait_ms
     transport = Transport(app.conf.broker_consumer, app)
     transport.batch_topics = frozenset(batch_topics)

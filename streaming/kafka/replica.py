@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, Message, TopicPartition
 
 from streaming.kafka import clients as kafka
 from streaming.settings import KafkaSettings
@@ -51,6 +51,17 @@ class Replica(threading.Thread):
             self._stop_event.wait(0.05)
         return False
 
+    def start_offset(self, low: int, high: int) -> int:
+        """Where reading starts in a partition not read yet (its low and high watermarks): at the
+        beginning, since records are absolute values per key."""
+        return OFFSET_BEGINNING
+
+    def receive(self, msg: Message) -> None:
+        """One record, applied by key (a record without one is no value of anything)."""
+        key = msg.key()
+        if key is not None:
+            self.apply(key, msg.value())
+
     def run(self) -> None:
         # A broker that is down or a topic not created yet is waited for, then followed from
         # where this replica got to.
@@ -91,15 +102,18 @@ class Replica(threading.Thread):
             # Where this replica got to. A position past a partition's end (the topic was
             # recreated with less in it) is out of range, and auto.offset.reset starts it over;
             # a topic recreated with as much or more is not told apart from the old one.
-            consumer.assign(
-                [TopicPartition(self.topic, p, self.positions.get(p, OFFSET_BEGINNING)) for p in partitions]
-            )
-            ends = {p: consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)[1] for p in partitions}
+            marks = {p: consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10) for p in partitions}
+            start = {p: self.positions.get(p, self.start_offset(*marks[p])) for p in partitions}
+            for partition, first in start.items():
+                if first >= 0:  # an offset, not a logical one: resume from there after an error
+                    self.positions.setdefault(partition, first)
+            consumer.assign([TopicPartition(self.topic, p, start[p]) for p in partitions])
+            ends = {p: high for p, (_, high) in marks.items()}
             # Restored once every partition was read up to its end as of now. (The embedded
             # broker under-reports an end by the rest of its last record batch, which comes in
             # the same fetch as the reported end, so this still reads everything.) Never on a
             # timeout: a view continued from a partial one would overwrite the real values.
-            pending = {p for p, end in ends.items() if end > self.positions.get(p, 0)}
+            pending = {p for p, end in ends.items() if end > max(start[p], 0)}
             while not self._stop_event.is_set():
                 if not pending and not self.caught_up.is_set():
                     self.last_error = None
@@ -107,12 +121,10 @@ class Replica(threading.Thread):
                 for msg in consumer.consume(1000, 0.2):
                     error = msg.error()
                     if error is not None:
-                        if error.code() != KafkaError._PARTITION_EOF:
+                        if error.code() != KafkaError._PARTITION_EOF:  # noqa: SLF001  # librdkafka's local error codes start with an underscore
                             log.warning("%s replica: %s", self.what, error)
                         continue
-                    key = msg.key()
-                    if key is not None:
-                        self.apply(key, msg.value())
+                    self.receive(msg)
                     p, offset = msg.partition(), msg.offset()
                     if p is None or offset is None:
                         continue

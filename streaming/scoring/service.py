@@ -2,8 +2,10 @@
 
 A call takes valid transactions and their cards' stored states and returns each transaction's
 decision fields: one feature pass over the batch (card history plus merchant risk), one model
-call, thresholds and reasons. Whatever decides a transaction (the model today; rules, lists and a
-challenger model later) plugs in here once, so the stream and ``/predict`` always decide alike.
+call, thresholds and reasons, then the rules and lists that come before the model
+(:mod:`streaming.scoring.rules`). With a challenger, its shadow decisions come from the same
+features and the same rules verdicts (only the model differs). Whatever decides a transaction plugs in here once, so the
+stream and ``/predict`` always decide alike.
 
 CPU-bound: call it on the scoring thread (:func:`model.scoring.scoring_executor`), never on the
 event loop. One call uses one model throughout, so a model swap happens between calls.
@@ -22,7 +24,9 @@ from model.drift import DriftMonitor
 from model.features import Columns, RiskContext, compute_features, epoch_ms, frame_from_transactions
 from model.schemas import Decision, Transaction, decision_json
 from model.scoring import ModelHolder, ScoredBatch, Scorer, utcnow
+from streaming.metrics import ModelMetrics
 from streaming.scoring.merchant_risk import MerchantRisk
+from streaming.scoring.rules import Inputs, RuleBook, Verdicts
 from streaming.scoring.state import CardState, history_frame, labels_frame, merge
 
 #: A history row not stored yet: ``(transaction_id, card_id, merchant_id, ts_ms, amount)``.
@@ -53,9 +57,14 @@ class ScoringService:
         include_features: bool = False,
         track_drift: bool = False,
         challenger: ModelHolder | None = None,
+        rules: RuleBook | None = None,
+        metrics: ModelMetrics | None = None,
     ) -> None:
         self.holder, self.risk, self.include_features = holder, risk, include_features
         self.challenger = challenger
+        #: Rules and lists ahead of the model (None: the model alone decides).
+        self.rules = rules
+        self.metrics = metrics
         #: PSI of the scored traffic against the model's training data (``track_drift``).
         self.drift: DriftMonitor | None = None
         self._track_drift = track_drift
@@ -94,10 +103,18 @@ class ScoringService:
             if self.drift is None or self.drift.version != scorer.version:
                 self.drift = DriftMonitor(scorer.artifact.metadata.get("drift_reference"), version=scorer.version)
             self.drift.observe(batch.features, batch.scores)
-        card_states = [_card_state(tx.card_id, states, unavailable) for tx in txs]
+        card_states = _card_states(txs, queries["ts_ms"].tolist(), states, new_rows, unavailable)
         scored_at = scored_at or utcnow()
         fields = scorer.decision_fields(txs, batch, card_states, scored_at, self.include_features)
         shadow = self._shadow(scorer, txs, features, card_states, scored_at)
+        ruleset = self.rules.snapshot() if self.rules is not None else None
+        if ruleset is not None and not ruleset.empty:
+            # Rules read the transaction and its features, never the score: one verdict serves
+            # both models, so a shadow decision differs from the live one only where the models do.
+            inputs = Inputs.of_transactions(txs, queries, batch.features)
+            verdicts = ruleset.apply(inputs, int(scored_at.timestamp() * 1000))
+            self._count(verdicts, _overrule(fields, verdicts))
+            _overrule(shadow, verdicts)
         return Scored(queries=queries, batch=batch, fields=fields, shadow=shadow)
 
     def _shadow(
@@ -109,12 +126,21 @@ class ScoringService:
         scored_at: datetime,
     ) -> list[dict[str, Any]]:
         """The challenger's decisions on the same features (one more model call, plus one for
-        the reasons of what it flags)."""
+        the reasons of what it flags), before rules."""
         challenger = self.challenger.current if self.challenger is not None else None
         if challenger is None or challenger.version == champion.version:
             return []
         batch = challenger.score_features(features)
         return challenger.decision_fields(txs, batch, card_states, scored_at, self.include_features)
+
+    def _count(self, verdicts: Verdicts, decided: dict[tuple[str, str], int]) -> None:
+        """Rule hits and rule decisions, the live ones only (a shadow decision is never acted on)."""
+        if self.metrics is None:
+            return
+        for (rule, action, mode), n in verdicts.hits.items():
+            self.metrics.rule_hits.labels(rule=rule, action=action, mode=mode).inc(n)
+        for (source, action), n in decided.items():
+            self.metrics.rule_decisions.labels(source=source, decision=action).inc(n)
 
     def decisions(self, scored: Scored) -> list[Decision]:
         """The decisions as validated models (the API's answers)."""
@@ -143,8 +169,53 @@ class ScoringService:
         decision_json(scorer.decision_fields([tx], batch, ["used"], utcnow(), self.include_features)[0])
 
 
-def _card_state(card_id: str, states: Mapping[str, CardState | None], unavailable: Collection[str]) -> str:
-    if card_id in unavailable:
-        return "unavailable"
-    state = states.get(card_id)
-    return "used" if state and state["ids"] else "empty"
+def _overrule(fields: list[dict[str, Any]], verdicts: Verdicts) -> dict[tuple[str, str], int]:
+    """Overrule the model where a rule or list decides (precedence: streaming/scoring/rules.py);
+    returns how many each source decided, per action. No fields (no challenger): nothing."""
+    decided: dict[tuple[str, str], int] = {}
+    if not fields:
+        return decided
+    for row, action, by in zip(fields, verdicts.actions, verdicts.decided_by, strict=True):
+        if action is None:
+            continue
+        row["decision"], row["decided_by"] = action, by
+        row["reasons"] = [by, *row["reasons"]]
+        key = (by.partition(":")[0], action)
+        decided[key] = decided.get(key, 0) + 1
+    return decided
+
+
+def _card_states(
+    txs: Sequence[Transaction],
+    ts_ms: Sequence[int],
+    states: Mapping[str, CardState | None],
+    new_rows: Sequence[HistoryRow],
+    unavailable: Collection[str],
+) -> list[str]:
+    """``used`` when the card has another transaction no later than this one, stored or earlier in
+    the batch; else ``empty``. Not "the stored state is non-empty": after a crash the state
+    holds the redelivered transactions themselves, and their decisions must read as before."""
+    batch: dict[str, list[tuple[int, str]]] = {}
+    for tid, card, _merchant, ts, _amount in new_rows:
+        batch.setdefault(card, []).append((ts, tid))
+    out = []
+    for tx, ts in zip(txs, ts_ms, strict=True):
+        if tx.card_id in unavailable:
+            out.append("unavailable")
+            continue
+        tid = tx.transaction_id
+        earlier = _stored_earlier(states.get(tx.card_id), tid, ts) or any(
+            t <= ts and other != tid for t, other in batch.get(tx.card_id, ())
+        )
+        out.append("used" if earlier else "empty")
+    return out
+
+
+def _stored_earlier(state: CardState | None, tid: str, ts: int) -> bool:
+    # The stored lists are sorted by time: the oldest entry that is not this transaction decides.
+    if not state:
+        return False
+    for other, t in zip(state["ids"][:2], state["ts"][:2], strict=True):
+        if other != tid:
+            return bool(t <= ts)
+    return False

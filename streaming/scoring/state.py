@@ -41,8 +41,8 @@ def changelog_key(card_id: str) -> bytes:
 def decode_state(value: bytes | None) -> CardState | None:
     """A card's state from its changelog value. The worker's table and the API's copy hold these
     JSON bytes rather than the decoded lists: a few times smaller, and not tracked by the garbage
-    collector (with lists, every full collection walked every card's history: pauses of tens of
-    ms at 2,000 tx/s)."""
+    collector (with lists, every full collection walked every card's history, pausing the worker
+    for longer as the state grew)."""
     if value is None:
         return None
     state: CardState = orjson.loads(value)

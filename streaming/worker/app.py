@@ -9,11 +9,14 @@ changelog and the web server; the batches come a fetch at a time from
 from __future__ import annotations
 
 import functools
+import hmac
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import faust
 from prometheus_client import start_http_server
+from pydantic import SecretStr
 
 from model.registry import model_holders
 from model.scoring import ModelHolder, scoring_executor
@@ -24,12 +27,16 @@ from streaming.kafka.outputs import Outputs
 from streaming.kafka.replica import Replica
 from streaming.metrics import WorkerMetrics
 from streaming.scoring.merchant_risk import MerchantRisk
+from streaming.scoring.rules import RuleBook
 from streaming.scoring.service import ScoringService
 from streaming.scoring.state import CARD_TABLE, decode_state, empty_state
 from streaming.settings import WorkerSettings
 from streaming.worker.pipeline import BatchScorer, Pipeline
 
 log = logging.getLogger("fraudstream.worker")
+
+#: How long review cases stay on their topic (an unreviewed case older than this is dropped).
+REVIEW_RETENTION_MS = 30 * 24 * 3600 * 1000
 
 
 def card_table(app: faust.App) -> faust.types.TableT[str, bytes]:
@@ -49,6 +56,7 @@ def create_app(
     replica: Replica | None = None,
     exit: Exit | None = None,
     challenger: ModelHolder | None = None,
+    rules: RuleBook | None = None,
 ) -> faust.App:
     app = faust.App(
         settings.app_id,
@@ -68,6 +76,10 @@ def create_app(
         web_host=settings.web_host,
         web_port=settings.web_port,
         web_in_thread=False,
+        # Faust's own views would serve any table key (/table/...) and the cluster's partition
+        # map (/router/) to anyone: card state goes only through the token-guarded view below.
+        web_tables_enabled=False,
+        web_router_enabled=False,
     )
 
     # One stream of both inputs: labels and transactions of a card share a partition number (and
@@ -91,7 +103,13 @@ def create_app(
     cards = card_table(app)
     executor = scoring_executor()
     service = ScoringService(
-        holder, risk or MerchantRisk(), settings.include_features, track_drift=True, challenger=challenger
+        holder,
+        risk or MerchantRisk(),
+        settings.include_features,
+        track_drift=True,
+        challenger=challenger,
+        rules=rules,
+        metrics=metrics,
     )
     executor.submit(service.warm_up)
     pipeline = Pipeline(
@@ -125,6 +143,7 @@ def create_app(
         await pipeline.run(faust_transport.take_batches(app, settings.batch_size))
 
     @app.page("/cards/history")
+    @state_guard(settings.state_token)
     @app.table_route(table=cards, query_param="card_id")
     async def card_history(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
         """A card's stored history, served by the worker that owns the card (others proxy)."""
@@ -146,6 +165,7 @@ def create_app(
                 "model_version": holder.scorer.version if holder.ready else None,
                 "model_source": holder.source.where,
                 "challenger_version": shadow.version if shadow is not None else None,
+                "rules_version": rules.snapshot().version if rules is not None else None,
             }
         )
 
@@ -161,8 +181,9 @@ def create_app(
     async def report_progress() -> None:
         consumer = app.consumer
         try:
-            # Faust keeps the last committed offsets here; no public accessor in 0.15.
-            committed: dict[Any, int | None] = getattr(consumer, "_committed_offset", {})
+            # Faust keeps the last committed offsets here; no public accessor in 0.15 (checked at
+            # start-up with the transport's other internals: faust_transport.INTERNALS).
+            committed: dict[Any, int | None] = consumer._committed_offset  # type: ignore[attr-defined]  # noqa: SLF001  # ConsumerT omits it
             await pipeline.report_progress(owned(), consumer.highwater, committed)
         except Exception:  # metrics are best effort; an exception in a Faust timer stops the app
             log.warning("could not update progress metrics", exc_info=True)
@@ -182,6 +203,36 @@ def create_app(
         await pipeline.reload_model()
 
     return app
+
+
+def state_view_refusal(token: SecretStr | None, authorization: str | None) -> str | None:
+    """Why a request for card state is refused (403), or None to serve it. Card histories are
+    personal data and the view proxies to other workers: only holders of the shared token."""
+    if token is None:
+        return "the card state view is disabled: set FRAUD_STATE_TOKEN on the workers and the API"
+    expected = f"Bearer {token.get_secret_value()}".encode()
+    if authorization is None or not hmac.compare_digest(authorization.encode(), expected):
+        return "a valid state token is required (Authorization: Bearer <FRAUD_STATE_TOKEN>)"
+    return None
+
+
+ViewFn = TypeVar("ViewFn", bound=Callable[..., Awaitable[Any]])
+
+
+def state_guard(token: SecretStr | None) -> Callable[[ViewFn], ViewFn]:
+    """Refuse (403) before a request is routed to the worker owning the card."""
+
+    def wrap(fn: ViewFn) -> ViewFn:
+        @functools.wraps(fn)
+        async def guarded(web: faust.web.View, request: faust.web.Request, *args: Any, **kwargs: Any) -> Any:
+            refusal = state_view_refusal(token, request.headers.get("Authorization"))
+            if refusal is not None:
+                return web.json({"error": refusal}, status=403)
+            return await fn(web, request, *args, **kwargs)
+
+        return guarded  # type: ignore[return-value]  # same call signature as fn
+
+    return wrap
 
 
 class _MetricsSensor(faust.Sensor):
@@ -213,6 +264,13 @@ def run_worker(settings: WorkerSettings) -> None:
         metrics.set_challenger(challenger.scorer.version)
     kafka.ensure_topics(settings, kafka.project_topics(settings))
     kafka.ensure_topics(settings, [settings.merchant_risk_topic], config={"cleanup.policy": "compact"})
+    kafka.ensure_topics(settings, [settings.rules_topic], partitions=1, config={"cleanup.policy": "compact"})
+    # One case per review decision, kept for REVIEW_RETENTION_MS (compacted: a redelivery replaces it).
+    kafka.ensure_topics(
+        settings,
+        [settings.review_topic],
+        config={"cleanup.policy": "compact,delete", "retention.ms": str(REVIEW_RETENTION_MS)},
+    )
     for topic in (settings.transactions_topic, settings.labels_topic):
         found = kafka.partition_count(settings, topic)
         if found != settings.topic_partitions:
@@ -230,8 +288,21 @@ def run_worker(settings: WorkerSettings) -> None:
     if not replica.caught_up.wait(timeout=120):
         raise SystemExit(f"fraud worker: could not read {settings.merchant_risk_topic} within 120 s")
     log.info("merchant risk restored: %d daily counts, %d fraud labels", *risk.size())
-    start_http_server(settings.metrics_port, registry=metrics.registry)
-    app = create_app(settings, holder, metrics, risk, replica=replica, challenger=challenger)
+    rules = RuleBook()
+    rules_replica = Replica(settings, settings.rules_topic, rules.apply, "rules")
+    rules_replica.start()
+    # The first batch is decided with the rules and lists in force, not the model alone.
+    if not rules_replica.caught_up.wait(timeout=120):
+        raise SystemExit(f"fraud worker: could not read {settings.rules_topic} within 120 s")
+    log.info("rules restored: %d rules, %d list entries", len(rules.rules()), len(rules.entries()))
+    start_http_server(settings.metrics_port, addr=settings.metrics_bind, registry=metrics.registry)
+    app = create_app(settings, holder, metrics, risk, replica=replica, challenger=challenger, rules=rules)
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
-    log.info("worker %s: model %s, metrics on :%d", settings.app_id, holder.scorer.version, settings.metrics_port)
+    log.info(
+        "worker %s: model %s, metrics on %s:%d",
+        settings.app_id,
+        holder.scorer.version,
+        settings.metrics_bind,
+        settings.metrics_port,
+    )
     worker.execute_from_commandline()

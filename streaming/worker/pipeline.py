@@ -42,6 +42,7 @@ from streaming.kafka.replica import Replica
 from streaming.metrics import WorkerMetrics
 from streaming.quality import QualityTracker
 from streaming.scoring.merchant_risk import label_key
+from streaming.scoring.review import case_json
 from streaming.scoring.service import HistoryRow, ScoringService
 from streaming.scoring.state import (
     CardState,
@@ -118,6 +119,8 @@ class ScoredTransactions:
     event_ms: list[int]
     #: Merchant-risk records to publish (new absolute daily counts).
     risk_records: list[tuple[bytes, bytes]]
+    #: Review cases of the batch's ``review`` decisions: (transaction id, case JSON).
+    cases: list[tuple[bytes, bytes]]
     #: The challenger's shadow decisions of the same transactions (empty without a challenger).
     shadow: list[dict[str, Any]] = field(default_factory=list)
     shadow_encoded: list[bytes] = field(default_factory=list)
@@ -180,6 +183,13 @@ class BatchScorer:
                 card: merge(states.get(card), card_rows, self.grace_ms, self.max_history, fresh=True)
                 for card, card_rows in rows.items()
             }
+            cases = [
+                (tx.transaction_id.encode(), case_json(fields, tx, features, states.get(tx.card_id), ts))
+                for tx, fields, features, ts in zip(
+                    txs, scored.fields, scored.batch.features, queries["ts_ms"].tolist(), strict=True
+                )
+                if fields["decision"] == "review"
+            ]
         self.metrics.batch_size.observe(len(txs))
         return ScoredTransactions(
             decisions=scored.fields,
@@ -187,6 +197,7 @@ class BatchScorer:
             states={card: orjson.dumps(state) for card, state in new_states.items()},
             event_ms=queries["ts_ms"].tolist(),
             risk_records=risk_records,
+            cases=cases,
             shadow=scored.shadow,
             shadow_encoded=[decision_json(d) for d in scored.shadow],
         )
@@ -345,6 +356,8 @@ class Pipeline:
         settings, metrics = self.settings, self.metrics
         for key, value in result.risk_records:
             batch.add(settings.merchant_risk_topic, key, value)
+        for key, value in result.cases:
+            batch.add(settings.review_topic, key, value)
         partition_of = {tx.card_id: rec.partition for rec, tx in valid}
         for card, value in result.states.items():
             self.store(batch, card, partition_of[card], value)

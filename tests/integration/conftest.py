@@ -8,9 +8,7 @@ Broker choice: ``KAFKA_BOOTSTRAP_SERVERS`` when set; testcontainers' Kafka when
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,15 +16,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
 import orjson
 import pytest
 from confluent_kafka import TopicPartition
 
 from model.train import TrainOptions, train
 from producers.synthetic import SimConfig, generate
+from streaming import children
+from streaming.children import Child, Children, free_port, python_module, wait_http
 from streaming.kafka import clients as kafka
-from streaming.kafka.broker import EmbeddedBroker, free_port
+from streaming.kafka.broker import EmbeddedBroker
 from streaming.settings import KafkaSettings
 
 pytestmark = pytest.mark.integration
@@ -108,6 +107,8 @@ def make_topics(bootstrap: str, partitions: int = 2) -> Topics:
         labels_dlq_topic=f"labels-{suffix}.dlq",
         merchant_risk_topic=f"risk-{suffix}",
         shadow_decisions_topic=f"decisions-{suffix}.shadow",
+        rules_topic=f"rules-{suffix}",
+        review_topic=f"review-{suffix}",
         topic_partitions=partitions,
     )
     kafka.ensure_topics(settings, kafka.project_topics(settings))
@@ -117,46 +118,33 @@ def make_topics(bootstrap: str, partitions: int = 2) -> Topics:
 
 @dataclass
 class Service:
-    """A `fraud` subcommand in its own process, with its log kept for failure messages."""
+    """A `fraud` subcommand started on its own (outside :class:`Stack`'s start), with the
+    interface fault tests use; a :class:`streaming.children.Child` underneath."""
 
     name: str
     env: dict[str, str]
     log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
+    child: Child | None = None
 
     def start(self) -> Service:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streaming.cli", self.name], env=self.env, stdout=log, stderr=subprocess.STDOUT
-        )
-        log.close()
+        argv = python_module("streaming.cli", self.name)
+        self.child = children.start(self.name, argv, self.log_path, self.env)
         return self
 
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self.child.proc if self.child is not None else None
+
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
+        return self.child.log_tail() if self.child is not None else ""
 
     def wait_http(self, url: str, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None and self.proc.poll() is None, f"{self.name} died:\n{self.log()}"
-            try:
-                if httpx.get(url, timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"{self.name} not ready at {url}:\n{self.log()}")
+        assert self.child is not None, f"{self.name} was not started"
+        wait_http(url, self.child, timeout=timeout)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return int(self.proc.returncode)
+    def stop(self, sig: int | None = None, timeout: float | None = None) -> int:
+        assert self.child is not None, f"{self.name} was not started"
+        return self.child.stop(sig, timeout)
 
 
 @dataclass
@@ -168,11 +156,21 @@ class Stack:
     metrics_port: int = field(default_factory=free_port)
     api_port: int = field(default_factory=free_port)
     card_state_source: str = "replica"
-    services: list[Service] = field(default_factory=list)
+    #: The API's key list (FRAUD_API_KEYS); None: the API runs without authentication.
+    api_keys: str | None = None
     #: Serve a registry alias (``models:/NAME@ALIAS``) of ``tracking_uri`` instead of ``model_dir``.
     model_uri: str = ""
     tracking_uri: str = ""
     model_reload_seconds: float = 10.0
+    children: Children = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.children = Children(self.workdir)
+
+    @property
+    def services(self) -> list[Child]:
+        """The `fraud` processes started, in order."""
+        return self.children.started
 
     def env(self) -> dict[str, str]:
         s = self.topics.settings
@@ -185,6 +183,8 @@ class Stack:
             "FRAUD_LABELS_TOPIC": s.labels_topic,
             "FRAUD_LABELS_DLQ_TOPIC": s.labels_dlq_topic,
             "FRAUD_MERCHANT_RISK_TOPIC": s.merchant_risk_topic,
+            "FRAUD_RULES_TOPIC": s.rules_topic,
+            "FRAUD_REVIEW_TOPIC": s.review_topic,
             "FRAUD_TOPIC_PARTITIONS": str(s.topic_partitions),
             "FRAUD_APP_ID": self.topics.app_id,
             "FRAUD_MODEL_DIR": str(self.model_dir),
@@ -197,6 +197,8 @@ class Stack:
             "FRAUD_CARD_STATE_SOURCE": self.card_state_source,
             "FRAUD_WORKER_URL": f"http://127.0.0.1:{self.web_port}",
             "FRAUD_STATE_TIMEOUT_SECONDS": "2",
+            "FRAUD_STATE_TOKEN": "test-state-token",
+            **({"FRAUD_API_KEYS": self.api_keys} if self.api_keys else {"FRAUD_AUTH_DISABLED": "true"}),
             "FRAUD_SHADOW_DECISIONS_TOPIC": s.shadow_decisions_topic,
             "FRAUD_MODEL_URI": self.model_uri,
             "FRAUD_MODEL_RELOAD_SECONDS": str(self.model_reload_seconds),
@@ -208,21 +210,20 @@ class Stack:
         # A process serving from a registry imports MLflow first: seconds, more on a busy machine.
         return 240.0 if self.model_uri else 60.0
 
-    def start_worker(self) -> Service:
-        worker = Service("worker", self.env(), self.workdir / "worker.log").start()
-        self.services.append(worker)
-        worker.wait_http(f"http://127.0.0.1:{self.web_port}/ready", timeout=self.start_timeout)
-        return worker
-
-    def start_api(self) -> Service:
-        api = Service("api", self.env(), self.workdir / "api.log").start()
-        self.services.append(api)
-        api.wait_http(f"http://127.0.0.1:{self.api_port}/ready", timeout=self.start_timeout)
-        return api
+    def start(self, command: str, ready_url: str) -> Child:
+        """`fraud COMMAND` in its own process, once ``ready_url`` answers."""
+        child = self.children.start(command, python_module("streaming.cli", command), self.env())
+        wait_http(ready_url, child, timeout=self.start_timeout)
+        return child
 
     def stop_all(self) -> None:
-        for svc in reversed(self.services):
-            svc.stop()
+        self.children.stop_all()
+
+    def start_worker(self) -> Child:
+        return self.start("worker", f"http://127.0.0.1:{self.web_port}/ready")
+
+    def start_api(self) -> Child:
+        return self.start("api", f"http://127.0.0.1:{self.api_port}/ready")
 
 
 @pytest.fixture
@@ -231,7 +232,7 @@ def stack(bootstrap_servers: str, model_dir: Path, tmp_path: Path) -> Iterator[S
     try:
         yield s
     finally:
-        s.stop_all()
+        s.children.stop_all()
 
 
 def produce(settings: KafkaSettings, messages: list[tuple[bytes | None, bytes]], topic: str | None = None) -> None:

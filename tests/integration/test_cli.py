@@ -113,6 +113,70 @@ def test_train_and_evaluate_commands(tmp_path: Path, train_frame: pd.DataFrame) 
     assert out.returncode == 2 and "amount" in out.stderr
 
 
+def test_a_bad_csv_is_a_user_error_in_one_line(tmp_path: Path) -> None:
+    csv = tmp_path / "no-amount.csv"
+    csv.write_text("transaction_id,timestamp,card_id,merchant_id,is_fraud\nt1,2026-01-01T10:00:00+00:00,c,m,0\n")
+    out = fraud("train", "--data", str(csv), "--out", str(tmp_path / "m"))
+    assert out.returncode == 2
+    assert out.stderr == f"fraud train: {csv}: missing required column(s): amount\n"
+    assert not (tmp_path / "m").exists()
+
+
+# `fraud train` with model.train.train replaced by one that raises the given exception.
+RAISING_TRAIN = """
+import sys
+
+import model.train
+from model.errors import UserInputError
+from streaming.cli import main
+
+
+def train(*args, **kwargs):
+    raise {exception}
+
+
+model.train.train = train
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_plain_value_error_is_a_bug_with_a_traceback_not_a_user_error(tmp_path: Path) -> None:
+    def run(exception: str) -> subprocess.CompletedProcess[str]:
+        args = ["train", "--data", str(tmp_path / "any.csv"), "--out", str(tmp_path / "m")]
+        script = RAISING_TRAIN.format(exception=exception)
+        return subprocess.run(
+            [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120, check=False
+        )
+
+    bug = run("ValueError('cannot convert float NaN to integer')")
+    assert bug.returncode == 1
+    assert "Traceback (most recent call last)" in bug.stderr
+    assert bug.stderr.rstrip().endswith("ValueError: cannot convert float NaN to integer")
+
+    user = run("UserInputError('the window is empty')")
+    assert (user.returncode, user.stderr) == (2, "fraud train: the window is empty\n")
+
+
+def test_invalid_options_and_settings_are_user_errors_before_any_work(tmp_path: Path) -> None:
+    out = fraud("produce", "--csv", str(tmp_path / "x.csv"), "--cards", "0")
+    assert out.returncode == 2 and "argument --cards: must be >= 1" in out.stderr
+    assert not (tmp_path / "x.csv").exists()
+    out = fraud("train", "--data", "x.csv", "--out", "m", "--block-precision", "1.5")
+    assert out.returncode == 2 and "argument --block-precision: must be > 0 and <= 1" in out.stderr
+    out = fraud("quality", env={"FRAUD_TOPIC_PARTITIONS": "0"})
+    assert out.returncode == 2
+    assert (
+        out.stderr
+        == "fraud quality: invalid setting FRAUD_TOPIC_PARTITIONS: Input should be greater than or equal to 1\n"
+    )
+
+
+def test_a_failure_raised_on_purpose_is_one_line_with_status_1(tmp_path: Path) -> None:
+    out = fraud("evaluate", "--model", str(tmp_path / "no-model"), "--data", str(tmp_path / "x.csv"))
+    assert out.returncode == 1
+    assert out.stderr.startswith(f"fraud evaluate: {tmp_path / 'no-model'}") and out.stderr.count("\n") == 1
+
+
 def test_demo_runs_end_to_end_and_cleans_up(model_dir: Path, tmp_path: Path) -> None:
     out = fraud(
         "demo", "--count", "1200", "--rate", "400", "--model-dir", str(model_dir), "--workdir", str(tmp_path),

@@ -23,7 +23,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -40,8 +39,8 @@ from confluent_kafka import TopicPartition
 
 from model.registry import CHALLENGER, CHAMPION, Registry
 from producers.publisher import wire_value
+from streaming.children import Child, Children, free_port, python_module, wait_http
 from streaming.kafka import clients as kafka
-from streaming.kafka.broker import free_port
 from streaming.settings import KafkaSettings
 from tests.integration.conftest import Stack, produce
 from tests.test_deploy import (
@@ -89,25 +88,21 @@ def prometheus_config(targets: dict[str, str], path: Path) -> Path:
 
 
 class Prometheus:
-    def __init__(self, binary: str, config: Path, workdir: Path, port: int) -> None:
-        self.port = port
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / "prometheus.log"
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [
-                    binary,
-                    f"--config.file={config}",
-                    f"--storage.tsdb.path={workdir / 'tsdb'}",
-                    f"--web.listen-address=127.0.0.1:{self.port}",
-                    "--log.level=warn",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+    """A ``prometheus`` process scraping ``config``; its HTTP API."""
+
+    def __init__(self, children: Children, binary: str, config: Path, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        argv = [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={children.logdir / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ]
+        self.child = children.start("prometheus", argv, stop_timeout=15)
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
+        return self.child.log_tail()
 
     def api(self, path: str, **params: Any) -> Any:
         resp = httpx.get(f"{self.url}/api/v1/{path}", params=params, timeout=5.0)
@@ -117,25 +112,7 @@ class Prometheus:
         return body["data"]
 
     def wait_ready(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"prometheus exited:\n{self.log()}"
-            try:
-                if httpx.get(f"{self.url}/-/ready", timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"prometheus not ready:\n{self.log()}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        wait_http(f"{self.url}/-/ready", self.child, timeout)
 
 
 @pytest.fixture
@@ -148,25 +125,11 @@ def promtool() -> str:
     return _tool("promtool")
 
 
-def start_producer(stack: Stack, port: int) -> subprocess.Popen[bytes]:
+def start_producer(stack: Stack, children: Children, port: int) -> Child:
     env = {**stack.env(), "FRAUD_METRICS_PORT": str(port)}
-    log = (stack.workdir / "producer.log").open("wb")
-    try:
-        return subprocess.Popen(
-            [sys.executable, "-m", "streaming.cli", "produce", *PRODUCER_ARGS], env=env, stdout=log, stderr=log
-        )
-    finally:
-        log.close()
-
-
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)  # the producer flushes and exits on Ctrl-C
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    argv = python_module("streaming.cli", "produce", *PRODUCER_ARGS)
+    # SIGINT: the producer flushes and exits on Ctrl-C.
+    return children.start("producer", argv, env, stop_signal=signal.SIGINT, stop_timeout=15)
 
 
 def drive_predict(api_port: int, frame: pd.DataFrame, count: int = 20) -> None:
@@ -318,17 +281,10 @@ def _rfc3339(value: str) -> float:
 
 
 @pytest.fixture
-def processes() -> Iterator[list[Any]]:
+def processes(stack: Stack) -> Iterator[Children]:
     """Processes this test starts beside the stack's, stopped at the end whatever happens."""
-    started: list[Any] = []
-    try:
-        yield started
-    finally:
-        for proc in reversed(started):
-            if isinstance(proc, Prometheus):
-                proc.stop()
-            else:
-                stop_process(proc)
+    with Children(stack.workdir) as children:
+        yield children
 
 
 def serve_from_a_registry(stack: Stack, registry: Registry, model_dir: Path, train_frame: pd.DataFrame) -> None:
@@ -353,7 +309,7 @@ def test_dashboards_and_alert_rules_work_on_a_live_stack(
     traffic_frame: pd.DataFrame,
     prometheus_binary: str,
     promtool: str,
-    processes: list[Any],
+    processes: Children,
     registry: Registry,
     model_dir: Path,
     train_frame: pd.DataFrame,
@@ -374,12 +330,10 @@ def test_dashboards_and_alert_rules_work_on_a_live_stack(
         "prometheus": f"127.0.0.1:{prom_port}",
     }
     config = prometheus_config(targets, stack.workdir / "prometheus.yml")
-    prom = Prometheus(prometheus_binary, config, stack.workdir, prom_port)
-    processes.append(prom)
+    prom = Prometheus(processes, prometheus_binary, config, prom_port)
     prom.wait_ready()
 
-    producer = start_producer(stack, producer_port)
-    processes.append(producer)
+    start_producer(stack, processes, producer_port)
     producer_deadline = time.monotonic() + 40.0
     drive_predict(stack.api_port, traffic_frame)
     wait_targets_up(prom, set(targets))

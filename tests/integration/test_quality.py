@@ -11,6 +11,7 @@ import orjson
 import pytest
 from confluent_kafka import TopicPartition
 
+from model.errors import TopicNotFoundError
 from streaming.kafka import clients as kafka
 from streaming.quality import format_quality, read_quality
 from streaming.settings import KafkaSettings
@@ -167,7 +168,7 @@ def test_read_quality_joins_labels_to_decisions_in_range(settings: KafkaSettings
 
 def test_read_quality_on_a_missing_topic_says_so(settings: KafkaSettings) -> None:
     missing = settings.model_copy(update={"labels_topic": f"missing-{uuid.uuid4().hex[:8]}"})
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(TopicNotFoundError, match="does not exist"):
         read_quality(missing, None, None, timeout_s=10)
 
 

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from model.dataset import REQUIRED_COLUMNS, DatasetError, load_csv, select_window
+from model.errors import FraudStreamError, UserInputError
 from model.features import CANONICAL_COLUMNS
 
 HEADER = [
@@ -71,6 +72,14 @@ def test_unreadable_and_empty_files(tmp_path: Path) -> None:
     (tmp_path / "empty.csv").write_text("")
     with pytest.raises(DatasetError, match="cannot read"):
         load_csv(tmp_path / "empty.csv")
+
+
+def test_an_unusable_file_is_the_users_error_in_the_projects_tree_not_a_value_error(tmp_path: Path) -> None:
+    with pytest.raises(UserInputError) as raised:
+        load_csv(tmp_path / "nope.csv")
+    # The CLI reports UserInputError in one line (status 2) and lets a plain ValueError, a bug, through.
+    assert isinstance(raised.value, FraudStreamError) and not isinstance(raised.value, ValueError)
+    assert raised.value.status_code == 400
 
 
 INVALID = [

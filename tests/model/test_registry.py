@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from model.artifact import METADATA_FILE, MODEL_FILE, sha256_file
+from model.errors import ConfigurationError
 from model.registry import (
     CHALLENGER,
     CHAMPION,
@@ -172,7 +173,7 @@ def test_the_challenger_holder_drops_its_model_when_the_alias_is_cleared(
 def test_model_uris_and_the_plain_directory(artifacts: tuple[Path, Path]) -> None:
     assert parse_model_uri("models:/fraudstream@champion") == ("fraudstream", "champion")
     for bad in ("fraudstream", "models:/fraudstream", "models:/@champion", "models:/a/b@c"):
-        with pytest.raises(ValueError, match="models:/NAME@ALIAS"):
+        with pytest.raises(ConfigurationError, match="models:/NAME@ALIAS"):
             parse_model_uri(bad)
     holder, challenger = model_holders(artifacts[0], "", "sqlite:///unused.db", shadow=True)
     assert challenger is None and holder.model_dir == artifacts[0] and holder.load()

@@ -133,3 +133,37 @@ def test_faust_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     assert str(creds.mechanism.value) == "SCRAM-SHA-256"
     assert creds.ssl_context is None
     assert PASSWORD not in repr(creds)
+
+
+def test_listeners_bind_to_loopback_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert WorkerSettings().metrics_bind == "127.0.0.1"
+    assert WorkerSettings().web_bind == "127.0.0.1"
+    assert ProducerSettings().metrics_bind == "127.0.0.1"
+    assert ApiSettings().host == "127.0.0.1"
+    monkeypatch.setenv("FRAUD_METRICS_BIND", "0.0.0.0")  # noqa: S104 - what containers set
+    assert WorkerSettings().metrics_bind == ProducerSettings().metrics_bind == "0.0.0.0"  # noqa: S104
+
+
+def test_state_token_is_shared_and_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert WorkerSettings().state_token is None and ApiSettings().state_token is None
+    monkeypatch.setenv("FRAUD_STATE_TOKEN", PASSWORD)
+    for s in (WorkerSettings(), ApiSettings()):
+        assert s.state_token is not None and s.state_token.get_secret_value() == PASSWORD
+        assert PASSWORD not in repr(s) and PASSWORD not in s.model_dump_json()
+
+
+def test_librdkafka_takes_the_security_settings_and_uses_the_ca_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """librdkafka validates its configuration when a client is built: the keys are real ones, and
+    a CA file that is not there fails the client, so TLS settings are used, not ignored."""
+    from confluent_kafka import KafkaException, Producer
+
+    monkeypatch.setenv("FRAUD_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("FRAUD_KAFKA_SASL_MECHANISM", "SCRAM-SHA-256")
+    monkeypatch.setenv("FRAUD_KAFKA_SASL_USERNAME", "scorer")
+    monkeypatch.setenv("FRAUD_KAFKA_SASL_PASSWORD", PASSWORD)
+    Producer(KafkaSettings().confluent_config()).flush(0)  # system CA store: builds
+    monkeypatch.setenv("FRAUD_KAFKA_SSL_CAFILE", str(tmp_path / "missing-ca.pem"))
+    with pytest.raises(KafkaException, match="ssl.ca.location|missing-ca"):
+        Producer(KafkaSettings().confluent_config())

@@ -7,14 +7,13 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from model.errors import ModelNotReadyError
-from model.features import epoch_ms
+from model.features import FEATURE_NAMES, epoch_ms
 from model.schemas import Transaction
 from model.scoring import ModelHolder
-from model.train import TrainOptions, train
-from producers.synthetic import SimConfig, generate
 from streaming.api.micro_batch import MicroBatcher
 from streaming.scoring.merchant_risk import MerchantRisk
 from streaming.scoring.service import ScoringService
@@ -22,12 +21,9 @@ from streaming.scoring.state import merge
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelHolder, list[Transaction], dict]:
-    root = tmp_path_factory.mktemp("micro")
-    frame = generate(SimConfig(seed=4, n_cards=60, n_merchants=20, days=10, start=datetime(2026, 1, 1, tzinfo=UTC)))
-    frame.to_csv(root / "d.csv", index=False)
-    train(root / "d.csv", root / "m", TrainOptions(model_type="logreg"))
-    holder = ModelHolder(root / "m")
+def setup(small_frame: pd.DataFrame, small_model_dir: Path) -> tuple[ModelHolder, list[Transaction], dict]:
+    frame = small_frame
+    holder = ModelHolder(small_model_dir)
     assert holder.load()
     txs = [Transaction.model_validate(r) for r in frame.iloc[-40:].to_dict("records")]
     past = frame.iloc[:-40]
@@ -75,3 +71,19 @@ def test_a_failure_reaches_every_waiting_request(tmp_path: Path) -> None:
         return await asyncio.gather(batcher.score(tx, None), batcher.score(tx, None), return_exceptions=True)
 
     assert all(isinstance(r, ModelNotReadyError) for r in asyncio.run(run()))
+
+
+def test_a_request_may_ask_for_the_feature_values_alone(setup: tuple) -> None:
+    holder, txs, states = setup
+    batcher = MicroBatcher(ScoringService(holder, MerchantRisk()), ThreadPoolExecutor(max_workers=1))
+
+    async def run() -> list:
+        return await asyncio.gather(
+            *(batcher.score(tx, states.get(tx.card_id), features=i == 1) for i, tx in enumerate(txs[:3]))
+        )
+
+    plain, explained, other = asyncio.run(run())
+    assert batcher.calls == 1
+    assert plain.features is None and other.features is None
+    assert explained.features is not None and list(explained.features) == list(FEATURE_NAMES)
+    assert explained.features["amount"] == txs[1].amount

@@ -1,16 +1,24 @@
-"""The transport's two fixes to Faust's consumer, on a real (unstarted) Faust consumer object:
-stream partitions stay paused until they are seeked, and fetches see a snapshot of the active set."""
+"""The transport's fixes to Faust's consumer, on a real (unstarted) Faust consumer object: stream
+partitions stay paused until they are seeked, fetches see a snapshot of the active set, batches
+skip the per-message machinery; and the start-up check of the Faust internals all this relies on."""
 
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
+import re
+import tomllib
+from pathlib import Path
 from typing import Any
 
+import aiokafka
 import faust
+import faust.transport.consumer
 import pytest
 from aiokafka.structs import ConsumerRecord
 from faust.types import TP
 
+from model.errors import DependencyMismatchError
 from streaming.kafka import faust_transport
 
 
@@ -227,3 +235,76 @@ def test_take_batches_drops_everything_while_flow_is_stopped(batch_app: Any) -> 
 
     with pytest.raises(TimeoutError):
         batch_app.loop.run_until_complete(take())
+
+
+def test_every_internal_the_transport_relies_on_is_there_in_the_installed_faust() -> None:
+    faust_transport.check_internals()
+    names = {(i.owner.__name__, i.name) for i in faust_transport.INTERNALS}
+    assert {("Consumer", "_drain_messages"), ("AIOKafkaConsumer", "_fetch_max_wait_ms")} <= names
+
+
+def test_a_missing_method_stops_install_naming_it_and_the_versions(tmp_path: Any, monkeypatch: Any) -> None:
+    monkeypatch.delattr(faust.transport.consumer.Consumer, "_drain_messages")
+    app = faust.App("check-test", broker="kafka://127.0.0.1:1", store="memory://", datadir=str(tmp_path))
+    with pytest.raises(DependencyMismatchError) as raised:
+        faust_transport.install(app, fetch_max_wait_ms=10)
+    message = str(raised.value)
+    assert message.startswith("faust.transport.drivers.aiokafka.Consumer._drain_messages (overridden: the fetch loop)")
+    assert f"installed faust-streaming {importlib.metadata.version('faust-streaming')} / aiokafka " in message
+    assert message.endswith("tested with faust-streaming 0.15.3 and aiokafka 0.14.x")
+    assert app._transport is None  # nothing installed
+
+
+def test_an_instance_attribute_no_longer_set_up_is_missing(monkeypatch: Any) -> None:
+    def init(self: Any, *topics: str, **config: Any) -> None:  # an aiokafka that renamed the attribute
+        self._fetch_max_wait = config.get("fetch_max_wait_ms", 500)
+
+    monkeypatch.setattr(aiokafka.AIOKafkaConsumer, "__init__", init)
+    with pytest.raises(
+        DependencyMismatchError, match=r"^aiokafka\.consumer\.consumer\.AIOKafkaConsumer\._fetch_max_wait_ms "
+    ):
+        faust_transport.check_internals()
+
+
+def test_the_tested_versions_named_in_the_error_are_the_pins() -> None:
+    pyproject = tomllib.loads((Path(__file__).parents[3] / "pyproject.toml").read_text())
+    pins = {re.split(r"[=<>~!]", d, maxsplit=1)[0]: d for d in pyproject["project"]["dependencies"]}
+    assert pins["faust-streaming"] == f"faust-streaming=={faust_transport.TESTED_FAUST}"
+    assert pins["aiokafka"].startswith(f"aiokafka>={faust_transport.TESTED_AIOKAFKA},")
+    assert importlib.metadata.version("faust-streaming") == faust_transport.TESTED_FAUST
+
+
+class Stopped(Exception):
+    pass
+
+
+def _stop(why: str, exc_info: bool = False) -> None:
+    raise Stopped(why)
+
+
+def test_a_failed_seek_stops_the_process_uncommitted(consumer: Any, monkeypatch: Any) -> None:
+    async def committed() -> dict[TP, int]:
+        raise RuntimeError("coordinator gone")
+
+    monkeypatch.setattr(consumer, "seek_to_committed", committed)
+    monkeypatch.setattr(faust_transport, "stop_uncommitted", _stop)
+    consumer._seek_pending = True
+    consumer.resume_partitions(STREAM)
+    with pytest.raises(Stopped, match="the seek failed: RuntimeError"):
+        asyncio.run(consumer.perform_seek())
+
+
+def test_a_seek_cancelled_outside_a_rebalance_stops_one_cancelled_by_a_rebalance_does_not(
+    consumer: Any, monkeypatch: Any
+) -> None:
+    async def committed() -> dict[TP, int]:
+        raise asyncio.CancelledError
+
+    monkeypatch.setattr(consumer, "seek_to_committed", committed)
+    monkeypatch.setattr(faust_transport, "stop_uncommitted", _stop)
+    with pytest.raises(Stopped, match="timed out"):
+        asyncio.run(consumer.perform_seek())
+
+    consumer.app.tables.recovery.signal_recovery_start.set()  # a new rebalance started
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(consumer.perform_seek())

@@ -99,3 +99,36 @@ def test_after_an_error_the_replica_resumes_where_it_got_to(monkeypatch: pytest.
     # Every record once, in order per partition: nothing older was applied again.
     assert applied == [(b"a", b"1"), (b"b", b"1"), (b"a", b"2"), (b"c", b"1"), (b"c", b"2")]
     assert rep.last_error is None
+
+
+class _Tail(Replica):
+    """The last two records of each partition, handed on whole."""
+
+    def __init__(self, received: list[tuple[int, int]]) -> None:
+        super().__init__(KafkaSettings(), "topic", lambda k, v: None, "tail")
+        self.received = received
+
+    def start_offset(self, low: int, high: int) -> int:
+        return max(low, high - 2)
+
+    def receive(self, msg: Any) -> None:
+        self.received.append((msg.partition(), msg.offset()))
+
+
+def test_a_subclass_chooses_where_reading_starts_and_gets_whole_messages(monkeypatch: pytest.MonkeyPatch) -> None:
+    log = {0: [(b"a", b"1"), (b"b", b"1"), (b"a", b"2")], 1: [(b"c", b"1"), (b"c", b"2")], 2: []}
+    first, second = _Consumer(log, fail_after=1), _Consumer(log)
+    made = iter([first, second])
+    monkeypatch.setattr(replica_module.kafka, "consumer", lambda *a, **k: next(made))
+    received: list[tuple[int, int]] = []
+    rep = _Tail(received)
+    pause = rep._stop_event.wait
+    monkeypatch.setattr(rep._stop_event, "wait", lambda delay: pause(min(delay, 0.01)))
+    rep.start()
+    assert rep.caught_up.wait(timeout=5)
+    rep.stop()
+    rep.join(timeout=5)
+    assert first.assigned_at_start == {0: 1, 1: 0, 2: 0}
+    # The first connection failed after two records; the second resumes where it got to.
+    assert second.assigned_at_start == {0: 3, 1: 0, 2: 0}
+    assert sorted(received) == [(0, 1), (0, 2), (1, 0), (1, 1)]

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from model.schemas import MAX_MESSAGE_BYTES, Label, Transaction
+from model.schemas import MAX_MESSAGE_BYTES, Label, Transaction, label_value
 from streaming.scoring.validation import (
     DLQ_REASONS,
     Rejected,
@@ -24,10 +24,10 @@ VALID: dict[str, Any] = {
     "card_id": "card-1",
     "merchant_id": "m-1",
     "amount": 12.5,
-    "currency": "eur",
+    "currency": "EUR",
     "merchant_category": "grocery",
     "channel": "pos",
-    "country": "fr",
+    "country": "FR",
 }
 
 
@@ -44,7 +44,7 @@ def rejected(raw: bytes | None) -> Rejected:
     return result
 
 
-def test_valid_message_is_parsed_and_normalised() -> None:
+def test_valid_message_is_parsed() -> None:
     tx = parse_transaction(encode())
     assert isinstance(tx, Transaction)
     assert tx.transaction_id == "tx-1" and tx.amount == 12.5
@@ -143,7 +143,12 @@ def test_missing_and_invalid_together_is_invalid_field() -> None:
         ("card_id", 5),
         ("merchant_id", None),
         ("currency", "EU"),
+        ("currency", "eur"),
+        ("currency", "E1R"),
         ("country", "FRA"),
+        ("country", "fr"),
+        ("schema_version", 2),
+        ("schema_version", True),
         ("merchant_category", "x" * 65),
     ],
 )
@@ -270,12 +275,24 @@ def test_label_missing_field(field: str) -> None:
         ("transaction_id", "has space"),
         ("card_id", ""),
         ("merchant_id", "x" * 129),
+        ("labelled_by", "x" * 201),
     ],
 )
 def test_label_invalid_field_names_the_field(field: str, value: Any) -> None:
     r = label_rejected(encode_label(**{field: value}))
     assert r.reason == "invalid_field"
     assert r.detail.startswith(f"{field}:"), r.detail
+
+
+def test_who_labelled_travels_only_when_known() -> None:
+    label = parse_label(encode_label(source="manual", labelled_by="analyst-7"))
+    assert isinstance(label, Label) and label.labelled_by == "analyst-7"
+    assert orjson.loads(label_value(label))["labelled_by"] == "analyst-7"
+    anonymous = parse_label(encode_label())
+    assert isinstance(anonymous, Label) and anonymous.labelled_by is None
+    # Without it the wire form is what it was before the field existed: no null for old consumers.
+    assert orjson.loads(label_value(anonymous)) == {**LABEL, "is_fraud": True}
+    assert b"labelled_by" not in label_value(anonymous)
 
 
 def test_label_known_before_its_transaction_happened_is_invalid() -> None:

@@ -43,3 +43,16 @@ def test_changelog_records_decode_as_fausts_own(tmp_path: Path) -> None:
 class _Message:
     def __init__(self, key: bytes, value: bytes) -> None:
         self.key, self.value, self.headers = key, value, {}
+
+
+def test_state_view_needs_the_shared_token() -> None:
+    from pydantic import SecretStr
+
+    from streaming.worker.app import state_view_refusal
+
+    token = SecretStr("s3cret-token")
+    assert state_view_refusal(token, "Bearer s3cret-token") is None
+    for header in (None, "", "Bearer ", "Bearer s3cret-toke", "bearer s3cret-token", "s3cret-token"):
+        assert "state token is required" in (state_view_refusal(token, header) or "")
+    # No token configured: the view is off, whatever the caller sends.
+    assert "FRAUD_STATE_TOKEN" in (state_view_refusal(None, "Bearer s3cret-token") or "")

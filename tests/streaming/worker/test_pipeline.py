@@ -8,7 +8,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -24,22 +25,21 @@ from streaming.fatal import EXIT_INTERNAL_ERROR
 from streaming.kafka.outputs import OutputBatch
 from streaming.metrics import WorkerMetrics
 from streaming.scoring.merchant_risk import MerchantRisk
+from streaming.scoring.review import ReviewCase
+from streaming.scoring.rules import Rule, RuleBook, rule_record
 from streaming.scoring.service import ScoringService
 from streaming.scoring.state import changelog_key, decode_state
 from streaming.settings import WorkerSettings
 from streaming.worker.pipeline import BatchScorer, Pipeline
+from tests.conftest import Exited, exit_raises
 
 SETTINGS = WorkerSettings()
 CHANGELOG = "fraudstream-cards-changelog"
 
 
 @pytest.fixture(scope="module")
-def holder(tmp_path_factory: pytest.TempPathFactory) -> ModelHolder:
-    root = tmp_path_factory.mktemp("pipeline")
-    frame = generate(SimConfig(seed=4, n_cards=60, n_merchants=20, days=10, start=datetime(2026, 1, 1, tzinfo=UTC)))
-    frame.to_csv(root / "d.csv", index=False)
-    train(root / "d.csv", root / "m", TrainOptions(model_type="logreg"))
-    holder = ModelHolder(root / "m")
+def holder(small_model_dir: Path) -> ModelHolder:
+    holder = ModelHolder(small_model_dir)
     assert holder.load()
     return holder
 
@@ -52,16 +52,6 @@ class Msg:
     timestamp: float
     key: bytes | None
     value: bytes | None
-
-
-class Exited(Exception):
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
-
-
-def exit_raises(status: int) -> NoReturn:
-    raise Exited(status)
 
 
 class FakeProducer:
@@ -97,11 +87,13 @@ def make_pipeline(
     producer: FakeProducer | None = None,
     cards: dict | None = None,
     challenger: ModelHolder | None = None,
+    rules: RuleBook | None = None,
 ) -> tuple[Pipeline, FakeProducer, list[Sequence[Any]]]:
     producer = producer or FakeProducer()
     acked: list[Sequence[Any]] = []
-    service = ScoringService(holder, MerchantRisk(), challenger=challenger)
-    scorer = BatchScorer(service, WorkerMetrics(), grace_ms=3_600_000)
+    metrics = WorkerMetrics()
+    service = ScoringService(holder, MerchantRisk(), challenger=challenger, rules=rules, metrics=metrics)
+    scorer = BatchScorer(service, metrics, grace_ms=3_600_000)
     pipeline = Pipeline(
         SETTINGS,
         scorer,
@@ -306,3 +298,53 @@ def test_no_shadow_without_a_challenger_or_when_it_is_the_champion(holder: Model
         asyncio.run(run_batch(pipeline, [tx_message(0)]))
         assert len(producer.on(SETTINGS.decisions_topic)) == 1
         assert producer.on(SETTINGS.shadow_decisions_topic) == []
+
+
+def test_shadow_decisions_go_through_the_same_rules_and_are_never_acted_on(
+    holder: ModelHolder, challenger: ModelHolder
+) -> None:
+    rules = RuleBook()
+    rules.apply(*rule_record(Rule(id="big", expression="amount > 100", action="block")))
+    rules.apply(*rule_record(Rule(id="card-3", expression='card_id == "card-3"', action="review")))
+    pipeline, producer, _ = make_pipeline(holder, challenger=challenger, rules=rules)
+    messages = [tx_message(0, amount=500.0), tx_message(1, card="card-2"), tx_message(2, card="card-3")]
+    asyncio.run(run_batch(pipeline, messages))
+
+    live = {
+        d["transaction_id"]: d for d in map(orjson.loads, (r["value"] for r in producer.on(SETTINGS.decisions_topic)))
+    }
+    shadow = {
+        d["transaction_id"]: d
+        for d in map(orjson.loads, (r["value"] for r in producer.on(SETTINGS.shadow_decisions_topic)))
+    }
+    assert {d["model_version"] for d in shadow.values()} == {challenger.scorer.version}
+    # The same rule decides both: the shadow decision differs from the live one only by model.
+    for tid, rule, action in (("tx-0", "rule:big", "block"), ("tx-2", "rule:card-3", "review")):
+        for d in (live[tid], shadow[tid]):
+            assert (d["decision"], d["decided_by"], d["reasons"][0]) == (action, rule, rule)
+    assert live["tx-1"]["decided_by"] == shadow["tx-1"]["decided_by"] == "model"
+    assert "rule:big" not in shadow["tx-1"]["reasons"]
+    # Acted on once: one review case, rule decisions counted for the live decisions only.
+    assert [r["key"] for r in producer.on(SETTINGS.review_topic)] == [b"tx-2"]
+    text = generate_latest(pipeline.metrics.registry).decode()
+    assert 'fraud_rule_decisions_total{decision="block",source="rule"} 1.0' in text, text
+    assert 'fraud_rule_hits_total{action="review",mode="active",rule="card-3"} 1.0' in text, text
+
+
+def test_review_decisions_leave_a_case_with_the_card_history(holder: ModelHolder) -> None:
+    rules = RuleBook()
+    rules.apply(*rule_record(Rule(id="all", expression="amount > 0", action="review")))
+    pipeline, producer, _ = make_pipeline(holder, rules=rules)
+    first, second = tx_message(0), tx_message(1)
+    second.value = second.value.replace(b"10:00:00", b"10:05:00")  # type: ignore[union-attr]  # set above
+    asyncio.run(run_batch(pipeline, [first]))
+    asyncio.run(run_batch(pipeline, [second]))
+
+    cases = {r["key"]: ReviewCase.model_validate_json(r["value"]) for r in producer.on(SETTINGS.review_topic)}
+    assert set(cases) == {b"tx-0", b"tx-1"}
+    case = cases[b"tx-1"]
+    assert case.decision["decision"] == "review" and case.decision["decided_by"] == "rule:all"
+    assert case.transaction["amount"] == 12.5
+    assert [h.transaction_id for h in case.card_history] == ["tx-0"]
+    assert cases[b"tx-0"].card_history == []
+    assert set(case.features) >= {"amount", "card_tx_count_1h"} and case.features["card_tx_count_1h"] == 1.0

@@ -118,6 +118,10 @@ no partition and does no work.
   value: {{ $kafka.topics.merchantRisk | quote }}
 - name: FRAUD_SHADOW_DECISIONS_TOPIC
   value: {{ $kafka.topics.shadowDecisions | quote }}
+- name: FRAUD_RULES_TOPIC
+  value: {{ $kafka.topics.rules | quote }}
+- name: FRAUD_REVIEW_TOPIC
+  value: {{ $kafka.topics.review | quote }}
 - name: FRAUD_TOPIC_PARTITIONS
   value: {{ $kafka.partitions | quote }}
 - name: FRAUD_TOPIC_REPLICATION_FACTOR
@@ -205,3 +209,49 @@ read-only, so the embedded store cannot be used). */}}
   value: {{ $.Values.mlflow.trackingUri | quote }}
 {{- end }}
 {{- end -}}
+
+{{/* FRAUD_STATE_TOKEN from stateToken.existingSecret, for the workers and the API. */}}
+{{- define "fraudstream.stateTokenEnv" -}}
+{{- if .Values.stateToken.existingSecret -}}
+- name: FRAUD_STATE_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.stateToken.existingSecret }}
+      key: {{ .Values.stateToken.key }}
+{{- end }}
+{{- end -}}
+
+{{/* Egress every fraudstream pod needs: DNS, Kafka and (when given) the model registry. */}}
+{{- define "fraudstream.egressCommon" -}}
+{{- $np := .Values.networkPolicy -}}
+# DNS, to the cluster's resolver.
+- ports:
+    {{- range $np.dnsPorts }}
+    - port: {{ . }}
+      protocol: UDP
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
+# Kafka.
+- ports:
+    {{- range $np.kafka.ports }}
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
+  {{- with $np.kafka.to }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- if $np.modelRegistry.ports }}
+# The model registry.
+- ports:
+    {{- range $np.modelRegistry.ports }}
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
+  {{- with $np.modelRegistry.to }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
+{{- end }}
