@@ -215,15 +215,6 @@ class Registry:
         except Exception as exc:  # connection errors of the REST client, a locked or missing database
             raise RegistryUnavailableError(f"{self.tracking_uri}: {exc}") from exc
 
-    def describe(self, alias: str = CHAMPION) -> str | None:
-        """Which version ``alias`` names and where its run is, for people (``make demo``); None
-        when the alias is not set."""
-        mv = self.alias(alias)
-        if mv is None:
-            return None
-        artifact = mv.tags.get(TAG_ARTIFACT_VERSION, "?")
-        return f"{self.name} version {mv.version} ({alias}, model {artifact}); MLflow {self.run_url(mv.run_id)}"
-
     def _version(self, version: str) -> Any:
         from mlflow.exceptions import MlflowException
 

@@ -156,6 +156,8 @@ def run_demo(options: DemoOptions) -> int:
             **os.environ,
             "FRAUD_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
             "FRAUD_MODEL_DIR": str(options.model_dir),
+            # The model just checked or trained, never a registry alias from the caller's shell.
+            "FRAUD_MODEL_URI": "",
             "FRAUD_WEB_PORT": str(web_port),
             "FRAUD_METRICS_PORT": str(metrics_port),
             "FRAUD_DATA_DIR": str(options.workdir / "worker-data"),
@@ -171,7 +173,6 @@ def run_demo(options: DemoOptions) -> int:
         wait_http(f"http://127.0.0.1:{api_port}/ready", api, timeout=READY_SECONDS)
         print(f"worker (state view :{web_port}) and API (http://127.0.0.1:{api_port}/docs) are up")
         print(f"API key for this demo (all scopes): {api_key}")
-        print(f"analyst console: http://127.0.0.1:{api_port}/console (sign in with the key above)")
         follower = threading.Thread(target=_follow, args=(settings, observed, stop), daemon=True)
         follower.start()
 

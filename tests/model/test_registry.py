@@ -78,11 +78,7 @@ def test_promote_and_rollback_are_recorded(registry: Registry, artifacts: tuple[
     _, v2 = registry.log_training(b)
     with pytest.raises(RegistryError, match="no champion"):
         registry.rollback("nothing yet")
-    assert registry.describe() is None
     first = registry.promote(v1, "first model", who="alice")
-    described = registry.describe()
-    assert described is not None and described.startswith(f"fraudstream version {v1} (champion, model ")
-    assert registry.client.get_model_version("fraudstream", v1).run_id in described
     assert (first["version"], first["previous"]) == (v1, None)
     registry.set_challenger(v2, "try b", who="bob")
     assert {v.version: v.aliases for v in registry.versions()} == {v1: (CHAMPION,), v2: (CHALLENGER,)}
