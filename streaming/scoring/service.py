@@ -4,8 +4,8 @@ A call takes valid transactions and their cards' stored states and returns each 
 decision fields: one feature pass over the batch (card history plus merchant risk), one model
 call, thresholds and reasons, then the rules and lists that come before the model
 (:mod:`streaming.scoring.rules`). With a challenger, its shadow decisions come from the same
-features and the same rules verdicts (only the model differs). Whatever decides a transaction plugs in here once, so the
-stream and ``/predict`` always decide alike.
+features and the same rules verdict: only the model differs. Whatever decides a transaction
+plugs in here once, so the stream and ``/predict`` always decide alike.
 
 CPU-bound: call it on the scoring thread (:func:`model.scoring.scoring_executor`), never on the
 event loop. One call uses one model throughout, so a model swap happens between calls.
