@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -105,8 +105,14 @@ class Scorer:
         ``risk`` says."""
         if risk is not None:
             risk = replace(risk, label_delay_ms=self.label_delay_ms)
-        features = compute_features(queries, history, risk)
-        features[:, self._disabled] = 0.0
+        return self.score_features(compute_features(queries, history, risk))
+
+    def score_features(self, features: np.ndarray) -> ScoredBatch:
+        """Score computed features (a challenger scores the champion's, copied if this model was
+        trained with some features off)."""
+        if len(self._disabled):
+            features = features.copy()
+            features[:, self._disabled] = 0.0
         scores = self.predict(features) if len(features) else np.zeros(0)
         decisions = decide(scores, self.thresholds)
         flagged = np.flatnonzero(decisions != "allow")
@@ -176,31 +182,33 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class ModelHolder:
-    """Holds the serving scorer and swaps in a new artifact when the directory changes.
+class ModelSource(Protocol):
+    """Where a holder finds its model: a directory, or a registry alias (model/registry.py)."""
 
-    A new artifact that fails verification is refused and the current one keeps serving.
-    """
+    @property
+    def where(self) -> str: ...
+
+    def stamp(self) -> str | None:
+        """Changes whenever the model does; None when there is no model there. May raise
+        :class:`ModelLoadError` when the source cannot be asked."""
+        ...
+
+    def load(self) -> ModelArtifact:
+        """The model for the last stamp, verified; raises :class:`ModelLoadError`."""
+        ...
+
+
+class DirectorySource:
+    """A directory written by ``fraud train --out``."""
 
     def __init__(self, model_dir: str | Path) -> None:
         self.model_dir = Path(model_dir)
-        self._scorer: Scorer | None = None
-        self._stamp: str | None = None
-        self._lock = threading.Lock()
-        self.last_error: str | None = None
-        self.reload_failures = 0
 
     @property
-    def scorer(self) -> Scorer:
-        if self._scorer is None:
-            raise ModelNotReadyError(f"no model loaded from {self.model_dir}: {self.last_error or 'not loaded yet'}")
-        return self._scorer
+    def where(self) -> str:
+        return str(self.model_dir)
 
-    @property
-    def ready(self) -> bool:
-        return self._scorer is not None
-
-    def _metadata_stamp(self) -> str | None:
+    def stamp(self) -> str | None:
         # Metadata by content (copies that keep timestamps, cp -p or rsync -a, still count) and
         # the model file by size and mtime (a model overwritten under unchanged metadata too).
         try:
@@ -210,15 +218,69 @@ class ModelHolder:
             return None
         return f"{meta}:{model.st_size}:{model.st_mtime_ns}"
 
+    def load(self) -> ModelArtifact:
+        return load_artifact(self.model_dir)
+
+
+class ModelHolder:
+    """Holds the serving scorer and swaps in a new model when its source changes.
+
+    A new model that fails verification is refused and the current one keeps serving. With
+    ``optional`` (a challenger), a source that no longer has a model drops the current one;
+    otherwise the last good model keeps serving whatever happens to the source.
+    """
+
+    def __init__(self, source: str | Path | ModelSource, optional: bool = False) -> None:
+        self.source: ModelSource = DirectorySource(source) if isinstance(source, str | Path) else source
+        self.optional = optional
+        self._scorer: Scorer | None = None
+        self._stamp: str | None = None
+        self._lock = threading.Lock()
+        self.last_error: str | None = None
+        self.reload_failures = 0
+        #: The source's stamp of the serving model (a registry alias: its registry version).
+        self.stamp: str | None = None
+
+    @property
+    def model_dir(self) -> Path | None:
+        return self.source.model_dir if isinstance(self.source, DirectorySource) else None
+
+    @property
+    def scorer(self) -> Scorer:
+        if self._scorer is None:
+            raise ModelNotReadyError(f"no model loaded from {self.source.where}: {self.last_error or 'not loaded yet'}")
+        return self._scorer
+
+    @property
+    def current(self) -> Scorer | None:
+        """The serving scorer, or None (read it once per call: a swap may happen between reads)."""
+        return self._scorer
+
+    @property
+    def ready(self) -> bool:
+        return self._scorer is not None
+
     def load(self) -> bool:
-        """Load if the artifact changed since the last attempt; True when a new model went live."""
-        stamp = self._metadata_stamp()
+        """Load if the source changed since the last attempt; True when the serving model changed
+        (a new one went live or, ``optional``, the model was dropped)."""
         with self._lock:
+            try:
+                stamp = self.source.stamp()
+            except ModelLoadError as exc:
+                if self.last_error != str(exc):
+                    log.warning("cannot reach %s, serving on: %s", self.source.where, exc)
+                self.last_error = str(exc)
+                return False
             if stamp is not None and stamp == self._stamp:
                 return False
             self._stamp = stamp
+            if stamp is None and self.optional:
+                dropped, self._scorer, self.stamp, self.last_error = self._scorer, None, None, None
+                if dropped is not None:
+                    log.info("%s is not set any more: %s dropped", self.source.where, dropped.version)
+                return dropped is not None
             try:
-                scorer = Scorer(load_artifact(self.model_dir))
+                scorer = Scorer(self.source.load())
                 scorer.self_check()
             except ModelLoadError as exc:
                 self.last_error = str(exc)
@@ -229,6 +291,6 @@ class ModelHolder:
                     log.error("refusing new model, still serving %s: %s", self._scorer.version, exc)
                 return False
             old = self._scorer.version if self._scorer else None
-            self._scorer, self.last_error = scorer, None
-            log.info("model %s loaded from %s (was %s)", scorer.version, self.model_dir, old)
+            self._scorer, self.stamp, self.last_error = scorer, stamp, None
+            log.info("model %s loaded from %s (was %s)", scorer.version, self.source.where, old)
             return True

@@ -226,6 +226,78 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"thresholds: review >= {meta['thresholds']['review']:.4f}, block >= {meta['thresholds']['block']:.4f}")
     for note in meta["threshold_targets"]["notes"]:
         print(f"note: {note}")
+    _record_training(args.out)
+    return 0
+
+
+def _record_training(artifact_dir: Path) -> None:
+    """Log the run in MLflow and register the model (FRAUD_MLFLOW_TRACKING_URI; ``none``: don't)."""
+    from model.registry import Registry
+    from streaming.settings import RegistrySettings
+
+    settings = RegistrySettings()
+    if settings.mlflow_tracking_uri.lower() == "none":
+        return
+    registry = Registry(settings.mlflow_tracking_uri, settings.registered_model)
+    run_id, version = registry.log_training(artifact_dir)
+    print(f"registered {registry.name} version {version}; MLflow {registry.run_url(run_id)}")
+    print(f"serve it: fraud models promote {version} --reason '...'")
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from model.registry import Registry
+    from streaming.settings import RegistrySettings
+
+    settings = RegistrySettings()
+    registry = Registry(settings.mlflow_tracking_uri, settings.registered_model)
+    if args.action == "list":
+        versions = registry.versions()
+        print(f"{registry.name} in {registry.tracking_uri}")
+        if not versions:
+            print("no versions yet: `fraud train` registers one")
+        for v in versions:
+            aliases = ",".join(v.aliases) or "-"
+            kind = v.tags.get("fraud.kind", "-")
+            print(f"  {v.version:>4}  {aliases:<20} {v.artifact_version:<24} {kind:<8} {v.created_at}  run {v.run_id}")
+        return 0
+    if args.action == "promote":
+        record = registry.promote(args.version, args.reason)
+    elif args.action == "rollback":
+        record = registry.rollback(args.reason)
+    elif args.clear:
+        record = registry.set_challenger(None, args.reason)
+    else:
+        if args.version is None:
+            raise UserInputError("give a VERSION or --clear")
+        record = registry.set_challenger(args.version, args.reason)
+    print(json.dumps(record))
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from model.registry import Registry
+    from model.retrain import RetrainOptions
+    from streaming.retrain import run
+    from streaming.settings import KafkaSettings, RegistrySettings
+
+    settings = RegistrySettings()
+    registry = Registry(settings.mlflow_tracking_uri, settings.registered_model)
+    options = RetrainOptions(
+        label_delay_days=args.label_delay_days,
+        eval_days=args.eval_days,
+        train_days=args.train_days,
+        margin=args.margin,
+        model_type=args.model,
+        seed=args.seed,
+    )
+    report = run(registry, KafkaSettings(), args.data, args.workdir, options)
+    version = report["candidate_registry_version"]
+    print(f"candidate {report['candidate']['model_version']}: registered as version {version}")
+    for reason in report["reasons"]:
+        print(f"  {reason}")
+    promoted = report["verdict"] == "promote"
+    print(f"verdict: {'promoted to champion' if promoted else 'kept as challenger (shadow)'}; MLflow {report['run']}")
+    _write_report(args.json, report)
     return 0
 
 
@@ -593,7 +665,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "quality",
-        help="precision/recall per model version and threshold: decisions joined to labels from the topics",
+        help="precision/recall per model version and threshold: decisions joined to labels from the topics "
+        "(and champion against challenger on the same transactions, from the shadow decisions topic)",
         description=window_dates,
     )
     p.add_argument("--from", dest="start", type=_timestamp, help="first decision event time included (inclusive)")
@@ -604,9 +677,64 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_quality)
 
-    from streaming.settings import ApiSettings, ProducerSettings, WorkerSettings, env_help
+    from streaming.settings import ApiSettings, ProducerSettings, RegistrySettings, WorkerSettings, env_help
 
     raw = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser(
+        "models",
+        help="the registered models: list, promote, rollback, challenger (MLflow; FRAUD_MLFLOW_TRACKING_URI)",
+        description="Versions of the registered model and its aliases: `champion` serves, `challenger` is "
+        "scored in shadow. Every change is recorded in MLflow with who (FRAUD_ACTOR or the login), when and why.",
+        epilog=env_help(RegistrySettings),
+        formatter_class=raw,
+    )
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = actions.add_parser("list", help="every version, newest first, with its aliases")
+    a = actions.add_parser("promote", help="make VERSION the champion (the one it replaces is kept for rollback)")
+    a.add_argument("version", help="registered version number")
+    a.add_argument("--reason", required=True, help="why (recorded in MLflow)")
+    a = actions.add_parser("rollback", help="champion back to the version the current champion replaced")
+    a.add_argument("--reason", required=True, help="why (recorded in MLflow)")
+    a = actions.add_parser("challenger", help="score VERSION in shadow beside the champion (--clear: stop)")
+    a.add_argument("version", nargs="?", help="registered version number")
+    a.add_argument("--clear", action="store_true", help="remove the challenger alias")
+    a.add_argument("--reason", required=True, help="why (recorded in MLflow)")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser(
+        "retrain",
+        help="train a candidate from the topics (or a CSV), gate it against the champion, register it",
+        description="Builds the training set from the transactions and labels topics (or --data), trains a "
+        "candidate on a recent window, scores candidate and champion on the latest window whose labels have "
+        "matured, registers the candidate as challenger and promotes it only when it beats the champion's "
+        "average precision by --margin without losing recall at the block precision target.",
+        epilog=env_help(RegistrySettings),
+        formatter_class=raw,
+    )
+    p.add_argument("--data", type=Path, help="a labelled CSV instead of the topics")
+    p.add_argument(
+        "--label-delay-days",
+        type=_positive_float,
+        default=7.0,
+        help="labels older than this have matured: the evaluation window ends this long before the newest "
+        "transaction (default %(default)s)",
+    )
+    p.add_argument("--eval-days", type=_positive_float, default=7.0, help="evaluation window (default %(default)s)")
+    p.add_argument(
+        "--train-days", type=_positive_float, default=21.0, help="training window before it (default %(default)s)"
+    )
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=0.01,
+        help="average precision the candidate must gain over the champion to be promoted (default %(default)s)",
+    )
+    p.add_argument("--model", choices=("hgb", "logreg"), default="hgb", help="candidate estimator (default hgb)")
+    p.add_argument("--seed", type=int, default=7, help="random seed of the estimator (default %(default)s)")
+    p.add_argument("--workdir", type=Path, help="keep the training set and the candidate here")
+    p.add_argument("--json", type=Path, help="also write the gate's report as JSON here")
+    p.set_defaults(func=cmd_retrain)
+
     p = sub.add_parser(
         "worker",
         help="run the stream worker (settings from FRAUD_* variables)",

@@ -156,6 +156,8 @@ def run_demo(options: DemoOptions) -> int:
             **os.environ,
             "FRAUD_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
             "FRAUD_MODEL_DIR": str(options.model_dir),
+            # The model just checked or trained, never a registry alias from the caller's shell.
+            "FRAUD_MODEL_URI": "",
             "FRAUD_WEB_PORT": str(web_port),
             "FRAUD_METRICS_PORT": str(metrics_port),
             "FRAUD_DATA_DIR": str(options.workdir / "worker-data"),

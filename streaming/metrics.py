@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
@@ -18,39 +19,56 @@ disable_created_metrics()
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 20)) + (0.99,)
+RETRAIN_OUTCOMES = ("promoted", "challenger", "failed")
 BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2000)
 
 
 class BatchHistogram(Collector):
     """A histogram observed a batch at a time: one numpy pass per batch instead of one
     ``Histogram.observe`` per value (a few µs each, two per decision: a visible share of the
-    saturated worker's event loop). Exposed exactly like a ``prometheus_client.Histogram`` without
-    labels."""
+    saturated worker's event loop). Exposed exactly like a ``prometheus_client.Histogram``, with
+    ``labelnames`` when given (a series per label values, created at its first observation)."""
 
-    def __init__(self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry) -> None:
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        buckets: Sequence[float],
+        registry: CollectorRegistry,
+        labelnames: Sequence[str] = (),
+    ) -> None:
         self.name, self.documentation = name, documentation
+        # As prometheus_client's metric objects name them (the deployment tests read them).
+        self._name, self._labelnames = name, tuple(labelnames)
         self._bounds = np.asarray(sorted(buckets), dtype=np.float64)
-        self._counts = np.zeros(len(self._bounds) + 1, dtype=np.int64)  # the last one: above every bound
-        self._sum = 0.0
+        # Per label values: counts per bucket (the last one: above every bound) and the sum.
+        self._series: dict[tuple[str, ...], tuple[np.ndarray, list[float]]] = {}
+        if not self._labelnames:
+            self._series[()] = (np.zeros(len(self._bounds) + 1, dtype=np.int64), [0.0])
         self._lock = threading.Lock()
         registry.register(self)
 
-    def observe_many(self, values: np.ndarray | Sequence[float]) -> None:
+    def observe_many(self, values: np.ndarray | Sequence[float], labels: tuple[str, ...] = ()) -> None:
+        if len(labels) != len(self._labelnames):
+            raise ValueError(f"{self.name} takes labels {self._labelnames}, got {labels}")
         values = np.asarray(values, dtype=np.float64)
         # Bucket "le" is inclusive: a value equal to a bound counts in that bound's bucket.
-        counts = np.bincount(np.searchsorted(self._bounds, values, side="left"), minlength=len(self._counts))
+        counts = np.bincount(np.searchsorted(self._bounds, values, side="left"), minlength=len(self._bounds) + 1)
         with self._lock:
-            self._counts += counts
-            self._sum += float(values.sum())
+            series = self._series.get(labels)
+            if series is None:
+                series = self._series[labels] = (np.zeros(len(self._bounds) + 1, dtype=np.int64), [0.0])
+            series[0][:] += counts
+            series[1][0] += float(values.sum())
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
-            cumulative = np.cumsum(self._counts).tolist()
-            total = self._sum
+            snapshot = [(labels, np.cumsum(c).tolist(), total[0]) for labels, (c, total) in self._series.items()]
         bounds = [*(floatToGoString(b) for b in self._bounds.tolist()), "+Inf"]
-        yield HistogramMetricFamily(
-            self.name, self.documentation, buckets=list(zip(bounds, cumulative, strict=True)), sum_value=total
-        )
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self._labelnames)
+        for labels, cumulative, total in snapshot:
+            family.add_metric(list(labels), buckets=list(zip(bounds, cumulative, strict=True)), sum_value=total)
+        yield family
 
 
 class ModelMetrics:
@@ -152,21 +170,65 @@ class WorkerMetrics(ModelMetrics):
         )
         self.labelled_decisions = Gauge(
             "fraud_labelled_decisions",
-            "Decisions of this worker joined to a label, by model version, decision and verdict "
+            "Decisions of this worker joined to a label, by model version, role, decision and verdict "
             "(a relabelled transaction moves between series)",
-            ["model_version", "decision", "is_fraud"],
+            ["model_version", "role", "decision", "is_fraud"],
             registry=r,
         )
         self.live_precision = Gauge(
             "fraud_live_precision",
-            "Labelled fraud among labelled decisions flagged at the threshold (review: review or block)",
-            ["model_version", "threshold"],
+            "Labelled fraud among labelled decisions flagged at the threshold (review: review or block), "
+            "by model version and role (champion, challenger)",
+            ["model_version", "role", "threshold"],
             registry=r,
         )
         self.live_recall = Gauge(
             "fraud_live_recall",
-            "Labelled fraud flagged at the threshold among all labelled fraud",
-            ["model_version", "threshold"],
+            "Labelled fraud flagged at the threshold among all labelled fraud, by model version and role",
+            ["model_version", "role", "threshold"],
+            registry=r,
+        )
+        # Per model version and role (champion: acted on; challenger: scored in shadow).
+        self.model_decisions = Counter(
+            "fraud_model_decisions_total",
+            "Decisions by model version, role (champion, challenger) and outcome; the challenger's are shadow",
+            ["model_version", "role", "decision"],
+            registry=r,
+        )
+        self.model_score = BatchHistogram(
+            "fraud_model_score",
+            "Scores by model version and role (champion, challenger)",
+            buckets=SCORE_BUCKETS,
+            registry=r,
+            labelnames=("model_version", "role"),
+        )
+        self.challenger_info = Gauge(
+            "fraud_model_challenger_info",
+            "Model scored in shadow (value 1) by version; no series when no challenger is set",
+            ["version"],
+            registry=r,
+        )
+        # Retraining, as the registry records it (only while following a registry alias).
+        self.retrain_last_success = Gauge(
+            "fraud_retrain_last_success_timestamp_seconds",
+            "End of the newest successful `fraud retrain` run in the registry (0: none yet)",
+            registry=r,
+        )
+        self.retrain_last_run = Gauge(
+            "fraud_retrain_last_run_timestamp_seconds",
+            "End of the newest `fraud retrain` run in the registry, successful or not",
+            registry=r,
+        )
+        self.retrain_outcome = Gauge(
+            "fraud_retrain_last_outcome",
+            "1 for the outcome of the newest `fraud retrain` run (promoted, challenger, failed), 0 for the others",
+            ["outcome"],
+            registry=r,
+        )
+        self.retrain_average_precision = Gauge(
+            "fraud_retrain_average_precision",
+            "Average precision of the candidate and the champion on the newest successful retraining's matured window",
+            ["role"],
             registry=r,
         )
         for reason in DLQ_REASONS:
@@ -176,6 +238,21 @@ class WorkerMetrics(ModelMetrics):
             self.labels.labels(is_fraud=verdict)
         for outcome in ("allow", "review", "block"):
             self.decisions.labels(decision=outcome)
+
+    def set_retrain(self, status: dict[str, Any]) -> None:
+        """From :meth:`model.registry.Registry.retrain_status`."""
+        self.retrain_last_success.set(status["last_success_ms"] / 1000)
+        self.retrain_last_run.set(status["last_run_ms"] / 1000)
+        outcome = {"promote": "promoted", "challenger": "challenger", "failed": "failed"}.get(status["outcome"] or "")
+        for name in RETRAIN_OUTCOMES:
+            self.retrain_outcome.labels(outcome=name).set(1 if name == outcome else 0)
+        for role, value in status["average_precision"].items():
+            self.retrain_average_precision.labels(role=role).set(value)
+
+    def set_challenger(self, version: str | None) -> None:
+        self.challenger_info.clear()
+        if version is not None:
+            self.challenger_info.labels(version=version).set(1)
 
 
 class ApiMetrics(ModelMetrics):

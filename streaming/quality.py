@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from confluent_kafka import Message
+from confluent_kafka import KafkaException, Message
 
 from model.features import epoch_ms
 from streaming.kafka import clients as kafka
@@ -258,6 +259,7 @@ def read_quality(
     end_ms: int | None,
     timeout_s: float = 30.0,
     idle_s: float = 2.0,
+    shadow: bool = True,
 ) -> dict[str, Any]:
     """Model quality from the decisions and labels topics, for decisions whose
     ``event_timestamp`` is in ``[start_ms, end_ms)`` (epoch ms; None: open).
@@ -277,26 +279,47 @@ def read_quality(
     (written after it: excluded), so live traffic neither extends the read nor enters the
     report. On Apache Kafka the watermarks are exact and this costs at most ``idle_s``.
 
+    With ``shadow`` and a shadow decisions topic (a challenger was scored), the report's
+    ``shadow`` compares champion and challenger on the same labelled transactions: those in range
+    that both decided.
+
     Raises ``UpstreamUnavailableError`` when the watermarks are not reached in ``timeout_s``
     (a partial report would be wrong), ``TopicNotFoundError`` when a topic does not exist.
     """
     tracker = QualityTracker(max_decisions=None, max_pending=None)
     records = {"decisions": 0, "labels": 0}
     skipped = {"decisions": 0, "labels": 0}
-    in_range = 0
+    shadow_counts = {"records": 0, "skipped": 0}
+    in_range_count = 0
+    # Per role, each transaction's latest decision in range; and each transaction's latest label.
+    decided: dict[str, dict[str, tuple[str, str, float, int]]] = {"champion": {}, "challenger": {}}
+    verdicts: dict[str, bool] = {}
+
+    def in_range(parsed: tuple[str, str, str, float, int]) -> bool:
+        event_ms = parsed[4]
+        return (start_ms is None or event_ms >= start_ms) and (end_ms is None or event_ms < end_ms)
 
     def on_decision(msg: Message) -> None:
-        nonlocal in_range
+        nonlocal in_range_count
         records["decisions"] += 1
         parsed = parse_decision(msg.value())
         if parsed is None:
             skipped["decisions"] += 1
             return
-        tx, mv, decision, score, event_ms = parsed
-        if (start_ms is not None and event_ms < start_ms) or (end_ms is not None and event_ms >= end_ms):
+        if not in_range(parsed):
             return
-        in_range += 1
+        in_range_count += 1
+        tx, mv, decision, score, event_ms = parsed
         tracker.add_decision(tx, mv, decision, score, event_ms)
+        decided["champion"][tx] = (mv, decision, score, event_ms)
+
+    def on_shadow(msg: Message) -> None:
+        shadow_counts["records"] += 1
+        parsed = parse_decision(msg.value())
+        if parsed is None:
+            shadow_counts["skipped"] += 1
+        elif in_range(parsed):
+            decided["challenger"][parsed[0]] = parsed[1:]
 
     def on_label(msg: Message) -> None:
         records["labels"] += 1
@@ -307,26 +330,56 @@ def read_quality(
             skipped["labels"] += 1
             return
         tracker.add_label(label.transaction_id, label.is_fraud)
+        verdicts[label.transaction_id] = label.is_fraud
 
-    beyond = kafka.read_to_end(
-        settings,
-        {settings.decisions_topic: on_decision, settings.labels_topic: on_label},
-        timeout_s=timeout_s,
-        idle_s=idle_s,
-    )
+    handlers: dict[str, Callable[[Message], None]] = {
+        settings.decisions_topic: on_decision,
+        settings.labels_topic: on_label,
+    }
+    with_shadow = shadow and _exists(settings, settings.shadow_decisions_topic)
+    if with_shadow:
+        handlers[settings.shadow_decisions_topic] = on_shadow
+    beyond = kafka.read_to_end(settings, handlers, timeout_s=timeout_s, idle_s=idle_s)
     summary = tracker.summary()
     return {
         "range": {"from": _iso(start_ms), "to": _iso(end_ms), "from_ms": start_ms, "to_ms": end_ms},
         "topics": {"decisions": settings.decisions_topic, "labels": settings.labels_topic},
         "decisions": tracker.retained_decisions,
-        "decision_records_in_range": in_range,
+        "decision_records_in_range": in_range_count,
         "labels": records["labels"] - skipped["labels"],
         "joined": tracker.labelled,
         "records": records,
         "skipped": skipped,
         "records_beyond_watermark": beyond,
         "by_model_version": summary,
+        "shadow": {**_compared(decided, verdicts, settings.shadow_decisions_topic), **shadow_counts}
+        if with_shadow
+        else None,
     }
+
+
+def _exists(settings: KafkaSettings, topic: str) -> bool:
+    try:
+        return kafka.partition_count(settings, topic, timeout=10) > 0
+    except (KeyError, KafkaException):
+        return False
+
+
+def _compared(
+    decided: dict[str, dict[str, tuple[str, str, float, int]]], verdicts: dict[str, bool], topic: str
+) -> dict[str, Any]:
+    """Champion and challenger on the transactions both decided, with the same labels."""
+    both = decided["challenger"].keys() & decided["champion"].keys()
+    out: dict[str, Any] = {"topic": topic, "transactions": len(both)}
+    for role in ("champion", "challenger"):
+        tracker = QualityTracker(max_decisions=None, max_pending=None)
+        for tx in both:
+            tracker.add_decision(tx, *decided[role][tx])
+            if tx in verdicts:
+                tracker.add_label(tx, verdicts[tx])
+        out["labelled"] = tracker.labelled
+        out[role] = tracker.summary()
+    return out
 
 
 # --- report ------------------------------------------------------------------------------------
@@ -336,18 +389,7 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def format_quality(report: dict[str, Any]) -> str:
-    """The report as text: a header of what was read, then one row per model version and threshold."""
-    rng = report.get("range", {})
-    lines = [
-        f"decisions with event time in [{rng.get('from') or '-inf'}, {rng.get('to') or '+inf'})",
-        f"decisions: {report['decisions']}  labels: {report['labels']}  joined: {report['joined']}"
-        f"  skipped: {report['skipped']['decisions']} decision(s), {report['skipped']['labels']} label(s)",
-    ]
-    by_version = report["by_model_version"]
-    if not by_version:
-        lines.append("no decisions in range")
-        return "\n".join(lines)
+def _table(by_version: dict[str, dict[str, Any]]) -> list[str]:
     header = ("model version", "threshold", "decisions", "labelled", "fraud", "flagged", "TP", "precision", "recall")
     rows = []
     for mv, s in by_version.items():
@@ -370,7 +412,30 @@ def format_quality(report: dict[str, Any]) -> str:
     def fmt(row: tuple[str, ...]) -> str:
         return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
 
-    lines += ["", fmt(header), "  ".join("-" * w for w in widths), *map(fmt, rows)]
+    return [fmt(header), "  ".join("-" * w for w in widths), *map(fmt, rows)]
+
+
+def format_quality(report: dict[str, Any]) -> str:
+    """The report as text: a header of what was read, then one row per model version and threshold."""
+    rng = report.get("range", {})
+    lines = [
+        f"decisions with event time in [{rng.get('from') or '-inf'}, {rng.get('to') or '+inf'})",
+        f"decisions: {report['decisions']}  labels: {report['labels']}  joined: {report['joined']}"
+        f"  skipped: {report['skipped']['decisions']} decision(s), {report['skipped']['labels']} label(s)",
+    ]
+    by_version = report["by_model_version"]
+    if not by_version:
+        lines.append("no decisions in range")
+        return "\n".join(lines)
+    lines += ["", *_table(by_version)]
+    compared = report.get("shadow")
+    if compared and compared["transactions"]:
+        lines += [
+            "",
+            f"champion and challenger (shadow, {compared['topic']}) on the same {compared['transactions']} "
+            f"transactions, {compared['labelled']} labelled:",
+            *_table({f"{role} {mv}": s for role in ("champion", "challenger") for mv, s in compared[role].items()}),
+        ]
     lines.append(
         "flagged = labelled decisions at or above the threshold (review: review+block, block: block); "
         "TP = flagged and fraud; precision and recall are over labelled decisions only"

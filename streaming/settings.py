@@ -56,6 +56,8 @@ class KafkaSettings(BaseSettings):
     """Partitions for topics this project creates; the worker's table shards match it."""
     topic_replication_factor: int = Field(default=1, ge=1)
     """Replication factor for topics this project creates."""
+    shadow_decisions_topic: str = "fraud-decisions.shadow"
+    """Topic of the challenger's shadow decisions (same schema and keys as the decisions; never acted on)."""
 
     def confluent_config(self) -> dict[str, Any]:
         """librdkafka settings for confluent-kafka clients."""
@@ -145,6 +147,14 @@ class WorkerSettings(KafkaSettings):
     """Add the feature values to each decision (bigger messages; for audits and parity checks)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level of the worker."""
+    model_uri: str = ""
+    """``models:/NAME@ALIAS`` to serve a registry alias (MLflow, see FRAUD_MLFLOW_TRACKING_URI) instead
+    of FRAUD_MODEL_DIR, e.g. ``models:/fraudstream@champion``; empty: serve FRAUD_MODEL_DIR."""
+    mlflow_tracking_uri: str = "sqlite:///artifacts/mlflow/mlflow.db"
+    """MLflow tracking and registry URI: the embedded SQLite store (default) or a server's http(s) URL."""
+    shadow: bool = True
+    """With FRAUD_MODEL_URI, also score every batch with the same model's ``challenger`` alias when it
+    is set, and publish its decisions to the shadow topic (never acted on)."""
 
 
 class ApiSettings(KafkaSettings):
@@ -216,6 +226,23 @@ class ApiSettings(KafkaSettings):
     page shows its drift gauges from it (none: drift is not shown)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level of the API."""
+    model_uri: str = ""
+    """``models:/NAME@ALIAS`` to serve a registry alias (MLflow, see FRAUD_MLFLOW_TRACKING_URI) instead
+    of FRAUD_MODEL_DIR, e.g. ``models:/fraudstream@champion``; empty: serve FRAUD_MODEL_DIR."""
+    mlflow_tracking_uri: str = "sqlite:///artifacts/mlflow/mlflow.db"
+    """MLflow tracking and registry URI: the embedded SQLite store (default) or a server's http(s) URL."""
+
+
+class RegistrySettings(BaseSettings):
+    """``fraud train``, ``fraud models`` and ``fraud retrain``: where runs and versions are recorded."""
+
+    model_config = SettingsConfigDict(env_prefix="FRAUD_", extra="ignore", use_attribute_docstrings=True)
+
+    mlflow_tracking_uri: str = "sqlite:///artifacts/mlflow/mlflow.db"
+    """MLflow tracking and registry URI: the embedded SQLite store (default) or a server's http(s) URL;
+    ``none`` leaves ``fraud train`` runs unrecorded."""
+    registered_model: str = "fraudstream"
+    """Name of the registered model that training runs become versions of."""
 
 
 class ProducerSettings(KafkaSettings):

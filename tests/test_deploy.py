@@ -121,6 +121,17 @@ def _compose_commands() -> list[list[str]]:
     return found
 
 
+def _declared_labels(owner: object) -> dict[str, set[str]]:
+    """Label names of the owner's labelled metrics, also those without a series yet (only the metric
+    objects know them): prometheus_client's, and streaming.metrics.BatchHistogram, which names them
+    the same way."""
+    return {
+        m._name: set(m._labelnames)
+        for m in vars(owner).values()
+        if isinstance(m, MetricWrapperBase) or type(m).__name__ == "BatchHistogram"
+    }
+
+
 def registered_metrics() -> dict[str, dict[str, tuple[str, frozenset[str]]]]:
     """Process -> exposed metric name -> (type, label names), from the registries of streaming/metrics.py.
 
@@ -131,7 +142,7 @@ def registered_metrics() -> dict[str, dict[str, tuple[str, frozenset[str]]]]:
 
     out: dict[str, dict[str, tuple[str, frozenset[str]]]] = {}
     for process, owner in (("worker", WorkerMetrics()), ("api", ApiMetrics()), ("producer", ProducerMetrics())):
-        labels_of = {m._name: set(m._labelnames) for m in vars(owner).values() if isinstance(m, MetricWrapperBase)}
+        labels_of = _declared_labels(owner)
         metrics: dict[str, tuple[str, frozenset[str]]] = {}
         for family in owner.registry.collect():
             labels = labels_of.get(family.name, set()) | {k for s in family.samples for k in s.labels}
@@ -148,7 +159,7 @@ def _exported_metrics() -> dict[str, set[str]]:
     exported: dict[str, set[str]] = {}
     for owner in (WorkerMetrics(), ApiMetrics(), ProducerMetrics()):
         # Label names of labelled metrics that have no child yet are only on the wrapper objects.
-        labels_of = {m._name: set(m._labelnames) for m in vars(owner).values() if isinstance(m, MetricWrapperBase)}
+        labels_of = _declared_labels(owner)
         families: list[Metric] = list(owner.registry.collect())
         assert families, f"{type(owner).__name__} registers no metric"
         for family in families:
@@ -409,7 +420,19 @@ def test_compose_file_is_valid() -> None:
             check=False,
         )
         assert result.returncode == 0, f"{' '.join(command)} config failed:\n{result.stderr}"
-        for service in ("kafka", "topics", "train", "worker", "api", "producer", "prometheus", "grafana"):
+        services = (
+            "kafka",
+            "topics",
+            "mlflow",
+            "train",
+            "retrain",
+            "worker",
+            "api",
+            "producer",
+            "prometheus",
+            "grafana",
+        )
+        for service in services:
             assert re.search(rf"^  {service}:$", result.stdout, re.MULTILINE), f"no {service} service"
 
 
@@ -443,8 +466,8 @@ def test_compose_containers_are_hardened_and_bounded() -> None:
         assert "no-new-privileges:true" in service.get("security_opt", []), name
         assert service.get("mem_limit") and float(service.get("cpus", 0)) > 0, name
     fraud = [n for n, s in compose["services"].items() if s.get("image") == "fraudstream:local"]
-    assert set(fraud) >= {"train", "worker", "api", "producer"}
-    for name in [*fraud, "prometheus", "grafana", "kafka-exporter"]:
+    assert set(fraud) >= {"train", "retrain", "worker", "api", "producer"}
+    for name in [*fraud, "mlflow", "prometheus", "grafana", "kafka-exporter"]:
         assert compose["services"][name].get("read_only") is True, name
     for name in fraud:
         mounts = {m.split(":")[0] for m in compose["services"][name]["tmpfs"]}
@@ -493,7 +516,7 @@ def test_compose_services_share_every_topic_name() -> None:
     assert {"FRAUD_LABELS_TOPIC", "FRAUD_LABELS_DLQ_TOPIC", "FRAUD_MERCHANT_RISK_TOPIC"} <= topics.keys()
     shared = compose["x-kafka-env"]
     assert {name: shared.get(name) for name in topics} == topics, "x-kafka-env must name every topic"
-    for service in ("topics", "train", "worker", "api", "producer"):
+    for service in ("topics", "train", "retrain", "worker", "api", "producer"):
         env = compose["services"][service]["environment"]
         assert {name: env.get(name) for name in topics} == topics, f"{service} does not see every topic name"
 
@@ -723,13 +746,14 @@ def test_model_dashboard_covers_labels_and_live_quality(dashboards: dict[str, di
     for needle in (
         "sum by (is_fraud) (rate(fraud_labels_total",
         "sum by (reason) (rate(fraud_label_dead_letters_total",
-        "sum by (model_version, decision, is_fraud) (fraud_labelled_decisions)",
-        "(instance, model_version, threshold) (fraud_live_precision)",
-        "(instance, model_version, threshold) (fraud_live_recall)",
+        "sum by (model_version, decision, is_fraud) (fraud_labelled_decisions",
+        "(instance, model_version, threshold) (fraud_live_precision",
+        "(instance, model_version, threshold) (fraud_live_recall",
     ):
         assert needle in exprs, f"no model dashboard query contains {needle!r}"
+    # The challenger's live quality is compared on its own row; the alert is the champion's.
     rule = _alert_rules()["FraudLiveBlockPrecisionLow"]
-    assert f'fraud_live_precision{{threshold="block"}} < {PRECISION_FLOOR}' in rule["expr"]
+    assert f'fraud_live_precision{{role="champion",threshold="block"}} < {PRECISION_FLOOR}' in rule["expr"]
     precision = [p for p in dashboard_panels(dashboard) if "fraud_live_precision" in _exprs({"panels": [p]})]
     assert precision, "no live precision panel"
     for panel in precision:

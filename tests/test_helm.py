@@ -38,6 +38,7 @@ NAMESPACE = "fraud"
 #: Kinds whose schemas come from Kubernetes itself; validated with kubernetes-validate.
 CORE_KINDS = {
     "ConfigMap",
+    "CronJob",
     "Deployment",
     "Ingress",
     "Job",
@@ -143,6 +144,13 @@ def _all(docs: list[Manifest], kind: str, component: str | None = None) -> list[
         if d["kind"] == kind
         and (component is None or d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == component)
     ]
+
+
+def _pod(doc: Manifest) -> Manifest:
+    """The pod spec of a Deployment, a Job or a CronJob."""
+    spec = doc["spec"]["jobTemplate"]["spec"] if doc["kind"] == "CronJob" else doc["spec"]
+    pod: Manifest = spec["template"]["spec"]
+    return pod
 
 
 def _container(deployment: Manifest) -> Manifest:
@@ -365,6 +373,7 @@ TOPIC_VARIABLES = {
     "labels": "FRAUD_LABELS_TOPIC",
     "labelsDlq": "FRAUD_LABELS_DLQ_TOPIC",
     "merchantRisk": "FRAUD_MERCHANT_RISK_TOPIC",
+    "shadowDecisions": "FRAUD_SHADOW_DECISIONS_TOPIC",
     "rules": "FRAUD_RULES_TOPIC",
     "review": "FRAUD_REVIEW_TOPIC",
 }
@@ -404,7 +413,7 @@ def test_every_fraud_variable_is_a_setting(render: Render) -> None:
     """A FRAUD_* variable the chart sets that no settings class reads would be silently ignored."""
     from pydantic_settings import BaseSettings
 
-    from streaming.settings import ApiSettings, ProducerSettings, WorkerSettings
+    from streaming.settings import ApiSettings, KafkaSettings, ProducerSettings, RegistrySettings, WorkerSettings
 
     def names(cls: type[BaseSettings]) -> set[str]:
         return {f"FRAUD_{field.upper()}" for field in cls.model_fields}
@@ -412,19 +421,21 @@ def test_every_fraud_variable_is_a_setting(render: Render) -> None:
     docs = render.docs
     readers = {"worker": names(WorkerSettings), "api": names(ApiSettings)}
     # The train Job's shell reads FRAUD_MODEL_DIR itself; `fraud produce` reads FRAUD_METRICS_PORT.
-    readers["train"] = names(ProducerSettings) | {"FRAUD_MODEL_DIR"}
-    for kind in ("Deployment", "Job"):
+    readers["train"] = names(ProducerSettings) | names(RegistrySettings) | {"FRAUD_MODEL_DIR"}
+    # `fraud retrain`: the topics (KafkaSettings) and the registry; FRAUD_ACTOR names who acted.
+    readers["retrain"] = names(KafkaSettings) | names(RegistrySettings) | {"FRAUD_ACTOR"}
+    for kind in ("Deployment", "Job", "CronJob"):
         for doc in _all(docs, kind):
             component = doc["metadata"]["labels"]["app.kubernetes.io/component"]
-            for name in _env(doc["spec"]["template"]["spec"]["containers"][0]):
+            for name in _env(_pod(doc)["containers"][0]):
                 if name.startswith("FRAUD_"):
                     assert name in readers[component], f"{component} sets {name}, which streaming/settings.py lacks"
 
 
 def test_pods_run_as_non_root_on_a_read_only_filesystem(render: Render) -> None:
     docs, values = render.docs, render.values
-    for doc in _all(docs, "Deployment") + _all(docs, "Job"):
-        pod = doc["spec"]["template"]["spec"]
+    for doc in _all(docs, "Deployment") + _all(docs, "Job") + _all(docs, "CronJob"):
+        pod = _pod(doc)
         name = doc["metadata"]["name"]
         assert pod["securityContext"]["runAsNonRoot"] is True, name
         assert pod["securityContext"]["runAsUser"] != 0, name
@@ -524,6 +535,16 @@ def test_network_policies_admit_only_what_each_pod_needs(render: Render) -> None
     assert api["spec"]["ingress"][0].get("from", []) == np["apiFrom"]
     to_workers = values["worker"]["webPort"] in _policy_ports(api["spec"]["egress"])
     assert to_workers == (values["api"]["cardStateSource"] == "worker")
+    # The retraining pods: no ingress; DNS, Kafka and the registry out.
+    retrain = [p for p in policies.values() if p["metadata"]["labels"]["app.kubernetes.io/component"] == "retrain"]
+    assert len(retrain) == (1 if values["retrain"]["enabled"] else 0)
+    for policy in retrain:
+        cronjob = _only(render.docs, "CronJob", "retrain")
+        pod_labels = cronjob["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+        assert _matches(policy["spec"]["podSelector"]["matchLabels"], pod_labels)
+        assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"] and not policy["spec"].get("ingress")
+        expected = set(np["dnsPorts"]) | set(np["kafka"]["ports"]) | set(np["modelRegistry"]["ports"])
+        assert _policy_ports(policy["spec"]["egress"]) == expected
 
 
 def test_optional_ingress_with_tls(render: Render) -> None:
@@ -559,6 +580,37 @@ def test_model_volume(render: Render) -> None:
         assert mount.get("readOnly") is True, f"{component} mounts the model read-write"
         assert volumes[mount["name"]]["persistentVolumeClaim"]["claimName"] == claim
         assert _env(_container(deployment))["FRAUD_MODEL_DIR"].startswith(model["mountPath"] + "/")
+
+
+def test_the_model_source_and_the_retraining_schedule(render: Render) -> None:
+    """Default: the volume's directory, no registry, no schedule. All features: the registry's
+    alias served by the worker (with its challenger in shadow) and the API, and `fraud retrain`
+    on its schedule against the same tracking URI and topics, one run at a time."""
+    values = render.values
+    worker, api = (_env(_container(_only(render.docs, "Deployment", c))) for c in ("worker", "api"))
+    train_jobs = _all(render.docs, "Job", "train")
+    cronjobs = _all(render.docs, "CronJob", "retrain")
+    if render.name == "default":
+        assert "FRAUD_MODEL_URI" not in worker and "FRAUD_MODEL_URI" not in api
+        assert not cronjobs and not train_jobs
+        return
+    uri, tracking = values["model"]["uri"], values["mlflow"]["trackingUri"]
+    for env in (worker, api):
+        assert env["FRAUD_MODEL_URI"] == uri and env["FRAUD_MLFLOW_TRACKING_URI"] == tracking
+    assert worker["FRAUD_SHADOW"] == "true"
+    (train_job,) = train_jobs
+    assert _env(_container(train_job))["FRAUD_MLFLOW_TRACKING_URI"] == tracking
+    (cronjob,) = cronjobs
+    assert cronjob["spec"]["schedule"] == values["retrain"]["schedule"]
+    assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
+    container = _pod(cronjob)["containers"][0]
+    assert container["args"][0] == "retrain" and container["args"][-4:] == values["retrain"]["args"]
+    env = _env(container)
+    assert env["FRAUD_MLFLOW_TRACKING_URI"] == tracking
+    assert env["FRAUD_REGISTERED_MODEL"] == values["mlflow"]["registeredModel"]
+    topics = {TOPIC_VARIABLES[key]: name for key, name in values["kafka"]["topics"].items()}
+    assert {name: env.get(name) for name in topics} == topics
+    assert env["FRAUD_KAFKA_BOOTSTRAP_SERVERS"] == values["kafka"]["bootstrapServers"]
 
 
 def test_disruption_budgets_select_their_pods(render: Render) -> None:
@@ -742,6 +794,14 @@ def test_the_schema_refuses_bad_values(change: dict[str, Any], error: str) -> No
         (["--set", "model.persistence.enabled=false"], "model.existingClaim"),
         (["--set", "worker.bogus=1"], "bogus"),
         (["--set", "kafka.topics.merchantRisk="], "merchantRisk"),
+        (["--set", "model.uri=models:/fraudstream@champion"], "model.uri needs mlflow.trackingUri"),
+        (["--set", "retrain.enabled=true"], "retrain.enabled needs mlflow.trackingUri"),
+        # Pods that must reach the registry, behind policies that do not let them.
+        (
+            ["--set", "mlflow.trackingUri=http://m:5000", "--set", "retrain.enabled=true"],
+            "set networkPolicy.modelRegistry.ports",
+        ),
+        (["--set", "mlflow.trackingUri=http://m:5000", "--set", "model.uri=fraudstream"], "/model/uri"),
     ],
 )
 def test_helm_refuses_bad_values(helm: str, args: list[str], error: str) -> None:

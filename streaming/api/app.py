@@ -103,7 +103,8 @@ def create_api(settings: ApiSettings | None = None) -> FastAPI:
         async def reload_loop() -> None:
             while True:
                 await asyncio.sleep(settings.model_reload_seconds)
-                await loop.run_in_executor(services.executor, services.refresh_model)
+                # Off the scoring thread: a registry may be slow to answer; the swap is atomic.
+                await loop.run_in_executor(None, services.refresh_model)
 
         task = asyncio.create_task(reload_loop())
         try:
@@ -204,6 +205,7 @@ def create_api(settings: ApiSettings | None = None) -> FastAPI:
             "ready": is_ready,
             "model_version": holder.scorer.version if holder.ready else None,
             "model_error": holder.last_error,
+            "model_source": holder.source.where,
             "card_state_source": services.settings.card_state_source,
             "card_state_restored": services.card_state_restored,
             "card_state_error": None

@@ -11,7 +11,8 @@ import orjson
 from fastapi import Depends, Request
 
 from model.errors import ConfigurationError
-from model.scoring import ModelHolder, Scorer, scoring_executor
+from model.registry import model_holders
+from model.scoring import Scorer, scoring_executor
 from streaming.api.console.followers import Followers
 from streaming.api.feedback import LabelPublisher
 from streaming.api.micro_batch import MicroBatcher
@@ -33,7 +34,7 @@ class Services:
 
     def __init__(self, settings: ApiSettings) -> None:
         self.settings = settings
-        self.holder = ModelHolder(settings.model_dir)
+        self.holder, _ = model_holders(settings.model_dir, settings.model_uri, settings.mlflow_tracking_uri)
         self.metrics = ApiMetrics()
         self.executor = scoring_executor()
         # aiohttp rather than httpx for the per-request state look-up: ~0.5 ms less per call.

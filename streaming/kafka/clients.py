@@ -137,6 +137,7 @@ def project_topics(settings: KafkaSettings) -> list[str]:
         settings.dlq_topic,
         settings.labels_topic,
         settings.labels_dlq_topic,
+        settings.shadow_decisions_topic,
     ]
 
 

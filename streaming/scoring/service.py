@@ -3,8 +3,9 @@
 A call takes valid transactions and their cards' stored states and returns each transaction's
 decision fields: one feature pass over the batch (card history plus merchant risk), one model
 call, thresholds and reasons, then the rules and lists that come before the model
-(:mod:`streaming.scoring.rules`). Whatever decides a transaction plugs in here once, so the
-stream and ``/predict`` always decide alike.
+(:mod:`streaming.scoring.rules`). With a challenger, its shadow decisions come from the same
+features and the same rules verdict: only the model differs. Whatever decides a transaction
+plugs in here once, so the stream and ``/predict`` always decide alike.
 
 CPU-bound: call it on the scoring thread (:func:`model.scoring.scoring_executor`), never on the
 event loop. One call uses one model throughout, so a model swap happens between calls.
@@ -13,19 +14,19 @@ event loop. One call uses one model throughout, so a model swap happens between 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import numpy as np
 
 from model.drift import DriftMonitor
-from model.features import Columns, RiskContext, epoch_ms, frame_from_transactions
+from model.features import Columns, RiskContext, compute_features, epoch_ms, frame_from_transactions
 from model.schemas import Decision, Transaction, decision_json
-from model.scoring import ModelHolder, ScoredBatch, utcnow
+from model.scoring import ModelHolder, ScoredBatch, Scorer, utcnow
 from streaming.metrics import ModelMetrics
 from streaming.scoring.merchant_risk import MerchantRisk
-from streaming.scoring.rules import Inputs, RuleBook, Ruleset
+from streaming.scoring.rules import Inputs, RuleBook, Verdicts
 from streaming.scoring.state import CardState, history_frame, labels_frame, merge
 
 #: A history row not stored yet: ``(transaction_id, card_id, merchant_id, ts_ms, amount)``.
@@ -41,10 +42,13 @@ class Scored:
     batch: ScoredBatch
     #: Each decision as :class:`model.schemas.Decision`'s fields, in its field order.
     fields: list[dict[str, Any]]
+    #: The challenger's decisions of the same transactions (shadow: never acted on), or none.
+    shadow: list[dict[str, Any]] = field(default_factory=list)
 
 
 class ScoringService:
-    """Scores with the holder's serving model against card state and merchant risk."""
+    """Scores with the holder's serving model against card state and merchant risk, and with the
+    ``challenger`` holder's model in shadow when it has one."""
 
     def __init__(
         self,
@@ -52,10 +56,12 @@ class ScoringService:
         risk: MerchantRisk,
         include_features: bool = False,
         track_drift: bool = False,
+        challenger: ModelHolder | None = None,
         rules: RuleBook | None = None,
         metrics: ModelMetrics | None = None,
     ) -> None:
         self.holder, self.risk, self.include_features = holder, risk, include_features
+        self.challenger = challenger
         #: Rules and lists ahead of the model (None: the model alone decides).
         self.rules = rules
         self.metrics = metrics
@@ -94,7 +100,8 @@ class ScoringService:
             keep = ~np.isin(history["transaction_id"], queries["transaction_id"])
             history = {name: values[keep] for name, values in history.items()}
         risk = self.risk.context(queries["merchant_id"], labels_frame(states))
-        batch = scorer.score_frame(queries, history, risk)
+        features = compute_features(queries, history, risk)
+        batch = scorer.score_features(features)
         if self._track_drift:
             if self.drift is None or self.drift.version != scorer.version:
                 self.drift = DriftMonitor(scorer.artifact.metadata.get("drift_reference"), version=scorer.version)
@@ -102,27 +109,41 @@ class ScoringService:
         card_states = _card_states(txs, queries["ts_ms"].tolist(), states, new_rows, unavailable)
         scored_at = scored_at or utcnow()
         fields = scorer.decision_fields(txs, batch, card_states, scored_at, self.include_features)
+        shadow = self._shadow(scorer, txs, features, card_states, scored_at)
         ruleset = self.rules.snapshot() if self.rules is not None else None
         if ruleset is not None and not ruleset.empty:
-            self._apply_rules(ruleset, Inputs.of_transactions(txs, queries, batch.features), scored_at, fields)
-        return Scored(queries=queries, batch=batch, fields=fields)
+            # Rules read the transaction and its features, never the score: one verdict serves
+            # both models, so a shadow decision differs from the live one only where the models do.
+            inputs = Inputs.of_transactions(txs, queries, batch.features)
+            verdicts = ruleset.apply(inputs, int(scored_at.timestamp() * 1000))
+            self._count(verdicts, _overrule(fields, verdicts))
+            _overrule(shadow, verdicts)
+        return Scored(queries=queries, batch=batch, fields=fields, shadow=shadow)
 
-    def _apply_rules(self, ruleset: Ruleset, inputs: Inputs, scored_at: datetime, fields: list[dict[str, Any]]) -> None:
-        """Overrule the model where a rule or list decides (precedence: streaming/scoring/rules.py)."""
-        verdicts = ruleset.apply(inputs, int(scored_at.timestamp() * 1000))
-        decided: dict[tuple[str, str], int] = {}
-        for row, action, by in zip(fields, verdicts.actions, verdicts.decided_by, strict=True):
-            if action is None:
-                continue
-            row["decision"], row["decided_by"] = action, by
-            row["reasons"] = [by, *row["reasons"]]
-            key = (by.partition(":")[0], action)
-            decided[key] = decided.get(key, 0) + 1
-        if self.metrics is not None:
-            for (rule, action, mode), n in verdicts.hits.items():
-                self.metrics.rule_hits.labels(rule=rule, action=action, mode=mode).inc(n)
-            for (source, action), n in decided.items():
-                self.metrics.rule_decisions.labels(source=source, decision=action).inc(n)
+    def _shadow(
+        self,
+        champion: Scorer,
+        txs: Sequence[Transaction],
+        features: np.ndarray,
+        card_states: list[str],
+        scored_at: datetime,
+    ) -> list[dict[str, Any]]:
+        """The challenger's decisions on the same features (one more model call, plus one for
+        the reasons of what it flags), before rules."""
+        challenger = self.challenger.current if self.challenger is not None else None
+        if challenger is None or challenger.version == champion.version:
+            return []
+        batch = challenger.score_features(features)
+        return challenger.decision_fields(txs, batch, card_states, scored_at, self.include_features)
+
+    def _count(self, verdicts: Verdicts, decided: dict[tuple[str, str], int]) -> None:
+        """Rule hits and rule decisions, the live ones only (a shadow decision is never acted on)."""
+        if self.metrics is None:
+            return
+        for (rule, action, mode), n in verdicts.hits.items():
+            self.metrics.rule_hits.labels(rule=rule, action=action, mode=mode).inc(n)
+        for (source, action), n in decided.items():
+            self.metrics.rule_decisions.labels(source=source, decision=action).inc(n)
 
     def decisions(self, scored: Scored) -> list[Decision]:
         """The decisions as validated models (the API's answers)."""
@@ -149,6 +170,22 @@ class ScoringService:
         history = history_frame({tx.card_id: merge(None, [("w0", epoch_ms(tx.timestamp) - 1, 1.0, "m")], 0)})
         batch = scorer.score_frame(queries, history, RiskContext.empty())
         decision_json(scorer.decision_fields([tx], batch, ["used"], utcnow(), self.include_features)[0])
+
+
+def _overrule(fields: list[dict[str, Any]], verdicts: Verdicts) -> dict[tuple[str, str], int]:
+    """Overrule the model where a rule or list decides (precedence: streaming/scoring/rules.py);
+    returns how many each source decided, per action. No fields (no challenger): nothing."""
+    decided: dict[tuple[str, str], int] = {}
+    if not fields:
+        return decided
+    for row, action, by in zip(fields, verdicts.actions, verdicts.decided_by, strict=True):
+        if action is None:
+            continue
+        row["decision"], row["decided_by"] = action, by
+        row["reasons"] = [by, *row["reasons"]]
+        key = (by.partition(":")[0], action)
+        decided[key] = decided.get(key, 0) + 1
+    return decided
 
 
 def _card_states(

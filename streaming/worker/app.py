@@ -18,6 +18,7 @@ import faust
 from prometheus_client import start_http_server
 from pydantic import SecretStr
 
+from model.registry import model_holders
 from model.scoring import ModelHolder, scoring_executor
 from streaming.fatal import Exit
 from streaming.kafka import clients as kafka
@@ -54,6 +55,7 @@ def create_app(
     risk: MerchantRisk | None = None,
     replica: Replica | None = None,
     exit: Exit | None = None,
+    challenger: ModelHolder | None = None,
     rules: RuleBook | None = None,
 ) -> faust.App:
     app = faust.App(
@@ -101,7 +103,13 @@ def create_app(
     cards = card_table(app)
     executor = scoring_executor()
     service = ScoringService(
-        holder, risk or MerchantRisk(), settings.include_features, track_drift=True, rules=rules, metrics=metrics
+        holder,
+        risk or MerchantRisk(),
+        settings.include_features,
+        track_drift=True,
+        challenger=challenger,
+        rules=rules,
+        metrics=metrics,
     )
     executor.submit(service.warm_up)
     pipeline = Pipeline(
@@ -150,10 +158,13 @@ def create_app(
 
     @app.page("/health")
     async def health(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        shadow = challenger.current if challenger is not None else None
         return web.json(
             {
                 "status": "ok",
                 "model_version": holder.scorer.version if holder.ready else None,
+                "model_source": holder.source.where,
+                "challenger_version": shadow.version if shadow is not None else None,
                 "rules_version": rules.snapshot().version if rules is not None else None,
             }
         )
@@ -242,11 +253,15 @@ class _MetricsSensor(faust.Sensor):
 def run_worker(settings: WorkerSettings) -> None:
     """Blocking: start metrics, load the model, create topics, run until SIGTERM/SIGINT."""
     metrics = WorkerMetrics()
-    holder = ModelHolder(settings.model_dir)
+    holder, challenger = model_holders(
+        settings.model_dir, settings.model_uri, settings.mlflow_tracking_uri, shadow=settings.shadow
+    )
     holder.load()
     if not holder.ready:
-        raise SystemExit(f"fraud worker: no usable model in {settings.model_dir}: {holder.last_error}")
+        raise SystemExit(f"fraud worker: no usable model in {holder.source.where}: {holder.last_error}")
     metrics.set_version(holder.scorer.version)
+    if challenger is not None and challenger.load():
+        metrics.set_challenger(challenger.scorer.version)
     kafka.ensure_topics(settings, kafka.project_topics(settings))
     kafka.ensure_topics(settings, [settings.merchant_risk_topic], config={"cleanup.policy": "compact"})
     kafka.ensure_topics(settings, [settings.rules_topic], partitions=1, config={"cleanup.policy": "compact"})
@@ -281,7 +296,7 @@ def run_worker(settings: WorkerSettings) -> None:
         raise SystemExit(f"fraud worker: could not read {settings.rules_topic} within 120 s")
     log.info("rules restored: %d rules, %d list entries", len(rules.rules()), len(rules.entries()))
     start_http_server(settings.metrics_port, addr=settings.metrics_bind, registry=metrics.registry)
-    app = create_app(settings, holder, metrics, risk, replica=replica, rules=rules)
+    app = create_app(settings, holder, metrics, risk, replica=replica, challenger=challenger, rules=rules)
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
     log.info(
         "worker %s: model %s, metrics on %s:%d",

@@ -25,13 +25,14 @@ import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn, Protocol, TypeVar
 
 import numpy as np
 import orjson
 
 from model.features import DAY_MS, MERCHANT_SPAN_DAYS, epoch_ms, first_at_merchant, frame_from_transactions
+from model.registry import CHALLENGER, CHAMPION, ROLES, RegistrySource
 from model.schemas import Label, Transaction, decision_json
 from model.scoring import utcnow
 from streaming.fatal import Exit, exit_now, stop_uncommitted
@@ -121,6 +122,9 @@ class ScoredTransactions:
     risk_records: list[tuple[bytes, bytes]]
     #: Review cases of the batch's ``review`` decisions: (transaction id, case JSON).
     cases: list[tuple[bytes, bytes]]
+    #: The challenger's shadow decisions of the same transactions (empty without a challenger).
+    shadow: list[dict[str, Any]] = field(default_factory=list)
+    shadow_encoded: list[bytes] = field(default_factory=list)
 
 
 class BatchScorer:
@@ -198,6 +202,8 @@ class BatchScorer:
             event_ms=queries["ts_ms"].tolist(),
             risk_records=risk_records,
             cases=cases,
+            shadow=scored.shadow,
+            shadow_encoded=[decision_json(d) for d in scored.shadow],
         )
 
 
@@ -255,8 +261,9 @@ class Pipeline:
         self.replica = replica
         #: Ends the process on an internal error (tests pass one that raises).
         self.exit: Exit = exit or exit_now
-        #: Decisions joined to the labels that come later (by transaction id) for live quality.
-        self.quality = QualityTracker(max_decisions=settings.quality_max_decisions)
+        #: Decisions joined to the labels that come later (by transaction id) for live quality:
+        #: the champion's, and the challenger's shadow decisions of the same transactions.
+        self.quality = {role: QualityTracker(max_decisions=settings.quality_max_decisions) for role in ROLES}
         #: Which partition each stored card arrived on, to drop its state when the partition
         #: moves to another worker (the memory store only tracks keys it restored).
         self.card_partition: dict[str, int] = {}
@@ -265,7 +272,8 @@ class Pipeline:
         #: Set on every assignment: partitions may come from another worker, whose last merchant
         #: counts this process must have read before it continues them.
         self.risk_sync_needed = True
-        self._reload_failures_seen = scorer.service.holder.reload_failures
+        holders = (scorer.service.holder, scorer.service.challenger)
+        self._reload_failures_seen = sum(h.reload_failures for h in holders if h is not None)
 
     # --- batches --------------------------------------------------------------------------
 
@@ -357,20 +365,44 @@ class Pipeline:
         partition_of = {tx.card_id: rec.partition for rec, tx in valid}
         for card, value in result.states.items():
             self.store(batch, card, partition_of[card], value)
-        outcomes: dict[str, int] = {}
-        for decision, value, event_ms in zip(result.decisions, result.encoded, result.event_ms, strict=True):
-            outcome = decision["decision"]
-            batch.add(settings.decisions_topic, decision["card_id"].encode(), value)
-            outcomes[outcome] = outcomes.get(outcome, 0) + 1
-            self.quality.add_decision(
-                decision["transaction_id"], decision["model_version"], outcome, decision["score"], event_ms
-            )
+        outcomes = self.decided(batch, settings.decisions_topic, CHAMPION, result.decisions, result.encoded, result)
         for outcome, n in outcomes.items():  # labels() costs ~15 µs: once per outcome, not per decision
             metrics.decisions.labels(decision=outcome).inc(n)
         metrics.score.observe_many([d["score"] for d in result.decisions])
+        if result.shadow:
+            # In the same output batch: acknowledged with the decisions, never without them.
+            self.decided(
+                batch, settings.shadow_decisions_topic, CHALLENGER, result.shadow, result.shadow_encoded, result
+            )
         now_ms = utcnow().timestamp() * 1000
         record_ms = np.fromiter((rec.timestamp_ms for rec, _ in valid), np.float64, len(valid))
         metrics.latency.observe_many(np.maximum(0.0, (now_ms - record_ms) / 1000))
+
+    def decided(
+        self,
+        batch: OutputBatch,
+        topic: str,
+        role: str,
+        decisions: Sequence[dict[str, Any]],
+        encoded: Sequence[bytes],
+        result: ScoredTransactions,
+    ) -> dict[str, int]:
+        """Queue one model's decisions of a batch, remember them for the live quality, count them
+        by version and role; returns the count per outcome. A batch has one version per role."""
+        outcomes: dict[str, int] = {}
+        quality = self.quality[role]
+        for decision, value, event_ms in zip(decisions, encoded, result.event_ms, strict=True):
+            outcome = decision["decision"]
+            batch.add(topic, decision["card_id"].encode(), value)
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+            quality.add_decision(
+                decision["transaction_id"], decision["model_version"], outcome, decision["score"], event_ms
+            )
+        version = decisions[0]["model_version"]
+        for outcome, n in outcomes.items():
+            self.metrics.model_decisions.labels(model_version=version, role=role, decision=outcome).inc(n)
+        self.metrics.model_score.observe_many([d["score"] for d in decisions], (version, role))
+        return outcomes
 
     async def written(self, transactions: Sequence[Record], batch: OutputBatch) -> None:
         # Awaiting every delivery makes a failure raise here, so the batch is never acknowledged
@@ -401,7 +433,8 @@ class Pipeline:
             metrics.label_dead_letters.labels(reason=rej.reason).inc()
         for rec, label in valid:
             metrics.labels.labels(is_fraud=str(label.is_fraud).lower()).inc()
-            self.quality.add_label(label.transaction_id, label.is_fraud)
+            for quality in self.quality.values():
+                quality.add_label(label.transaction_id, label.is_fraud)
             if not label.is_fraud:
                 # A reversal (say, a chargeback withdrawn): the fraud label stops counting, in
                 # the card's state and the merchants' rates, as it would in a retrained CSV.
@@ -487,16 +520,18 @@ class Pipeline:
             offset = committed.get(tp)
             if offset is not None:
                 metrics.committed.labels(partition=label).set(offset)
-        for (version, outcome, is_fraud), n in self.quality.changed_counts().items():
-            metrics.labelled_decisions.labels(
-                model_version=version, decision=outcome, is_fraud=str(is_fraud).lower()
-            ).set(n)
-        for version, summary in self.quality.summary().items():
-            for threshold, q in summary["thresholds"].items():
-                if q["precision"] is not None:
-                    metrics.live_precision.labels(model_version=version, threshold=threshold).set(q["precision"])
-                if q["recall"] is not None:
-                    metrics.live_recall.labels(model_version=version, threshold=threshold).set(q["recall"])
+        for role, quality in self.quality.items():
+            for (version, outcome, is_fraud), n in quality.changed_counts().items():
+                metrics.labelled_decisions.labels(
+                    model_version=version, role=role, decision=outcome, is_fraud=str(is_fraud).lower()
+                ).set(n)
+            for version, summary in quality.summary().items():
+                for threshold, q in summary["thresholds"].items():
+                    series = {"model_version": version, "role": role, "threshold": threshold}
+                    if q["precision"] is not None:
+                        metrics.live_precision.labels(**series).set(q["precision"])
+                    if q["recall"] is not None:
+                        metrics.live_recall.labels(**series).set(q["recall"])
         service = self.scorer.service
         drift = await asyncio.get_running_loop().run_in_executor(self.executor, service.drift_values)
         for signal, value in drift.items():
@@ -504,10 +539,29 @@ class Pipeline:
         metrics.drift_window.set(service.drift.size if service.drift else 0)
 
     async def reload_model(self) -> None:
-        """Swap in a new model artifact if there is one (between batches: the scoring thread runs
-        one call at a time). A bad artifact is refused, counted, and the old model keeps serving."""
-        holder = self.scorer.service.holder
-        if await asyncio.get_running_loop().run_in_executor(self.executor, holder.load):
+        """Swap in a new model (champion, and challenger when shadowing) if there is one, between
+        batches: the scoring thread runs one call at a time, so no batch mixes versions. A bad
+        model is refused, counted, and the old one keeps serving.
+
+        Off the scoring thread: a registry may take seconds to answer (or time out), and scoring
+        goes on meanwhile; a scoring call reads the serving model once, so the swap (one
+        reference) still falls between batches."""
+        service, loop = self.scorer.service, asyncio.get_running_loop()
+        holder, challenger = service.holder, service.challenger
+        if await loop.run_in_executor(None, holder.load):
             self.metrics.set_version(holder.scorer.version)
-        self.metrics.reload_failures.inc(holder.reload_failures - self._reload_failures_seen)
-        self._reload_failures_seen = holder.reload_failures
+        failures = holder.reload_failures
+        if challenger is not None:
+            if await loop.run_in_executor(None, challenger.load):
+                current = challenger.current
+                self.metrics.set_challenger(current.version if current is not None else None)
+            failures += challenger.reload_failures
+        self.metrics.reload_failures.inc(failures - self._reload_failures_seen)
+        self._reload_failures_seen = failures
+        if isinstance(holder.source, RegistrySource):
+            try:
+                status = await loop.run_in_executor(None, holder.source.registry.retrain_status)
+            except Exception as exc:  # best effort: the registry's answer about retraining is informational
+                log.debug("retraining status unavailable: %s", exc)
+            else:
+                self.metrics.set_retrain(status)

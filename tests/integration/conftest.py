@@ -106,6 +106,7 @@ def make_topics(bootstrap: str, partitions: int = 2) -> Topics:
         labels_topic=f"labels-{suffix}",
         labels_dlq_topic=f"labels-{suffix}.dlq",
         merchant_risk_topic=f"risk-{suffix}",
+        shadow_decisions_topic=f"decisions-{suffix}.shadow",
         rules_topic=f"rules-{suffix}",
         review_topic=f"review-{suffix}",
         topic_partitions=partitions,
@@ -157,6 +158,10 @@ class Stack:
     card_state_source: str = "replica"
     #: The API's key list (FRAUD_API_KEYS); None: the API runs without authentication.
     api_keys: str | None = None
+    #: Serve a registry alias (``models:/NAME@ALIAS``) of ``tracking_uri`` instead of ``model_dir``.
+    model_uri: str = ""
+    tracking_uri: str = ""
+    model_reload_seconds: float = 10.0
     children: Children = field(init=False)
 
     def __post_init__(self) -> None:
@@ -194,12 +199,21 @@ class Stack:
             "FRAUD_STATE_TIMEOUT_SECONDS": "2",
             "FRAUD_STATE_TOKEN": "test-state-token",
             **({"FRAUD_API_KEYS": self.api_keys} if self.api_keys else {"FRAUD_AUTH_DISABLED": "true"}),
+            "FRAUD_SHADOW_DECISIONS_TOPIC": s.shadow_decisions_topic,
+            "FRAUD_MODEL_URI": self.model_uri,
+            "FRAUD_MODEL_RELOAD_SECONDS": str(self.model_reload_seconds),
+            **({"FRAUD_MLFLOW_TRACKING_URI": self.tracking_uri} if self.tracking_uri else {}),
         }
+
+    @property
+    def start_timeout(self) -> float:
+        # A process serving from a registry imports MLflow first: seconds, more on a busy machine.
+        return 240.0 if self.model_uri else 60.0
 
     def start(self, command: str, ready_url: str) -> Child:
         """`fraud COMMAND` in its own process, once ``ready_url`` answers."""
         child = self.children.start(command, python_module("streaming.cli", command), self.env())
-        wait_http(ready_url, child, timeout=60)
+        wait_http(ready_url, child, timeout=self.start_timeout)
         return child
 
     def stop_all(self) -> None:

@@ -42,7 +42,7 @@ def kafka_env(topics) -> dict[str, str]:  # type: ignore[no-untyped-def]
 def test_help_lists_every_command() -> None:
     out = fraud("--help")
     assert out.returncode == 0
-    for command in ("broker", "train", "evaluate", "quality", "worker", "api", "produce", "demo"):
+    for command in ("broker", "train", "evaluate", "quality", "worker", "api", "produce", "demo", "models", "retrain"):
         assert command in out.stdout
         assert fraud(command, "--help").returncode == 0
 

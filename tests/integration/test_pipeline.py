@@ -205,7 +205,8 @@ def test_stream_matches_batch_features_and_scores(stack: Stack, traffic_frame: p
         time.sleep(0.5)
     assert joined == len(label_events)
     flagged = [got[t]["decision"] != "allow" for t in rows.loc[rows["is_fraud"] == 1, "transaction_id"]]
-    recall = f'fraud_live_recall{{model_version="{version}",threshold="review"}} {sum(flagged) / len(flagged)}'
+    series = f'fraud_live_recall{{model_version="{version}",role="champion",threshold="review"}}'
+    recall = f"{series} {sum(flagged) / len(flagged)}"
     assert recall in text
 
 

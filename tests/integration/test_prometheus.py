@@ -1,7 +1,9 @@
 """A real Prometheus against the live stack: the dashboards' queries and the alert rules work.
 
 The worker, the API and a synthetic producer run as processes (as in the other integration
-tests); a ``prometheus`` process (Debian package ``prometheus``; required when ``CI`` is set)
+tests), the worker and the API serving the champion of an MLflow registry with a challenger in
+shadow and a retraining recorded (the lifecycle panels need them); a ``prometheus`` process
+(Debian package ``prometheus``; required when ``CI`` is set)
 scrapes them every second with the project's own prometheus.yml, its targets rewritten to the
 loopback ports, and loads the project's alerts.yml. Then:
 
@@ -35,6 +37,7 @@ import pytest
 import yaml
 from confluent_kafka import TopicPartition
 
+from model.registry import CHALLENGER, CHAMPION, Registry
 from producers.publisher import wire_value
 from streaming.children import Child, Children, free_port, python_module, wait_http
 from streaming.kafka import clients as kafka
@@ -284,13 +287,34 @@ def processes(stack: Stack) -> Iterator[Children]:
         yield children
 
 
+def serve_from_a_registry(stack: Stack, registry: Registry, model_dir: Path, train_frame: pd.DataFrame) -> None:
+    """The worker and the API on the registry's champion, with a challenger in shadow and a
+    retraining recorded: what the lifecycle panels show (a real retraining on the training data,
+    windows scaled to its 20 days; a champion that saw every label usually keeps its place)."""
+    from model.retrain import RetrainOptions
+    from streaming.retrain import retrain
+
+    _, champion = registry.log_training(model_dir)
+    registry.promote(champion, "live stack")
+    csv = stack.workdir / "train.csv"
+    train_frame.to_csv(csv, index=False)
+    retrain(registry, csv, stack.workdir / "retrain", RetrainOptions(label_delay_days=3, eval_days=4, train_days=10))
+    if registry.alias(CHALLENGER) is None:  # the candidate was promoted: shadow the one it replaced
+        registry.set_challenger(champion, "compare with the previous champion")
+    stack.model_uri, stack.tracking_uri = f"models:/{registry.name}@{CHAMPION}", registry.tracking_uri
+
+
 def test_dashboards_and_alert_rules_work_on_a_live_stack(
     stack: Stack,
     traffic_frame: pd.DataFrame,
     prometheus_binary: str,
     promtool: str,
     processes: Children,
+    registry: Registry,
+    model_dir: Path,
+    train_frame: pd.DataFrame,
 ) -> None:
+    serve_from_a_registry(stack, registry, model_dir, train_frame)
     stack.start_worker()
     # Cards with history, published now so that the worker has decided them by the time the
     # labels are sent (see publish_labels).

@@ -204,3 +204,44 @@ def test_records_written_after_the_call_are_left_out(bootstrap_servers: str) -> 
     assert report["records_beyond_watermark"] == 0
     if high - low < 5:  # a short watermark: the first later record closed the partition at once
         assert time.monotonic() - started < 10
+
+
+def test_read_quality_compares_champion_and_challenger_on_the_same_transactions(settings: KafkaSettings) -> None:
+    at = T0 + timedelta(days=2)
+    send(
+        settings,
+        settings.decisions_topic,
+        [
+            decision("tx-a", "card-1", "block", "v1", at),
+            decision("tx-b", "card-2", "allow", "v1", at),
+            decision("tx-c", "card-3", "block", "v1", at),  # decided before the challenger was set
+        ],
+    )
+    send(
+        settings,
+        settings.shadow_decisions_topic,
+        [decision("tx-a", "card-1", "review", "v2", at), decision("tx-b", "card-2", "block", "v2", at)],
+    )
+    send(
+        settings,
+        settings.labels_topic,
+        [label("tx-a", "card-1", True, at), label("tx-b", "card-2", True, at), label("tx-c", "card-3", False, at)],
+    )
+    report = read_quality(settings, None, None, timeout_s=60)
+    # The champion's own numbers cover all its decisions ...
+    assert report["by_model_version"]["v1"]["labelled"] == 3
+    # ... the comparison only the two both decided, with the same labels.
+    shadow = report["shadow"]
+    assert (shadow["transactions"], shadow["labelled"]) == (2, 2)
+    champion, challenger = shadow["champion"]["v1"], shadow["challenger"]["v2"]
+    assert champion["decisions"] == challenger["decisions"] == 2
+    assert champion["thresholds"]["block"] == {
+        "flagged_labelled": 1, "true_positives": 1, "precision": 1.0, "recall": 0.5
+    }  # fmt: skip
+    assert challenger["thresholds"]["block"]["recall"] == 0.5
+    assert challenger["thresholds"]["review"]["recall"] == 1.0
+    text = format_quality(report)
+    assert "on the same 2 transactions, 2 labelled" in text
+    assert any(line.startswith("challenger v2") and " review " in line for line in text.splitlines())
+    # Without the shadow topic (or asked not to read it), no comparison.
+    assert read_quality(settings, None, None, timeout_s=60, shadow=False)["shadow"] is None

@@ -11,11 +11,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 from confluent_kafka import KafkaError
+from prometheus_client import generate_latest
 
+from model.schemas import Transaction
 from model.scoring import ModelHolder
+from model.train import TrainOptions, train
+from producers.synthetic import SimConfig, generate
 from streaming.fatal import EXIT_INTERNAL_ERROR
 from streaming.kafka.outputs import OutputBatch
 from streaming.metrics import WorkerMetrics
@@ -78,12 +83,17 @@ class FailingCards(dict):
 
 
 def make_pipeline(
-    holder: ModelHolder, producer: FakeProducer | None = None, cards: dict | None = None, rules: RuleBook | None = None
+    holder: ModelHolder,
+    producer: FakeProducer | None = None,
+    cards: dict | None = None,
+    challenger: ModelHolder | None = None,
+    rules: RuleBook | None = None,
 ) -> tuple[Pipeline, FakeProducer, list[Sequence[Any]]]:
     producer = producer or FakeProducer()
     acked: list[Sequence[Any]] = []
-    service = ScoringService(holder, MerchantRisk(), rules=rules)
-    scorer = BatchScorer(service, WorkerMetrics(), grace_ms=3_600_000)
+    metrics = WorkerMetrics()
+    service = ScoringService(holder, MerchantRisk(), challenger=challenger, rules=rules, metrics=metrics)
+    scorer = BatchScorer(service, metrics, grace_ms=3_600_000)
     pipeline = Pipeline(
         SETTINGS,
         scorer,
@@ -226,6 +236,99 @@ def test_a_stalled_merchant_risk_replica_stops_the_worker(holder: ModelHolder, m
     with pytest.raises(Exited):
         asyncio.run(run_batch(pipeline, [tx_message(0)]))
     assert acked == []
+
+
+@pytest.fixture(scope="module")
+def challenger(tmp_path_factory: pytest.TempPathFactory) -> ModelHolder:
+    root = tmp_path_factory.mktemp("challenger")
+    frame = generate(SimConfig(seed=4, n_cards=60, n_merchants=20, days=10, start=datetime(2026, 1, 1, tzinfo=UTC)))
+    frame.to_csv(root / "d.csv", index=False)
+    # Another model of the same data: without the merchant features (zeroed for it alone).
+    train(root / "d.csv", root / "m", TrainOptions(model_type="logreg", merchant_risk=False))
+    holder = ModelHolder(root / "m", optional=True)
+    assert holder.load()
+    return holder
+
+
+def test_a_challenger_shadows_every_decision_in_the_same_output_batch(
+    holder: ModelHolder, challenger: ModelHolder
+) -> None:
+    pipeline, producer, acked = make_pipeline(holder, challenger=challenger)
+    messages = [tx_message(0), tx_message(1, card="card-2", partition=1), tx_message(2)]
+    asyncio.run(run_batch(pipeline, messages))
+
+    decisions = [orjson.loads(r["value"]) for r in producer.on(SETTINGS.decisions_topic)]
+    shadow = producer.on(SETTINGS.shadow_decisions_topic)
+    assert acked == [messages]
+    # One shadow decision per decision, same keys and transactions, the challenger's version.
+    assert [r["key"] for r in shadow] == [r["key"] for r in producer.on(SETTINGS.decisions_topic)]
+    shadowed = [orjson.loads(r["value"]) for r in shadow]
+    assert [d["transaction_id"] for d in shadowed] == [d["transaction_id"] for d in decisions]
+    assert {d["model_version"] for d in shadowed} == {challenger.scorer.version} != {holder.scorer.version}
+    assert set(shadowed[0]) == set(decisions[0])
+    # The challenger scores the champion's features, with its own disabled features zeroed.
+    txs = [Transaction.model_validate_json(m.value) for m in messages if m.value]
+    scored = ScoringService(holder, MerchantRisk(), challenger=challenger).score(txs, {})
+    expected = challenger.scorer.score_features(scored.batch.features).scores
+    assert [d["score"] for d in scored.shadow] == pytest.approx(expected.tolist())
+    # Its disabled features are zeroed on a copy: the champion's features stay as computed.
+    features = np.tile(challenger.scorer._reference + 1.0, (2, 1))
+    zeroed = challenger.scorer.score_features(features).features
+    assert (features[:, challenger.scorer._disabled] != 0).all() and not zeroed[:, challenger.scorer._disabled].any()
+    text = generate_latest(pipeline.metrics.registry).decode()
+    for role, version in (("champion", holder.scorer.version), ("challenger", challenger.scorer.version)):
+        series = f'fraud_model_score_count{{model_version="{version}",role="{role}"}} 3.0'
+        assert series in text, text
+    # Labels reach both sides: each role's live quality joins them.
+    label = {
+        "transaction_id": "tx-0", "card_id": "card-1", "merchant_id": "m-1", "is_fraud": True,
+        "timestamp": "2026-01-12T10:00:00+00:00", "labelled_at": "2026-01-13T10:00:00+00:00", "source": "chargeback",
+    }  # fmt: skip
+    label_msg = Msg(SETTINGS.labels_topic, 0, 0, 1.7e9, b"card-1", orjson.dumps(label))
+    asyncio.run(run_batch(pipeline, [label_msg]))
+    assert pipeline.quality["champion"].labelled == pipeline.quality["challenger"].labelled == 1
+    assert set(pipeline.quality["challenger"].summary()) == {challenger.scorer.version}
+
+
+def test_no_shadow_without_a_challenger_or_when_it_is_the_champion(holder: ModelHolder) -> None:
+    same = ModelHolder(holder.source, optional=True)
+    assert same.load()
+    for challenger in (None, same):
+        pipeline, producer, _ = make_pipeline(holder, challenger=challenger)
+        asyncio.run(run_batch(pipeline, [tx_message(0)]))
+        assert len(producer.on(SETTINGS.decisions_topic)) == 1
+        assert producer.on(SETTINGS.shadow_decisions_topic) == []
+
+
+def test_shadow_decisions_go_through_the_same_rules_and_are_never_acted_on(
+    holder: ModelHolder, challenger: ModelHolder
+) -> None:
+    rules = RuleBook()
+    rules.apply(*rule_record(Rule(id="big", expression="amount > 100", action="block")))
+    rules.apply(*rule_record(Rule(id="card-3", expression='card_id == "card-3"', action="review")))
+    pipeline, producer, _ = make_pipeline(holder, challenger=challenger, rules=rules)
+    messages = [tx_message(0, amount=500.0), tx_message(1, card="card-2"), tx_message(2, card="card-3")]
+    asyncio.run(run_batch(pipeline, messages))
+
+    live = {
+        d["transaction_id"]: d for d in map(orjson.loads, (r["value"] for r in producer.on(SETTINGS.decisions_topic)))
+    }
+    shadow = {
+        d["transaction_id"]: d
+        for d in map(orjson.loads, (r["value"] for r in producer.on(SETTINGS.shadow_decisions_topic)))
+    }
+    assert {d["model_version"] for d in shadow.values()} == {challenger.scorer.version}
+    # The same rule decides both: the shadow decision differs from the live one only by model.
+    for tid, rule, action in (("tx-0", "rule:big", "block"), ("tx-2", "rule:card-3", "review")):
+        for d in (live[tid], shadow[tid]):
+            assert (d["decision"], d["decided_by"], d["reasons"][0]) == (action, rule, rule)
+    assert live["tx-1"]["decided_by"] == shadow["tx-1"]["decided_by"] == "model"
+    assert "rule:big" not in shadow["tx-1"]["reasons"]
+    # Acted on once: one review case, rule decisions counted for the live decisions only.
+    assert [r["key"] for r in producer.on(SETTINGS.review_topic)] == [b"tx-2"]
+    text = generate_latest(pipeline.metrics.registry).decode()
+    assert 'fraud_rule_decisions_total{decision="block",source="rule"} 1.0' in text, text
+    assert 'fraud_rule_hits_total{action="review",mode="active",rule="card-3"} 1.0' in text, text
 
 
 def test_review_decisions_leave_a_case_with_the_card_history(holder: ModelHolder) -> None:

@@ -116,6 +116,8 @@ no partition and does no work.
   value: {{ $kafka.topics.labelsDlq | quote }}
 - name: FRAUD_MERCHANT_RISK_TOPIC
   value: {{ $kafka.topics.merchantRisk | quote }}
+- name: FRAUD_SHADOW_DECISIONS_TOPIC
+  value: {{ $kafka.topics.shadowDecisions | quote }}
 - name: FRAUD_RULES_TOPIC
   value: {{ $kafka.topics.rules | quote }}
 - name: FRAUD_REVIEW_TOPIC
@@ -182,6 +184,30 @@ initialDelaySeconds: {{ .probe.initialDelaySeconds }}
 periodSeconds: {{ .probe.periodSeconds }}
 timeoutSeconds: {{ .probe.timeoutSeconds }}
 failureThreshold: {{ .probe.failureThreshold }}
+{{- end -}}
+
+{{/* The MLflow tracking URI, or "none" (`fraud train` records nothing; the root filesystem is
+read-only, so the embedded store cannot be used). */}}
+{{- define "fraudstream.trackingEnv" -}}
+- name: FRAUD_MLFLOW_TRACKING_URI
+  value: {{ .Values.mlflow.trackingUri | default "none" | quote }}
+- name: FRAUD_REGISTERED_MODEL
+  value: {{ .Values.mlflow.registeredModel | quote }}
+{{- end -}}
+
+{{/* What the worker and the API serve: a registry alias (model.uri) or the volume's directory. */}}
+{{- define "fraudstream.modelEnv" -}}
+- name: FRAUD_MODEL_DIR
+  value: {{ include "fraudstream.modelDir" . | quote }}
+{{- with .Values.model.uri }}
+{{- if not $.Values.mlflow.trackingUri }}
+{{- fail "model.uri needs mlflow.trackingUri (the registry the alias is in)" }}
+{{- end }}
+- name: FRAUD_MODEL_URI
+  value: {{ . | quote }}
+- name: FRAUD_MLFLOW_TRACKING_URI
+  value: {{ $.Values.mlflow.trackingUri | quote }}
+{{- end }}
 {{- end -}}
 
 {{/* FRAUD_STATE_TOKEN from stateToken.existingSecret, for the workers and the API. */}}
