@@ -13,8 +13,8 @@ event loop. One call uses one model throughout, so a model swap happens between 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -100,7 +100,12 @@ class ScoringService:
             keep = ~np.isin(history["transaction_id"], queries["transaction_id"])
             history = {name: values[keep] for name, values in history.items()}
         risk = self.risk.context(queries["merchant_id"], labels_frame(states))
-        features = compute_features(queries, history, risk)
+
+        def features_at(label_delay_ms: int) -> np.ndarray:
+            # Merchant fraud rates read up to the model's own label delay, as it was trained.
+            return compute_features(queries, history, replace(risk, label_delay_ms=label_delay_ms))
+
+        features = features_at(scorer.label_delay_ms)
         batch = scorer.score_features(features)
         if self._track_drift:
             if self.drift is None or self.drift.version != scorer.version:
@@ -109,7 +114,7 @@ class ScoringService:
         card_states = _card_states(txs, queries["ts_ms"].tolist(), states, new_rows, unavailable)
         scored_at = scored_at or utcnow()
         fields = scorer.decision_fields(txs, batch, card_states, scored_at, self.include_features)
-        shadow = self._shadow(scorer, txs, features, card_states, scored_at)
+        shadow = self._shadow(scorer, txs, features, card_states, scored_at, features_at)
         ruleset = self.rules.snapshot() if self.rules is not None else None
         if ruleset is not None and not ruleset.empty:
             # Rules read the transaction and its features, never the score: one verdict serves
@@ -127,12 +132,16 @@ class ScoringService:
         features: np.ndarray,
         card_states: list[str],
         scored_at: datetime,
+        features_at: Callable[[int], np.ndarray],
     ) -> list[dict[str, Any]]:
         """The challenger's decisions on the same features (one more model call, plus one for
-        the reasons of what it flags), before rules."""
+        the reasons of what it flags), before rules. A challenger trained with another label
+        delay gets its own features (``features_at(its delay)``): its merchant fraud rates differ."""
         challenger = self.challenger.current if self.challenger is not None else None
         if challenger is None or challenger.version == champion.version:
             return []
+        if challenger.label_delay_ms != champion.label_delay_ms:
+            features = features_at(challenger.label_delay_ms)
         batch = challenger.score_features(features)
         return challenger.decision_fields(txs, batch, card_states, scored_at, self.include_features)
 

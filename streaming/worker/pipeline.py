@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn, Protocol, TypeVar
 
 import numpy as np
-import orjson
 
 from model.features import DAY_MS, MERCHANT_SPAN_DAYS, epoch_ms, first_at_merchant, frame_from_transactions
 from model.registry import CHALLENGER, CHAMPION, ROLES, RegistrySource
@@ -48,6 +47,7 @@ from streaming.scoring.state import (
     CardState,
     changelog_key,
     decode_state,
+    encode_state,
     history_frame,
     merge,
     with_fraud_label,
@@ -198,7 +198,7 @@ class BatchScorer:
         return ScoredTransactions(
             decisions=scored.fields,
             encoded=[decision_json(d) for d in scored.fields],
-            states={card: orjson.dumps(state) for card, state in new_states.items()},
+            states={card: encode_state(state) for card, state in new_states.items()},
             event_ms=queries["ts_ms"].tolist(),
             risk_records=risk_records,
             cases=cases,
@@ -440,7 +440,7 @@ class Pipeline:
                 # the card's state and the merchants' rates, as it would in a retrained CSV.
                 reverted = without_fraud_label(decode_state(self.cards.get(label.card_id)), label.transaction_id)
                 if reverted is not None:
-                    self.store(batch, label.card_id, rec.partition, orjson.dumps(reverted))
+                    self.store(batch, label.card_id, rec.partition, encode_state(reverted))
                     risk.apply(label_key(label.transaction_id), None)
                     batch.add(settings.merchant_risk_topic, label_key(label.transaction_id), None)
                 continue
@@ -453,7 +453,7 @@ class Pipeline:
                 tx_day,
                 available,
             )
-            self.store(batch, label.card_id, rec.partition, orjson.dumps(state))
+            self.store(batch, label.card_id, rec.partition, encode_state(state))
             value = risk.add_label(
                 label.transaction_id, label.card_id, label.merchant_id, tx_day, available, rec.partition
             )

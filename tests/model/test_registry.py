@@ -31,7 +31,8 @@ from producers.synthetic import SimConfig, generate
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Two different models of the same data."""
     root = tmp_path_factory.mktemp("registry-models")
-    frame = generate(SimConfig(seed=4, n_cards=60, n_merchants=20, days=10, start=datetime(2026, 1, 1, tzinfo=UTC)))
+    # Long enough for fraud in the validation stretch after the 7-day label-delay gap.
+    frame = generate(SimConfig(seed=4, n_cards=150, n_merchants=30, days=30, start=datetime(2026, 1, 1, tzinfo=UTC)))
     frame.to_csv(root / "d.csv", index=False)
     train(root / "d.csv", root / "a", TrainOptions(model_type="logreg"))
     train(root / "d.csv", root / "b", TrainOptions(model_type="logreg", merchant_risk=False))

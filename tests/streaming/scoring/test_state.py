@@ -216,3 +216,20 @@ def test_labels_older_than_the_card_label_features_reach_are_forgotten_and_chang
         assert np.array_equal(*features), at
     col = FEATURE_NAMES.index("card_days_since_known_fraud")
     assert features[0][0, col] < 30.0  # the recent label still counts
+
+
+def test_an_encoded_state_takes_its_own_size_in_memory() -> None:
+    import tracemalloc
+
+    from streaming.scoring.state import decode_state, encode_state
+
+    state = {"ids": [f"tx-{i:09d}" for i in range(56)], "ts": list(range(56)), "amt": [1.5] * 56, "mer": ["m-1"] * 56}
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        values = [encode_state(state) for _ in range(200)]
+        held = (tracemalloc.get_traced_memory()[0] - before) / len(values)
+    finally:
+        tracemalloc.stop()
+    assert decode_state(values[0]) == state
+    assert held < 1.2 * len(values[0]) + 100, (held, len(values[0]))  # orjson alone: ~8x
