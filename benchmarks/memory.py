@@ -28,12 +28,16 @@ import sys
 import tracemalloc
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
 
 from benchmarks.measure import rss_mb
+
+if TYPE_CHECKING:
+    from streaming.scoring.merchant_risk import MerchantRisk
+    from streaming.scoring.state import CardStateCopy
 
 CASES = ("risk", "risk-daily", "cards", "cards-worker")
 DAY_MS = 86_400_000
@@ -41,7 +45,7 @@ DAY_MS = 86_400_000
 FIRST_DAY = 20_400
 
 
-def build_risk(entries: int, days: int, partitions: int) -> tuple[object, int]:
+def build_risk(entries: int, days: int, partitions: int) -> tuple[MerchantRisk, int]:
     """A merchant-risk view of ``entries`` daily counts: merchants x ``days`` x ``partitions``."""
     from streaming.scoring.merchant_risk import MerchantRisk, activity_key
 
@@ -56,7 +60,9 @@ def build_risk(entries: int, days: int, partitions: int) -> tuple[object, int]:
     return risk, merchants * days * partitions
 
 
-def build_cards(entries: int, history: float, worker: bool, seed: int = 5) -> tuple[object, int]:
+def build_cards(
+    entries: int, history: float, worker: bool, seed: int = 5
+) -> tuple[CardStateCopy | dict[str, bytes], int]:
     """``entries`` cards, each with a Poisson(``history``) month of history: the API's card table
     copy, or (``worker``) the worker's table as the pipeline fills it."""
     from streaming.scoring.state import CardStateCopy, changelog_key, merge
