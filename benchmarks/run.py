@@ -457,7 +457,9 @@ class Bench:
             _child_env({**api_env, "FRAUD_PORT": str(api_worker_port), "FRAUD_CARD_STATE_SOURCE": "worker"}),
         )
         noop = self.children.start("noop", python_module("benchmarks", "noop", "--port", str(noop_port)), _child_env())
-        wait_http(f"http://127.0.0.1:{api_port}/ready", api, timeout=120)
+        # Ready once it restored its copy of the card table: a month of changelog, in a full run
+        # some hundreds of MB from the broker.
+        wait_http(f"http://127.0.0.1:{api_port}/ready", api, timeout=600)
         wait_http(f"http://127.0.0.1:{api_worker_port}/ready", api_worker, timeout=120)
         wait_http(f"http://127.0.0.1:{noop_port}/health", noop, timeout=120)
         # Transactions the stream has decided: their cards have a month of state, which /predict reads.
