@@ -41,6 +41,7 @@ POSITIVE = (
     "month_cards",
     "month_warmup_transactions",
     "api_via_worker_rss_mb",
+    "api_ready_seconds",
 )
 
 
