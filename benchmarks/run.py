@@ -226,9 +226,9 @@ class Bench:
         days at the same rate: the month-deep phases take ``measured_count`` transactions from
         the first one ``HISTORY_DAYS`` in."""
         opts = self.opts
-        per_day = max(opts.limit_count, opts.naive_count, self.measured_count) / HISTORY_DAYS
-        # A tenth more than needed: the generator's row count is only expected (and when it falls
-        # short, more cards make the days denser, so the row count covers fewer of them).
+        # A tenth more than needed, here and below: the generator's row count is only expected
+        # (and when it falls short, more cards make the days denser, so the rows cover fewer days).
+        per_day = max(opts.limit_count, opts.naive_count, 1.1 * self.measured_count) / HISTORY_DAYS
         days = (HISTORY_DAYS + self.measured_count / per_day) * 1.1
         needed = math.ceil(per_day * days)
         _say(f"generating {needed:,} transactions over {days:.1f} days ...")
