@@ -42,14 +42,15 @@ class Traffic:
     records: list[tuple[bytes, bytes]]
 
     @classmethod
-    def generate(cls, n: int) -> Traffic:
+    def generate(cls, n: int, days: float = 30.0) -> Traffic:
+        """At least ``n`` transactions spread over ``days`` (ordered by time)."""
         from producers.publisher import wire_value
         from producers.synthetic import config_for_rows, generate
 
         # Event times end a day before now: the worker dead-letters transactions stamped more
         # than a day after their Kafka record, and a fixed date would eventually be in the future.
-        start = (datetime.now(UTC) - timedelta(days=31)).replace(hour=0, minute=0, second=0, microsecond=0)
-        config = replace(config_for_rows(n, seed=11), start=start)
+        start = (datetime.now(UTC) - timedelta(days=days + 1)).replace(hour=0, minute=0, second=0, microsecond=0)
+        config = replace(config_for_rows(n, seed=11, days=days), start=start)
         frame = generate(config)
         while len(frame) < n:  # the row count is only expected; add cards until there is enough
             config = replace(config, n_cards=math.ceil(config.n_cards * 1.05 * n / len(frame)))
@@ -154,6 +155,44 @@ def batch_stats(before: tuple[float, float, float], after: tuple[float, float, f
     """Mean batch size and mean scoring time per batch (ms) between two scrapes."""
     batches = max(after[0] - before[0], 1.0)
     return (after[1] - before[1]) / batches, (after[2] - before[2]) / batches * 1000
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """A live process's resident memory now and its peak so far (VmRSS, VmHWM), in MB."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def _seconds(row: dict[str, Any]) -> float:
+    return datetime.fromisoformat(str(row["timestamp"])).timestamp()
+
+
+def first_after(rows: Sequence[dict[str, Any]], days: float) -> int:
+    """Index of the first of the time-ordered ``rows`` at least ``days`` after the first one."""
+    since = _seconds(rows[0]) + days * 86_400
+    lo, hi = 0, len(rows)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if _seconds(rows[mid]) < since:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def history_depth(rows: Sequence[dict[str, Any]], at: int, span_days: float = 30.0) -> tuple[int, float, float]:
+    """The cards of ``rows[:at]`` seen in the ``span_days`` before ``rows[at]``: how many, their
+    mean entries in that span, and how many days of traffic precede ``rows[at]``."""
+    if at <= 0 or at >= len(rows):
+        return 0, 0.0, 0.0
+    now = _seconds(rows[at])
+    since = now - span_days * 86_400
+    cards: dict[str, int] = {}
+    for row in rows[:at]:
+        if _seconds(row) >= since:
+            cards[row["card_id"]] = cards.get(row["card_id"], 0) + 1
+    mean = sum(cards.values()) / max(len(cards), 1)
+    return len(cards), mean, (now - _seconds(rows[0])) / 86_400
 
 
 def percentiles(values: Sequence[float] | np.ndarray) -> tuple[float, float, float]:

@@ -17,6 +17,15 @@ REQUIRED_KEYS = (
     "worker_cpu_us_per_tx",
     "latency_p50_ms",
     "latency_p99_ms",
+    "worker_tx_per_s_month",
+    "worker_cpu_us_per_tx_month",
+    "worker_vs_limit_month",
+    "latency_p50_ms_month",
+    "latency_p99_ms_month",
+    "month_history_days",
+    "month_history_mean",
+    "worker_rss_mb",
+    "api_rss_mb",
     "noop_p50_ms",
     "predict_p50_ms",
     "predict_rps_c16",
@@ -85,23 +94,48 @@ def format_table(r: dict[str, Any]) -> str:
         share = r[f"{name}_client_busy_{c}"]
         return f"; client {share:.0%} of a core" + (" (CLIENT-BOUND)" if share > 0.8 else "")
 
-    broker = r.get("worker_broker_cpu_us_per_tx")
     rate, linger = r["options"]["latency_rate"], r["options"]["producer_linger_ms"]
+
+    def worker_rows(k: str, when: str) -> list[tuple[str, str, str]]:
+        broker = r.get(f"worker_broker_cpu_us_per_tx{k}")
+        return [
+            (
+                f"fraud worker, saturated, {when}",
+                f"{n(r[f'worker_tx_per_s{k}'])} tx/s",
+                f"{n(r[f'worker_cpu_us_per_tx{k}'])} µs CPU/tx"
+                + (f" (+ broker {n(broker)})" if broker else "")
+                + f"; {r[f'worker_vs_limit{k}']:.3f} x limit",
+            ),
+            (
+                "  batches while saturated",
+                f"{n(r[f'worker_batch_mean_size{k}'])} tx",
+                f"{r[f'worker_batch_mean_ms{k}']:.1f} ms scoring per batch",
+            ),
+            (
+                f"fraud worker, {n(rate)} tx/s offered, {when}",
+                f"p50 {n(r[f'latency_p50_ms{k}'])} ms",
+                f"p99 {n(r[f'latency_p99_ms{k}'])} ms, max {n(r[f'latency_max_ms{k}'])} ms; decided "
+                f"{r[f'latency_decided{k}']:,}/{r[f'latency_transactions{k}']:,} "
+                f"at {n(r[f'latency_decided_tx_per_s{k}'])} tx/s",
+            ),
+            (
+                "  batches at that rate",
+                f"{n(r[f'latency_batch_mean_size{k}'])} tx",
+                f"{r[f'latency_batch_mean_ms{k}']:.1f} ms scoring per batch; producer linger {linger:g} ms",
+            ),
+        ]
+
+    month = f"month ({r['month_history_days']:.0f} d, {r['month_history_mean']:.0f} tx/card)"
     rows = [
         ("limit: confluent-kafka + orjson + batched model", f"{n(r['limit_tx_per_s'])} tx/s",
          f"{r['limit_cpu_us_per_tx']:.1f} µs CPU/tx"),
         ("naive: Faust agent, 1 predict + 1 send per msg", f"{n(r['naive_tx_per_s'])} tx/s",
          f"{n(r['naive_cpu_us_per_tx'])} µs CPU/tx"),
-        ("fraud worker, saturated", f"{n(r['worker_tx_per_s'])} tx/s",
-         f"{n(r['worker_cpu_us_per_tx'])} µs CPU/tx" + (f" (+ broker {n(broker)})" if broker else "")),
-        ("  batches while saturated", f"{n(r['worker_batch_mean_size'])} tx",
-         f"{r['worker_batch_mean_ms']:.1f} ms scoring per batch"),
-        ("  worker / limit, worker / naive", f"{r['worker_vs_limit']:.3f}", f"{r['worker_vs_naive']:.2f}x"),
-        (f"fraud worker, {n(rate)} tx/s offered", f"p50 {n(r['latency_p50_ms'])} ms",
-         f"p99 {n(r['latency_p99_ms'])} ms, max {n(r['latency_max_ms'])} ms; "
-         f"decided {r['latency_decided']:,}/{r['latency_transactions']:,} at {n(r['latency_decided_tx_per_s'])} tx/s"),
-        ("  batches at that rate", f"{n(r['latency_batch_mean_size'])} tx",
-         f"{r['latency_batch_mean_ms']:.1f} ms scoring per batch; producer linger {linger:g} ms"),
+        *worker_rows("_month", month),
+        *worker_rows("", "first days"),
+        ("  worker / naive, first days", f"{r['worker_vs_naive']:.2f}x", ""),
+        ("resident memory, peak", f"{n(r['worker_rss_mb'])} MB worker",
+         f"API {n(r['api_rss_mb'])} MB (card table copy), {n(r['api_via_worker_rss_mb'])} MB (state from the worker)"),
         (f"HTTP client: {r['options']['http_client']}", "", ""),
         ("POST /predict no-op, c=1", f"{n(r['noop_rps_c1'])} req/s",
          f"p50 {ms(r['noop_p50_ms'])}, p99 {ms(r['noop_p99_ms'])}{busy('noop', 'c1')}"),

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -24,10 +25,13 @@ from benchmarks.measure import (
     Traffic,
     batch_stats,
     batch_totals,
+    first_after,
+    history_depth,
     percentiles,
     prefill,
     proc_cpu_seconds,
     record_timestamps,
+    rss_mb,
 )
 from benchmarks.report import machine, rounded
 from streaming.children import Child, Children, free_port, python_module, wait_for, wait_http
@@ -37,6 +41,12 @@ from streaming.settings import ProducerSettings
 
 #: The token between the bench's worker and its API with the ``worker`` card state source.
 BENCH_STATE_TOKEN = "bench-" + uuid.uuid4().hex
+
+#: Days of card history the month-deep phases start at: the features' longest window.
+HISTORY_DAYS = 30.0
+
+#: Suffix of the report keys measured with a month of card history (the headline numbers).
+MONTH = "_month"
 
 
 @dataclass
@@ -179,9 +189,7 @@ class Bench:
         self.model_dir = model_dir
         _say(f"trained in {train['train_seconds']:.1f} s, peak {train['train_peak_mb']:.0f} MB")
 
-        needed = max(opts.limit_count, opts.naive_count, opts.worker_count + self.latency_count)
-        _say(f"generating {needed:,} transactions ...")
-        self.traffic = Traffic.generate(needed)
+        self.traffic = self.generate_traffic()
 
         broker: EmbeddedBroker | None = None
         try:
@@ -207,6 +215,31 @@ class Bench:
     @property
     def latency_count(self) -> int:
         return max(1, round(self.opts.latency_rate * self.opts.latency_seconds))
+
+    @property
+    def measured_count(self) -> int:
+        """Transactions one pass of the worker's phases takes: the saturated drain, then the latency."""
+        return self.opts.worker_count + self.latency_count
+
+    def generate_traffic(self) -> Traffic:
+        """Cards' first days (the limit, naive and shallow worker phases take prefixes), then more
+        days at the same rate: the month-deep phases take ``measured_count`` transactions from
+        the first one ``HISTORY_DAYS`` in."""
+        opts = self.opts
+        # A tenth more than needed, here and below: the generator's row count is only expected
+        # (and when it falls short, more cards make the days denser, so the rows cover fewer days).
+        per_day = max(opts.limit_count, opts.naive_count, 1.1 * self.measured_count) / HISTORY_DAYS
+        days = (HISTORY_DAYS + self.measured_count / per_day) * 1.1
+        needed = math.ceil(per_day * days)
+        _say(f"generating {needed:,} transactions over {days:.1f} days ...")
+        traffic = Traffic.generate(needed, days=days)
+        self.month_start = first_after(traffic.rows, HISTORY_DAYS)
+        if self.month_start < self.measured_count or len(traffic.rows) - self.month_start < self.measured_count:
+            raise RuntimeError(f"generated traffic too short for the month-deep phases ({len(traffic.rows):,} rows)")
+        cards, mean, history_days = history_depth(traffic.rows, self.month_start, HISTORY_DAYS)
+        self.results.update(month_cards=cards, month_history_mean=mean, month_history_days=history_days)
+        _say(f"month-deep phases start {history_days:.1f} days in: {cards:,} cards, {mean:.1f} transactions each")
+        return traffic
 
     def phase_limit(self) -> None:
         n = self.opts.limit_count
@@ -280,14 +313,49 @@ class Bench:
         )
         reader = DecisionReader(settings, settings.decisions_topic)
         try:
-            self.measure_saturated(reader, worker)
-            self.measure_latency(reader, settings, worker)
-            self.measure_predict(web_port)
+            # Cards' first days (short histories), then the same after a month of traffic.
+            self.measure_saturated(reader, worker, 0, "", before=(0.0, 0.0, 0.0))
+            self.measure_latency(reader, settings, worker, opts.worker_count, "")
+            self.warm_up(reader, settings)
+            before = batch_totals(self.metrics_url)
+            self.prefill_paused(settings, worker)
+            self.measure_saturated(reader, worker, self.month_start, MONTH, before)
+            self.measure_latency(reader, settings, worker, self.month_start + opts.worker_count, MONTH)
+            self.measure_predict(web_port, worker)
         finally:
             reader.close()
 
-    def measure_saturated(self, reader: DecisionReader, worker: Child) -> None:
-        ids = [str(r["transaction_id"]) for r in self.traffic.rows[: self.opts.worker_count]]
+    def warm_up(self, reader: DecisionReader, settings: ProducerSettings) -> None:
+        """The rest of the month, untimed: every card gets the history it has in steady state."""
+        rows = self.traffic.rows[self.measured_count : self.month_start]
+        records = self.traffic.records[self.measured_count : self.month_start]
+        _say(f"warm-up (not measured): {len(rows):,} transactions for a month of card history ...")
+        start = time.perf_counter()
+        prefill(settings, settings.transactions_topic, records)
+        ids = [str(r["transaction_id"]) for r in rows]
+        seen = reader.wait_for(ids, stall=60)
+        if seen < len(ids):
+            raise RuntimeError(f"warm-up: the worker decided {seen} of {len(ids)}")
+        self.results.update(month_warmup_transactions=len(ids), month_warmup_seconds=time.perf_counter() - start)
+
+    def prefill_paused(self, settings: ProducerSettings, worker: Child) -> None:
+        """Pre-fill the month-deep saturated phase's transactions with the worker stopped
+        (SIGSTOP, well under its session timeout), so that it drains a backlog as in the first
+        phase rather than racing the producer for the cores."""
+        records = self.traffic.records[self.month_start : self.month_start + self.opts.worker_count]
+        _say(f"fraud worker, month of history: draining {len(records):,} pre-filled transactions ...")
+        os.kill(worker.pid, signal.SIGSTOP)
+        try:
+            prefill(settings, settings.transactions_topic, records)
+        finally:
+            os.kill(worker.pid, signal.SIGCONT)
+
+    def measure_saturated(
+        self, reader: DecisionReader, worker: Child, start: int, key: str, before: tuple[float, float, float]
+    ) -> None:
+        """The worker draining pre-filled ``rows[start:start + worker_count]``; report keys end in ``key``."""
+        rows = self.traffic.rows[start : start + self.opts.worker_count]
+        ids = [str(r["transaction_id"]) for r in rows]
         marks: dict[str, float] = {}
 
         def first(seen: int) -> None:
@@ -302,26 +370,33 @@ class Bench:
         if seen < len(ids) or "cpu0" not in marks:
             raise RuntimeError(f"worker decided {seen} of {len(ids)}:\n{worker.log_tail()}")
         cpu = proc_cpu_seconds(worker.pid) - marks["cpu0"]
-        size, ms = batch_stats((0.0, 0.0, 0.0), batch_totals(self.metrics_url))
-        self.results.update(worker_batch_mean_size=size, worker_batch_mean_ms=ms)
+        size, ms = batch_stats(before, batch_totals(self.metrics_url))
         stamps = np.array([reader.timestamps[i] for i in ids], dtype=np.int64)
         span_s = max(int(stamps.max() - stamps.min()), 1) / 1000
-        # Rate from the decisions' own record timestamps, first to last: start-up excluded.
-        self.results["worker_tx_per_s"] = (len(ids) - 1) / span_s
-        self.results["worker_cpu_us_per_tx"] = cpu / (len(ids) - marks["seen0"]) * 1e6
+        found = {
+            "worker_batch_mean_size": size,
+            "worker_batch_mean_ms": ms,
+            # Rate from the decisions' own record timestamps, first to last: start-up excluded.
+            "worker_tx_per_s": (len(ids) - 1) / span_s,
+            "worker_cpu_us_per_tx": cpu / (len(ids) - marks["seen0"]) * 1e6,
+        }
         if self.broker_pid and "broker0" in marks:
             broker_cpu = proc_cpu_seconds(self.broker_pid) - marks["broker0"]
-            self.results["worker_broker_cpu_us_per_tx"] = broker_cpu / (len(ids) - marks["seen0"]) * 1e6
+            found["worker_broker_cpu_us_per_tx"] = broker_cpu / (len(ids) - marks["seen0"]) * 1e6
+        self.results.update({name + key: value for name, value in found.items()})
         _say(
-            f"worker: {self.results['worker_tx_per_s']:,.0f} tx/s, "
-            f"{self.results['worker_cpu_us_per_tx']:,.0f} µs CPU per transaction"
+            f"worker{key}: {found['worker_tx_per_s']:,.0f} tx/s, "
+            f"{found['worker_cpu_us_per_tx']:,.0f} µs CPU per transaction"
         )
 
-    def measure_latency(self, reader: DecisionReader, settings: ProducerSettings, worker: Child) -> None:
+    def measure_latency(
+        self, reader: DecisionReader, settings: ProducerSettings, worker: Child, start: int, key: str
+    ) -> None:
+        """``rows[start:start + latency_count]`` published at the offered rate; keys end in ``key``."""
         from producers.publisher import Publisher
 
         opts = self.opts
-        rows = self.traffic.rows[opts.worker_count : opts.worker_count + self.latency_count]
+        rows = self.traffic.rows[start : start + self.latency_count]
         ids = [str(r["transaction_id"]) for r in rows]
         _say(f"latency: {len(rows):,} transactions at {opts.latency_rate:,.0f}/s ...")
         before = batch_totals(self.metrics_url)
@@ -331,7 +406,6 @@ class Bench:
             raise RuntimeError(f"publishing for the latency phase: {stats.errors[:3]}")
         seen = reader.wait_for(ids, stall=60)
         size, ms = batch_stats(before, batch_totals(self.metrics_url))
-        self.results.update(latency_batch_mean_size=size, latency_batch_mean_ms=ms)
         # Transactions' record timestamps (set by the producer at send time) from the topic itself.
         sent = record_timestamps(settings, settings.transactions_topic)
         lat = [reader.timestamps[i] - sent[i] for i in ids if i in reader.timestamps and i in sent]
@@ -341,18 +415,22 @@ class Bench:
         # Below the offered rate, the worker fell behind and the latency is mostly queueing.
         first_sent = min(sent[i] for i in ids if i in sent)
         last_decided = max(reader.timestamps[i] for i in ids if i in reader.timestamps)
-        self.results.update(
-            latency_p50_ms=p50,
-            latency_p99_ms=p99,
-            latency_max_ms=worst,
-            latency_offered_tx_per_s=stats.acked / stats.seconds,
-            latency_decided_tx_per_s=seen / max((last_decided - first_sent) / 1000, 1e-3),
-            latency_transactions=len(ids),
-            latency_decided=seen,
-        )
-        _say(f"latency: p50 {p50:.0f} ms, p99 {p99:.0f} ms ({seen:,} of {len(ids):,} decided)")
+        found = {
+            "latency_batch_mean_size": size,
+            "latency_batch_mean_ms": ms,
+            "latency_p50_ms": p50,
+            "latency_p99_ms": p99,
+            "latency_max_ms": worst,
+            "latency_offered_tx_per_s": stats.acked / stats.seconds,
+            "latency_decided_tx_per_s": seen / max((last_decided - first_sent) / 1000, 1e-3),
+            "latency_transactions": len(ids),
+            "latency_decided": seen,
+        }
+        self.results.update({name + key: value for name, value in found.items()})
+        _say(f"latency{key}: p50 {p50:.0f} ms, p99 {p99:.0f} ms ({seen:,} of {len(ids):,} decided)")
 
-    def measure_predict(self, web_port: int) -> None:
+    def measure_predict(self, web_port: int, worker: Child) -> None:
+        """``/predict`` after the month-deep phases: the API's card table copy holds a month."""
         opts = self.opts
         api_port, api_worker_port, noop_port = free_port(), free_port(), free_port()
         api_env = {
@@ -370,6 +448,7 @@ class Bench:
         }
         # The default card state source (the API's own copy of the card table) and the other
         # one (a request to the worker that owns the card), side by side.
+        started = time.perf_counter()
         api = self.children.start(
             "api", python_module("streaming.cli", "api"), _child_env({**api_env, "FRAUD_PORT": str(api_port)})
         )
@@ -379,12 +458,17 @@ class Bench:
             _child_env({**api_env, "FRAUD_PORT": str(api_worker_port), "FRAUD_CARD_STATE_SOURCE": "worker"}),
         )
         noop = self.children.start("noop", python_module("benchmarks", "noop", "--port", str(noop_port)), _child_env())
-        wait_http(f"http://127.0.0.1:{api_port}/ready", api, timeout=120)
+        # Ready once it restored its copy of the card table: a month of changelog, in a full run
+        # some hundreds of MB from the broker.
+        wait_http(f"http://127.0.0.1:{api_port}/ready", api, timeout=600)
+        # Start-up included (imports, model), as an operator would wait for it.
+        self.results["api_ready_seconds"] = time.perf_counter() - started
         wait_http(f"http://127.0.0.1:{api_worker_port}/ready", api_worker, timeout=120)
         wait_http(f"http://127.0.0.1:{noop_port}/health", noop, timeout=120)
-        # Transactions the stream has decided: their cards have state, so /predict reads it.
+        # Transactions the stream has decided: their cards have a month of state, which /predict reads.
         bodies = self.workdir / "bodies.jsonl"
-        bodies.write_bytes(b"\n".join(value for _, value in self.traffic.records[: min(1000, opts.worker_count)]))
+        decided = self.traffic.records[self.month_start : self.month_start + min(1000, opts.worker_count)]
+        bodies.write_bytes(b"\n".join(value for _, value in decided))
         _say(f"/predict and no-op, c=1 and c=16, {opts.http_seconds:g} s each ...")
         argv = python_module(
             "benchmarks", "http", "--bodies", str(bodies), "--seconds", str(opts.http_seconds),
@@ -410,6 +494,11 @@ class Bench:
                     f"{name}_client_busy_c16": c16["client_cpu_us_per_req"] * c16["rps"] / 1e6,
                 }
             )
+        # Peaks so far (VmHWM): the worker after every phase, the API after restoring a month-deep
+        # card table copy and serving the load.
+        self.results["worker_rss_mb"] = rss_mb(worker.pid)[1]
+        self.results["api_rss_mb"] = rss_mb(api.pid)[1]
+        self.results["api_via_worker_rss_mb"] = rss_mb(api_worker.pid)[1]
         self.results["predict_state_unavailable"] = sum(
             out[f"{name}_{c}"]["state_unavailable"] for name in ("predict", "predict_via_worker") for c in ("c1", "c16")
         )
@@ -440,6 +529,7 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
         bench = Bench(opts, workdir)
         report.update(bench.run())
     report["worker_vs_limit"] = report["worker_tx_per_s"] / report["limit_tx_per_s"]
+    report["worker_vs_limit" + MONTH] = report["worker_tx_per_s" + MONTH] / report["limit_tx_per_s"]
     report["worker_vs_naive"] = report["worker_tx_per_s"] / report["naive_tx_per_s"]
     report["loadavg_end"] = list(os.getloadavg())
     report["bench_seconds"] = time.perf_counter() - started
