@@ -10,8 +10,7 @@ built from generated keys with the project's own classes (no broker, no traffic)
   :func:`~streaming.scoring.state.merge`, its bytes sized exactly as the Kafka client hands
   them over;
 * ``cards-worker``: the worker's Faust table (``memory://`` store: a dict) of the same states,
-  with the values as the pipeline stores them (``orjson.dumps`` output, which keeps the buffer
-  it grew into; after a restart the table holds the changelog's exact-size values instead).
+  with the values as the pipeline stores them (:func:`~streaming.scoring.state.encode_state`).
 
 Each case runs in its own process and reports the Python heap it allocated (tracemalloc) and its
 resident memory growth (RSS), both divided by the entries built.
@@ -65,7 +64,7 @@ def build_cards(
 ) -> tuple[CardStateCopy | dict[str, bytes], int]:
     """``entries`` cards, each with a Poisson(``history``) month of history: the API's card table
     copy, or (``worker``) the worker's table as the pipeline fills it."""
-    from streaming.scoring.state import CardStateCopy, changelog_key, merge
+    from streaming.scoring.state import CardStateCopy, changelog_key, encode_state, merge
 
     rng = np.random.default_rng(seed)
     copy = CardStateCopy()
@@ -85,7 +84,7 @@ def build_cards(
         tx += int(n)
         state = merge(None, rows, grace_ms=3_600_000, fresh=True)
         if worker:
-            table[f"card-{card:0{width}d}"] = orjson.dumps(state)
+            table[f"card-{card:0{width}d}"] = encode_state(state)
         else:  # a record value from the client is a bytes object of exactly its length
             copy.apply(changelog_key(f"card-{card:0{width}d}"), bytes(memoryview(orjson.dumps(state))))
     return (table if worker else copy), entries
