@@ -133,9 +133,32 @@ def _ensure_model(options: DemoOptions) -> None:
     print(f"model {meta['version']}: validation AUC {m['auc_roc']:.3f}, average precision {m['average_precision']:.3f}")
 
 
+def _announce_model(model_dir: Path) -> None:
+    """Which model serves and where its MLflow run is: the registered version of this artifact
+    in the tracking store (``FRAUD_MLFLOW_TRACKING_URI``, by default the embedded SQLite one under
+    ``artifacts/mlflow``), registered now if it is not yet (``none``: MLflow left out)."""
+    from model.artifact import load_artifact
+    from model.registry import TAG_SHA, Registry
+    from streaming.settings import RegistrySettings
+
+    metadata = load_artifact(model_dir).metadata
+    settings = RegistrySettings()
+    print(f"serving model {metadata['version']} ({metadata['model_type']}) from {model_dir}")
+    if settings.mlflow_tracking_uri.lower() == "none":
+        return
+    registry = Registry(settings.mlflow_tracking_uri, settings.registered_model)
+    known = [v for v in registry.versions() if v.tags.get(TAG_SHA) == metadata["model_sha256"]]
+    if known:
+        version, run_id = known[0].version, known[0].run_id
+    else:
+        run_id, version = registry.log_training(model_dir)
+    print(f"  registered as {registry.name} version {version}; MLflow {registry.run_url(run_id)}")
+
+
 def run_demo(options: DemoOptions) -> int:
     options.workdir.mkdir(parents=True, exist_ok=True)
     _ensure_model(options)
+    _announce_model(options.model_dir)
     # Each demo run's logs replace the previous run's.
     procs = Children(options.workdir, append=False)
     broker = EmbeddedBroker(log_file=options.workdir / "broker.log")

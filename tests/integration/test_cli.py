@@ -234,6 +234,8 @@ def test_demo_runs_end_to_end_and_cleans_up(model_dir: Path, tmp_path: Path) -> 
     assert 0 < summary["p50_latency_ms"] <= summary["p99_latency_ms"]
     assert "equal" in out.stdout  # /predict agreed with the stream
     assert "/console (sign in with the key above)" in out.stdout
+    # Which model serves, and its MLflow run (the session's temporary store, see tests/conftest.py).
+    assert "serving model " in out.stdout and "registered as fraudstream version " in out.stdout, out.stdout
     assert processes_writing_under(tmp_path) == [], "the demo left processes running"
 
 
