@@ -25,9 +25,9 @@ from sklearn.preprocessing import StandardScaler
 
 from model import kernels
 
-#: Up to this many rows the fast path is used; from a little above it, scikit-learn's compiled loop
-#: (on the one thread the scoring thread allows it) is faster for a 200-tree model. The cost of both
-#: grows with the trees; measurements in docs/performance.md.
+#: Up to this many rows the fast path is used (model/scoring.py), and ``/predict`` scores up to this
+#: many requests in one call. The compiled walk is faster than scikit-learn beyond it too
+#: (docs/performance.md); larger batches still take scikit-learn's path.
 FAST_MAX_ROWS = 128
 
 
