@@ -1,15 +1,15 @@
-"""A fast path for the model call on a few rows, equal to scikit-learn's to the last bit.
+"""A fast path for the model call, equal to scikit-learn's to the last bit.
 
 scikit-learn spends over a millisecond on one row of a 200-tree HistGradientBoosting model
 (input checks, binning set-up, an OpenMP region per tree), whatever the batch size up to
-dozens of rows: most of a ``/predict`` request, and of a small stream batch's model call. For a
-few rows, walking all trees at once with numpy takes a fraction of that. The walk makes the
-same comparisons (``x <= threshold`` goes left, NaN follows ``missing_go_to_left``) and adds
-the leaf values in the same order (the baseline, then tree by tree), so the scores are
+dozens of rows: most of a ``/predict`` request, and of a small stream batch's model call. The
+trees are flattened into one node table at load and walked by a compiled kernel
+(:func:`model.kernels.tree_raw_scores`) that makes scikit-learn's comparisons (``x <= threshold``
+goes left, NaN follows ``missing_go_to_left``, categorical splits test the same bitsets) and
+adds the leaf values in its order (the baseline, then tree by tree), so the scores are
 identical, not just close; ``tests/model/test_fast_predict.py`` checks that on every row.
 
-Large batches keep scikit-learn's compiled loop, which is faster there. Models this does not
-cover (categorical splits, multi-class, other estimators) simply keep the scikit-learn path.
+Models this does not cover (multi-class, other estimators) keep the scikit-learn path.
 """
 
 from __future__ import annotations
@@ -23,84 +23,99 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-#: Up to this many rows the fast path is used; from a little above it, scikit-learn's compiled loop
-#: (on the one thread the scoring thread allows it) is faster for a 200-tree model. The cost of both
-#: grows with the trees; measurements in docs/performance.md.
+from model import kernels
+
+#: Up to this many rows the numpy fast path (logistic regression) is used (model/scoring.py), and
+#: ``/predict`` scores up to this many requests in one call. The compiled tree walk takes every
+#: batch size: it is faster than scikit-learn's at 500 rows too (docs/performance.md).
 FAST_MAX_ROWS = 128
-#: Walkers that reached a leaf are dropped from the walk every this many steps.
-COMPACT_EVERY = 3
 
 
 class FastTrees:
-    """All trees of a binary HistGradientBoostingClassifier as flat arrays, walked together."""
+    """A binary HistGradientBoostingClassifier's trees as one node table, walked by a compiled kernel."""
+
+    #: Faster than scikit-learn at every batch size, not only small ones.
+    any_size: bool = True
 
     def __init__(self, estimator: HistGradientBoostingClassifier) -> None:
         trees = [iteration[0] for iteration in estimator._predictors]  # noqa: SLF001  # the fitted trees; no public accessor
         sizes = np.array([len(t.nodes) for t in trees])
-        offsets = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+        offsets = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
         nodes = np.concatenate([t.nodes for t in trees])
         shift = np.repeat(offsets, sizes)
-        self.roots = offsets.astype(np.int64)
-        self.feature = nodes["feature_idx"].astype(np.int64)
+        self.roots = offsets
+        self.is_leaf = nodes["is_leaf"].astype(bool)
+        # The trees index the columns as scikit-learn's preprocessor reorders them (categorical
+        # columns first); the kernel reads the columns as they come.
+        columns = _input_columns(estimator)
+        self.feature = columns[nodes["feature_idx"].astype(np.int64)]
         self.threshold = nodes["num_threshold"].astype(np.float64)
         self.missing_left = nodes["missing_go_to_left"].astype(bool)
-        self.is_leaf = nodes["is_leaf"].astype(bool)
-        self.feature[self.is_leaf] = 0  # any valid column: a leaf's test leads back to itself
-        # A leaf is its own child both ways, so a walker that reached one stays there until the
-        # walkers are next compacted, without a check per step.
-        index = np.arange(len(nodes), dtype=np.int64)
-        left = np.where(self.is_leaf, index, nodes["left"].astype(np.int64) + shift)
-        right = np.where(self.is_leaf, index, nodes["right"].astype(np.int64) + shift)
-        #: Children interleaved, ``[2 * node + went_left]``: one look-up per step for both ways.
-        self.child = np.stack([right, left], axis=1).ravel()
-        self.value = nodes["value"].astype(np.float64)
-        #: Steps from a root to the deepest leaf.
-        self.depth = int(nodes["depth"].max())
+        known, category_set = estimator._bin_mapper.make_known_categories_bitsets()  # noqa: SLF001  # the categories seen in training; no public accessor
+        table = np.zeros((len(nodes), 8), dtype=np.int64)
+        table[:, kernels.COLUMN] = np.where(self.is_leaf, 0, self.feature)
+        table[:, kernels.LEFT] = nodes["left"].astype(np.int64) + shift
+        table[:, kernels.RIGHT] = nodes["right"].astype(np.int64) + shift
+        table[:, kernels.LEAF] = self.is_leaf
+        table[:, kernels.MISSING_LEFT] = self.missing_left
+        table[:, kernels.CATEGORICAL] = nodes["is_categorical"]
+        # A tree's categorical splits number their sets from 0; the table numbers them overall.
+        bitset_sizes = np.array([len(t.raw_left_cat_bitsets) for t in trees])
+        bitset_offsets = np.repeat(np.concatenate(([0], np.cumsum(bitset_sizes)[:-1])), sizes)
+        table[:, kernels.BITSET] = np.where(nodes["is_categorical"], nodes["bitset_idx"] + bitset_offsets, 0)
+        table[:, kernels.CATEGORY_SET] = category_set[nodes["feature_idx"]]
+        self.nodes = table
+        self.node_values = np.ascontiguousarray(np.stack([self.threshold, nodes["value"].astype(np.float64)], axis=1))
+        self.left_bitsets = np.concatenate([t.raw_left_cat_bitsets for t in trees] + [np.zeros((1, 8), np.uint32)])
+        self.known_bitsets = np.concatenate([known, np.zeros((1, 8), np.uint32)])
+        self.categories, self.category_starts = _categories(estimator)
         self.baseline = float(np.asarray(estimator._baseline_prediction).ravel()[0])  # noqa: SLF001  # the raw score before the trees; no public accessor
+        self.predict(np.zeros((1, len(columns))))  # compiles (or loads) the kernel now, not on the first request
 
     @classmethod
     def supports(cls, estimator: Any) -> bool:
-        return (
-            isinstance(estimator, HistGradientBoostingClassifier)
-            and getattr(estimator, "n_trees_per_iteration_", 0) == 1
-            and getattr(estimator, "is_categorical_", None) is None
-            and all(not iteration[0].nodes["is_categorical"].any() for iteration in estimator._predictors)  # noqa: SLF001  # the fitted trees; no public accessor
-        )
+        if not isinstance(estimator, HistGradientBoostingClassifier) or estimator.n_trees_per_iteration_ != 1:
+            return False
+        try:  # categories are looked up as numbers: a model trained on strings keeps scikit-learn
+            _categories(estimator)
+        except (TypeError, ValueError):
+            return False
+        return True
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        n, n_features = x.shape
-        n_trees = len(self.roots)
-        # One walker per (row, tree), flattened. Walkers at a leaf stay there (leaves are their
-        # own children); every COMPACT_EVERY steps they are dropped from the arrays the steps
-        # work on (most trees end well above the deepest one). Compacting every step costs more
-        # than it saves (docs/performance.md).
-        node = np.tile(self.roots, n)
-        walking = np.arange(n * n_trees)
-        current = node
-        at = np.repeat(np.arange(n, dtype=np.int64) * n_features, n_trees)
-        values = np.ascontiguousarray(x, dtype=np.float64).ravel()
-        has_nan = bool(np.isnan(values).any())
-        for step in range(1, self.depth + 1):
-            value = values[at + self.feature[current]]
-            left = value <= self.threshold[current]  # NaN compares False ...
-            if has_nan:  # ... and goes where the split sent missing values in training
-                left = np.where(np.isnan(value), self.missing_left[current], left)
-            current = self.child[2 * current + left]
-            if step % COMPACT_EVERY == 0:
-                node[walking] = current
-                inner = ~self.is_leaf[current]
-                walking, current, at = walking[inner], current[inner], at[inner]
-                if not len(walking):
-                    break
-        node[walking] = current
-        # scikit-learn starts from the baseline and adds one tree at a time; cumsum adds in that
-        # same sequence (no pairwise summation), so the sums are bit-identical.
-        terms = np.concatenate((np.full((n, 1), self.baseline), self.value[node].reshape(n, n_trees)), axis=1)
-        return np.asarray(expit(np.cumsum(terms, axis=1)[:, -1]), dtype=np.float64)
+        out = np.empty(len(x), dtype=np.float64)
+        kernels.tree_raw_scores(
+            np.ascontiguousarray(x, dtype=np.float64), self.baseline, self.roots, self.nodes, self.node_values,
+            self.left_bitsets, self.known_bitsets, self.categories, self.category_starts, out,
+        )  # fmt: skip
+        # scikit-learn's binomial link is scipy's expit too.
+        return np.asarray(expit(out), dtype=np.float64)
+
+
+def _input_columns(estimator: HistGradientBoostingClassifier) -> np.ndarray:
+    """For each column the trees index, the input column it comes from."""
+    categorical = estimator.is_categorical_
+    if categorical is None:
+        return np.arange(estimator.n_features_in_, dtype=np.int64)
+    return np.concatenate((np.flatnonzero(categorical), np.flatnonzero(~categorical))).astype(np.int64)
+
+
+def _categories(estimator: HistGradientBoostingClassifier) -> tuple[np.ndarray, np.ndarray]:
+    """Each categorical column's categories as the OrdinalEncoder sorted them, concatenated, and
+    where each column's start (one more for the end)."""
+    if estimator.is_categorical_ is None:
+        return np.zeros(0), np.zeros(2, dtype=np.int64)
+    encoder = estimator._preprocessor.named_transformers_["encoder"]  # noqa: SLF001  # scikit-learn's own encoding of the categories
+    found = [np.asarray(c, dtype=np.float64) for c in encoder.categories_]
+    starts = np.concatenate(([0], np.cumsum([len(c) for c in found]))).astype(np.int64)
+    return np.concatenate(found), starts
 
 
 class FastLogistic:
     """A StandardScaler + binary LogisticRegression pipeline, without the per-call checks."""
+
+    #: Small batches only, as before the compiled walk (large ones not measured against scikit-learn).
+    any_size: bool = False
 
     def __init__(self, estimator: Pipeline) -> None:
         scaler, model = estimator.steps[0][1], estimator.steps[-1][1]

@@ -72,8 +72,9 @@ class Scorer:
                 self._fast = None
 
     def predict(self, features: np.ndarray) -> np.ndarray:
-        """Fraud scores; a few rows take the fast path (bit-identical, see model/fast_predict.py)."""
-        if self._fast is not None and len(features) <= FAST_MAX_ROWS:
+        """Fraud scores; trees (any batch) and a few rows of a logistic regression take the fast
+        path (see model/fast_predict.py)."""
+        if self._fast is not None and (self._fast.any_size or len(features) <= FAST_MAX_ROWS):
             return self._fast.predict(features)
         return self._predict_sklearn(features)
 

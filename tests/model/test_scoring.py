@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pandas as pd
+import pytest
 from sklearn.ensemble import HistGradientBoostingClassifier
 from threadpoolctl import threadpool_limits
 
@@ -170,3 +171,18 @@ def test_a_transaction_built_to_trip_a_feature_group_gets_its_reason_code(tmp_pa
             assert batch.reasons[i][:1] == [reason], (reason, batch.reasons[i])
         else:
             assert batch.decisions[i] == "allow" and batch.reasons[i] == []
+
+
+def test_a_large_batch_of_a_tree_model_takes_the_compiled_walk_bit_identically(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = np.random.default_rng(5).normal(size=(3000, len(FEATURE_NAMES)))
+    scorer = _crafted_model(base, tmp_path / "m")
+    rows = base[:1000]
+    expected = scorer._predict_sklearn(rows)  # noqa: SLF001 - the reference the fast path must equal
+
+    def not_scikit_learn(features: np.ndarray) -> np.ndarray:
+        raise AssertionError(f"{len(features)} rows went to scikit-learn")
+
+    monkeypatch.setattr(scorer, "_predict_sklearn", not_scikit_learn)
+    np.testing.assert_array_equal(scorer.predict(rows), expected)
