@@ -31,7 +31,7 @@ from confluent_kafka import KafkaException, Message
 
 from model.features import epoch_ms
 from streaming.kafka import clients as kafka
-from streaming.scoring.validation import Rejected, check_label_record, parse_label
+from streaming.scoring.validation import Rejected, label_of_record
 from streaming.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -323,9 +323,7 @@ def read_quality(
 
     def on_label(msg: Message) -> None:
         records["labels"] += 1
-        label = parse_label(msg.value())
-        if not isinstance(label, Rejected):
-            label = check_label_record(label, msg.key()) or label
+        label = label_of_record(msg.value(), msg.key())
         if isinstance(label, Rejected):
             skipped["labels"] += 1
             return

@@ -32,7 +32,7 @@ from model.retrain import PROMOTE, RetrainOptions, compare, train_candidate, win
 from model.schemas import Label, Transaction
 from model.scoring import Scorer
 from streaming.kafka import clients as kafka
-from streaming.scoring.validation import Rejected, check_label_record, check_record, parse_label, parse_transaction
+from streaming.scoring.validation import Rejected, check_record, label_of_record, parse_transaction
 from streaming.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -68,9 +68,7 @@ def csv_from_topics(settings: KafkaSettings, out: Path, timeout_s: float = 120.0
         txs[tx.transaction_id] = tx
 
     def on_label(msg: Message) -> None:
-        label = parse_label(msg.value())
-        if not isinstance(label, Rejected):
-            label = check_label_record(label, msg.key()) or label
+        label = label_of_record(msg.value(), msg.key())
         if isinstance(label, Rejected):
             skipped["labels"] += 1
             return

@@ -98,6 +98,14 @@ def check_label_record(label: Label, key: bytes | None) -> Rejected | None:
     return _key_mismatch(key, label.card_id)
 
 
+def label_of_record(value: bytes | None, key: bytes | None) -> Label | Rejected:
+    """A label record read back from the labels topic: parsed, and keyed by its card."""
+    label = parse_label(value)
+    if isinstance(label, Rejected):
+        return label
+    return check_label_record(label, key) or label
+
+
 def _key_mismatch(key: bytes | None, card_id: str) -> Rejected | None:
     if key == card_id.encode():
         return None

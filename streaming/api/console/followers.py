@@ -32,7 +32,7 @@ from model.schemas import Decision, Label, Transaction
 from streaming.kafka.replica import Replica
 from streaming.quality import OUTCOMES, QualityTracker, decision_key_fields
 from streaming.scoring.review import ReviewCase
-from streaming.scoring.validation import Rejected, check_label_record, parse_label
+from streaming.scoring.validation import Rejected, label_of_record
 from streaming.settings import ApiSettings
 
 log = logging.getLogger("fraudstream.api.console")
@@ -435,9 +435,7 @@ class Followers:
         return {t.what.removeprefix("console-"): t.caught_up.is_set() for t in self.threads}
 
     def _label(self, msg: Message) -> None:
-        label = parse_label(msg.value())
-        if not isinstance(label, Rejected):
-            label = check_label_record(label, msg.key()) or label
+        label = label_of_record(msg.value(), msg.key())
         if isinstance(label, Rejected):
             self.invalid_labels += 1
             return

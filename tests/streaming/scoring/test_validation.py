@@ -14,6 +14,7 @@ from streaming.scoring.validation import (
     Rejected,
     check_label_record,
     check_record,
+    label_of_record,
     parse_label,
     parse_transaction,
 )
@@ -341,3 +342,13 @@ def test_transaction_record_checks_share_the_key_rule() -> None:
     assert r is not None and r.reason == "key_mismatch" and "card-1" in r.detail
     late = check_record(tx, b"card-1", record_ms - 24 * 3600 * 1000 - 1)
     assert late is not None and late.reason == "implausible_timestamp"
+
+
+def test_a_label_read_back_is_parsed_and_checked_against_its_key() -> None:
+    raw = encode_label()
+    card = LABEL["card_id"].encode()
+    assert isinstance(label_of_record(raw, card), Label)
+    wrong_key = label_of_record(raw, b"another-card")
+    assert isinstance(wrong_key, Rejected) and wrong_key.reason == "key_mismatch"
+    broken = label_of_record(b"{not json", card)
+    assert isinstance(broken, Rejected) and broken.reason == "not_json"
