@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from model.features import CATEGORY_COLUMN, CHANNEL_COLUMN, COLUMN, FEATURE_NAMES
+from model.features import CATEGORY_COLUMN, CHANNEL_COLUMN, COLUMN, FEATURE_NAMES, MERCHANT_LABEL_AGE_CAP_DAYS
 
 # Module level: FastAPI resolves the no-op route's annotations from the module's globals.
 from model.schemas import Decision, Transaction
@@ -43,6 +43,8 @@ def raw_features(txs: Sequence[dict[str, Any]]) -> np.ndarray:
     stamps = [str(t["timestamp"]) for t in txs]
     hour = np.fromiter((int(s[11:13]) for s in stamps), dtype=np.int64, count=n)
     days = np.array([s[:10] for s in stamps], dtype="datetime64[D]").astype(np.int64)
+    # No known fraud at the merchant reads as the longest age the feature tracks, not zero days.
+    out[:, COLUMN["merchant_days_since_known_fraud"]] = MERCHANT_LABEL_AGE_CAP_DAYS
     out[:, COLUMN["amount"]] = amount
     out[:, COLUMN["log_amount"]] = np.log1p(amount)
     out[:, COLUMN["hour"]] = hour

@@ -28,6 +28,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from model.scoring import ModelHolder, scoring_executor
 from model.train import ModelType, TrainOptions, train
 from producers.publisher import wire_value
@@ -75,7 +77,10 @@ def _models(workdir: Path, cards: int, model_type: ModelType) -> tuple[Path, Pat
     )
     frame.to_csv(workdir / "train.csv", index=False)
     train(workdir / "train.csv", workdir / "champion", TrainOptions(model_type=model_type))
-    train(workdir / "train.csv", workdir / "challenger", TrainOptions(model_type=model_type, seed=8))
+    # A day less of training data: another model even where the seed changes nothing (a logistic
+    # regression), so the pipeline does not take it for the champion (same version).
+    later = pd.Timestamp("2026-01-02", tz="UTC")
+    train(workdir / "train.csv", workdir / "challenger", TrainOptions(model_type=model_type, seed=8, train_from=later))
     return workdir / "champion", workdir / "challenger"
 
 

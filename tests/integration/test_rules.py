@@ -61,7 +61,7 @@ def test_a_rule_and_a_list_decide_alike_in_the_stream_and_predict(stack: Stack, 
     auth = {"Authorization": f"Bearer {key}"}
     json_auth = {**auth, "content-type": "application/json"}
 
-    out = fraud(stack, "rules", "add", "big-ecom", "--expr", "amount > 0 and card_tx_count_1h >= 0", "--action",
+    out = fraud(stack, "rules", "add", "big-ecom", "--expr", "amount >= 0 and card_tx_count_1h >= 0", "--action",
                 "block", "--description", "everything, for the test")  # fmt: skip
     assert "rule big-ecom saved" in out
     until("the rule in both processes", lambda: versions(stack)[0] == versions(stack)[1] != "none")
