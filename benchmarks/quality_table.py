@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="*",
         choices=tuple(FEATURE_GROUPS),
         default=list(GROUPS),
-        help="feature groups to train without, one model each (default: %(default)s)",
+        help="feature groups to train without, one model each (default: every group, merchant-risk last)",
     )
     parser.add_argument("--refit", action="store_true", help="add a row: the default model with --refit")
     parser.add_argument(
