@@ -26,11 +26,13 @@ from model.artifact import save_artifact, sha256_file
 from model.baseline import baseline_features, baseline_scores
 from model.dataset import Dataset, DatasetError, load_csv, select_window
 from model.drift import build_reference
+from model.errors import UserInputError
 from model.evaluate import known_compromised
 from model.features import (
     DAY_MS,
     FEATURE_NAMES,
     MERCHANT_RISK_FEATURES,
+    REASON_GROUPS,
     compute_features,
     history_from_frame,
     risk_context_from_frame,
@@ -47,6 +49,28 @@ MODEL_TYPES: tuple[str, ...] = get_args(ModelType)
 FOREST_MAX_SAMPLES = 200_000
 #: Metrics compared across folds.
 FOLD_METRICS = ("auc_roc", "average_precision", "card_precision_at_100")
+#: Feature groups a model can be trained without (``fraud train --without GROUP``): zeroed in
+#: training and, through the artifact's ``disabled_features``, in serving.
+FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
+    # Label-free: merchant counts against the merchant's own baseline, and its share of new cards.
+    "merchant-activity": REASON_GROUPS["merchant_activity_unusual"] + REASON_GROUPS["merchant_new_cards_unusual"],
+    "merchant-fraud-rates": REASON_GROUPS["merchant_recent_fraud_rate_high"],
+    "merchant-known-frauds": REASON_GROUPS["merchant_known_fraud_recent"],
+    "card-labels": REASON_GROUPS["card_known_compromised"],
+    # All of the above: what ``--without-merchant-risk`` turns off.
+    "merchant-risk": MERCHANT_RISK_FEATURES,
+}
+
+
+def disabled_features(groups: tuple[str, ...] | list[str]) -> list[str]:
+    """The features of the named groups, in matrix order; an unknown name is the user's error."""
+    unknown = [g for g in groups if g not in FEATURE_GROUPS]
+    if unknown:
+        raise UserInputError(
+            f"unknown feature group {', '.join(map(repr, unknown))}: choose from {', '.join(FEATURE_GROUPS)}"
+        )
+    off = {f for g in groups for f in FEATURE_GROUPS[g]}
+    return [f for f in FEATURE_NAMES if f in off]
 
 
 @dataclass(frozen=True)
@@ -65,8 +89,10 @@ class TrainOptions:
     #: windows too short for it (model/selection.py), and the metadata says so.
     gap_days: float | None = None
     #: False trains without the merchant risk and known-fraud features (they are zeroed), the
-    #: baseline that shows what those features add.
+    #: baseline that shows what those features add: the same as ``without=("merchant-risk",)``.
     merchant_risk: bool = True
+    #: Feature groups (:data:`FEATURE_GROUPS`) trained without: their features are zeroed.
+    without: tuple[str, ...] = ()
     #: Prequential selection among ``candidates`` over ``folds`` folds, then a refit on the whole
     #: window; ``model_type`` is then ignored.
     select: bool = False
@@ -200,16 +226,24 @@ def _selection(
     )
 
 
+def disabled_groups(options: TrainOptions) -> list[str]:
+    groups = list(dict.fromkeys(options.without))
+    if not options.merchant_risk and "merchant-risk" not in groups:
+        groups.append("merchant-risk")
+    return groups
+
+
 def train(data: Path, out: Path, options: TrainOptions) -> dict[str, Any]:
     """Train on ``data`` and write an artifact to ``out``; returns the metadata written."""
     started = time.perf_counter()
+    groups = disabled_groups(options)
+    disabled = disabled_features(groups)  # before the CSV is read: a typo fails at once
     dataset = load_csv(data, strict=options.strict, assume_timezone=options.assume_timezone)
     if dataset.invalid.count:
         log.warning("%s: %s", data, dataset.invalid.summary())
     frame, y = dataset.frame, dataset.labels
     # Rows before --train-from still count as history for the windows; they are not trained on.
     features = features_for(frame, options.label_delay_days)
-    disabled = [] if options.merchant_risk else list(MERCHANT_RISK_FEATURES)
     features[:, disabled_columns(disabled)] = 0.0
     ts = frame["ts_ms"].to_numpy()
     # Without --train-from every row trains, early ones with partial windows included: serving
@@ -309,6 +343,7 @@ def train(data: Path, out: Path, options: TrainOptions) -> dict[str, Any]:
         "drift_reference": build_reference(features[fitted_on], val_scores),
         "seed": options.seed,
         "label_delay_days": options.label_delay_days,
+        "disabled_groups": groups,
         "disabled_features": disabled,
         "train_seconds": round(time.perf_counter() - started, 1),
     }

@@ -194,6 +194,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         label_delay_days=args.label_delay_days,
         gap_days=args.gap_days,
         merchant_risk=not args.without_merchant_risk,
+        without=tuple(args.without),
         select=args.select,
         candidates=tuple(args.candidates) if args.candidates else TrainOptions.candidates,
         folds=args.folds,
@@ -207,6 +208,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     _print_data_warning(meta["data_fingerprint"]["warning"])
     print(f"model {meta['version']} ({meta['model_type']}) written to {args.out} in {meta['train_seconds']:.1f} s")
     print(f"data: {meta['data_fingerprint']['invalid_rows']}")
+    if meta["disabled_groups"]:
+        print(f"without {', '.join(meta['disabled_groups'])}: {len(meta['disabled_features'])} features zeroed")
     print(
         f"fit [{w['fit_from']}, {w['fit_to']}] ({w['fit_rows']} rows), gap {w['gap_days']:.2f} days, "
         f"validation [{w['validation_from']}, {w['validation_to']}] ({w['validation_rows']} rows); "
@@ -612,7 +615,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--without-merchant-risk",
         action="store_true",
-        help="train without the merchant risk and known-fraud features (a model to pass to `evaluate --compare`)",
+        help="train without the merchant risk and known-fraud features (a model to pass to `evaluate --compare`); "
+        "the same as --without merchant-risk",
+    )
+    p.add_argument(
+        "--without",
+        action="append",
+        default=[],
+        metavar="GROUP",
+        help="train without a feature group, zeroed in training and serving (repeatable): merchant-activity "
+        "(label-free merchant counts, activity against its baseline, new-card share), merchant-fraud-rates, "
+        "merchant-known-frauds, card-labels (the card's known frauds), or merchant-risk (all four)",
     )
     p.set_defaults(func=cmd_train)
 

@@ -16,11 +16,19 @@ from threadpoolctl import threadpool_limits
 
 from model.artifact import load_artifact
 from model.dataset import load_csv
-from model.errors import ModelLoadError, ModelNotReadyError
+from model.errors import ModelLoadError, ModelNotReadyError, UserInputError
 from model.evaluate import EvaluateOptions, evaluate, format_report, known_compromised
-from model.features import FEATURE_NAMES
-from model.scoring import ModelHolder
-from model.train import TrainOptions, build_estimator, features_for, train
+from model.features import FEATURE_NAMES, MERCHANT_RISK_FEATURES
+from model.scoring import ModelHolder, Scorer
+from model.train import (
+    FEATURE_GROUPS,
+    TrainOptions,
+    build_estimator,
+    disabled_features,
+    disabled_groups,
+    features_for,
+    train,
+)
 from producers.synthetic import SimConfig, generate
 
 TRAIN_FROM = pd.Timestamp("2026-01-03T00:00:00Z")
@@ -404,3 +412,50 @@ def test_evaluate_defaults_to_the_delay_protocol_with_the_textbook_baseline(data
 
     early = evaluate(tmp_path / "m", data_csv, EvaluateOptions(start=pd.Timestamp("2026-01-10T00:00:00Z")))
     assert early["range"]["notes"] == ["the range starts inside the training window: metrics are optimistic"]
+
+
+def test_training_without_groups_zeroes_them_in_training_and_serving(
+    data_csv: Path, hgb: tuple[Path, dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    options = TrainOptions(model_type="logreg", train_from=TRAIN_FROM, without=("card-labels", "merchant-fraud-rates"))
+    meta = train(data_csv, tmp_path / "m", options)
+    off = {*FEATURE_GROUPS["card-labels"], *FEATURE_GROUPS["merchant-fraud-rates"]}
+    assert meta["disabled_groups"] == ["card-labels", "merchant-fraud-rates"]
+    assert set(meta["disabled_features"]) == off and len(off) == 5
+    # Trained on zeros: the medians of the fitted rows say so (a card with no known fraud reads
+    # the 30-day cap, so the default model's median is not zero).
+    reference = dict(zip(FEATURE_NAMES, meta["reference_features"], strict=True))
+    assert dict(zip(FEATURE_NAMES, hgb[1]["reference_features"], strict=True))["card_days_since_known_fraud"] > 0
+    assert all(reference[f] == 0 for f in off)
+
+    scorer = Scorer(load_artifact(tmp_path / "m"))
+    seen: list[np.ndarray] = []
+    monkeypatch.setattr(scorer, "predict", lambda x: seen.append(x.copy()) or np.zeros(len(x)))
+    features = np.ones((3, len(FEATURE_NAMES)))
+    scorer.score_features(features)
+    zeroed = [name for i, name in enumerate(FEATURE_NAMES) if (seen[0][:, i] == 0).all()]
+    assert set(zeroed) == off
+    assert (features == 1).all()  # the caller's matrix (the champion's, for a challenger) is untouched
+
+
+def test_feature_groups_and_the_merchant_risk_alias() -> None:
+    assert disabled_groups(TrainOptions(merchant_risk=False)) == ["merchant-risk"]
+    assert disabled_groups(TrainOptions(merchant_risk=False, without=("card-labels", "card-labels"))) == [
+        "card-labels",
+        "merchant-risk",
+    ]
+    assert disabled_features(["merchant-risk"]) == list(MERCHANT_RISK_FEATURES)
+    # The four groups split the merchant risk features, none shared, in the matrix's order.
+    parts = [g for g in FEATURE_GROUPS if g != "merchant-risk"]
+    assert disabled_features(parts) == list(MERCHANT_RISK_FEATURES)
+    assert sum(len(FEATURE_GROUPS[g]) for g in parts) == len(MERCHANT_RISK_FEATURES)
+    assert disabled_features([]) == []
+
+
+def test_an_unknown_group_is_refused_before_the_data_is_read(tmp_path: Path) -> None:
+    with pytest.raises(UserInputError) as caught:
+        train(tmp_path / "missing.csv", tmp_path / "m", TrainOptions(without=("card-labels", "merchant-rates")))
+    message = str(caught.value)
+    assert "'merchant-rates'" in message and "'card-labels'" not in message
+    assert all(g in message for g in FEATURE_GROUPS)
+    assert not (tmp_path / "m").exists()
