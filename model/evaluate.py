@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from datetime import tzinfo
 from pathlib import Path
@@ -150,12 +151,15 @@ def _baseline(
     y = dataset.labels
     if not fit.any() or y[fit].min() == y[fit].max():
         raise DatasetError("the textbook baseline needs the model's training window in the CSV, with both classes")
+    started = time.perf_counter()
     scores = baseline_scores(baseline_features(frame, delay_days), y, fit, window)
+    seconds = time.perf_counter() - started
     plain, protocol = _both(frame, window, removed, scores, None, k)
     return {
         "model": "random_forest_textbook",
         "fit_rows": int(fit.sum()),
         "fit_fraud": int(y[fit].sum()),
+        "seconds": round(seconds, 2),  # features, fit and scoring
         **plain,
         "protocol": protocol,
     }
