@@ -29,7 +29,7 @@ from model.dataset import DatasetError, load_csv
 from model.features import epoch_ms
 from model.registry import CHAMPION, Registry
 from model.retrain import PROMOTE, RetrainOptions, compare, train_candidate, windows
-from model.schemas import Label, Transaction
+from model.schemas import WIRE_FIELDS, Label, Transaction
 from model.scoring import Scorer
 from streaming.kafka import clients as kafka
 from streaming.scoring.validation import Rejected, check_record, label_of_record, parse_transaction
@@ -37,19 +37,8 @@ from streaming.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
-COLUMNS = (
-    "transaction_id",
-    "timestamp",
-    "card_id",
-    "merchant_id",
-    "amount",
-    "currency",
-    "merchant_category",
-    "channel",
-    "country",
-    "is_fraud",
-    "labelled_at",
-)
+#: The training set's CSV: the wire fields, then the label columns the CSV loader reads.
+COLUMNS = (*WIRE_FIELDS, "is_fraud", "labelled_at")
 
 
 def csv_from_topics(settings: KafkaSettings, out: Path, timeout_s: float = 120.0) -> dict[str, int]:
