@@ -270,6 +270,19 @@ def decide(scores: Iterable[float] | np.ndarray, t: Thresholds) -> np.ndarray:
 # reports
 
 
+def _card_days(frame: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Checked inputs as one row per UTC day and card (its highest score, fraud if any
+    transaction was), sorted by day and card."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    _check_frame(frame)
+    y = _check_labels(frame["is_fraud"].to_numpy(), "is_fraud")
+    s = _check_scores(frame["score"].to_numpy(), "score")
+    ts = _utc_timestamps(frame["timestamp"])
+    df = pd.DataFrame({"day": ts.dt.floor("D").to_numpy(), "card": frame["card_id"].to_numpy(), "score": s, "fraud": y})
+    return df.groupby(["day", "card"], sort=True).agg(score=("score", "max"), fraud=("fraud", "max")).reset_index()
+
+
 def card_precision_at_k(frame: pd.DataFrame, k: int = 100) -> float:
     """Daily card precision top-k, averaged over days (Le Borgne et al., "card precision top-k").
 
@@ -283,23 +296,7 @@ def card_precision_at_k(frame: pd.DataFrame, k: int = 100) -> float:
     Unlike the handbook implementation, the divisor on a short day is its number of cards (not
     ``k``), and cards already found compromised on earlier days are not removed.
     """
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-    _check_frame(frame)
-    y = _check_labels(frame["is_fraud"].to_numpy(), "is_fraud")
-    s = _check_scores(frame["score"].to_numpy(), "score")
-    ts = _utc_timestamps(frame["timestamp"])
-
-    df = pd.DataFrame(
-        {
-            "day": ts.dt.floor("D").to_numpy(),
-            "card": frame["card_id"].to_numpy(),
-            "score": s,
-            "fraud": y,
-        }
-    )
-    per_card = df.groupby(["day", "card"], sort=False).agg(score=("score", "max"), fraud=("fraud", "max"))
-    per_card = per_card.reset_index().sort_values(
+    per_card = _card_days(frame, k).sort_values(
         ["day", "score", "card"], ascending=[True, False, True], kind="mergesort"
     )
     top = per_card.groupby("day", sort=True).head(int(k))
@@ -341,14 +338,7 @@ def card_precision_top_k(frame: pd.DataFrame, k: int = 100) -> dict[str, Any]:
     such cards divided by ``k`` (also on a day with fewer cards, as the handbook does). Returns
     ``{"k", "mean", "per_day": [{"day", "cards", "fraud_cards", "detected", "precision"}]}``.
     """
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-    _check_frame(frame)
-    y = _check_labels(frame["is_fraud"].to_numpy(), "is_fraud")
-    s = _check_scores(frame["score"].to_numpy(), "score")
-    ts = _utc_timestamps(frame["timestamp"])
-    df = pd.DataFrame({"day": ts.dt.floor("D").to_numpy(), "card": frame["card_id"].to_numpy(), "score": s, "fraud": y})
-    per_card = df.groupby(["day", "card"], sort=True).agg(score=("score", "max"), fraud=("fraud", "max")).reset_index()
+    per_card = _card_days(frame, k)
     detected: set[Any] = set()
     days = []
     for day, cards in per_card.groupby("day", sort=True):
